@@ -1,0 +1,3 @@
+"""icm: in-context segmentation and matting from one labelled reference."""
+
+__version__ = "0.1.0"

