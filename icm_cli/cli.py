@@ -32,9 +32,12 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module under icm_cli/commands.
-    from icm_cli.commands import trimap
+    from icm_cli.commands import backbones as backbones_cmd
+    from icm_cli.commands import propagate, trimap
 
+    app.command("propagate")(propagate.propagate)
     app.command("trimap")(trimap.trimap)
+    app.command("backbones")(backbones_cmd.backbones)
 
 
 _register()

@@ -92,7 +92,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     path = Path(path)
     img = _open(path, max_pixels)
     try:
-        return np.ascontiguousarray(_to_uint8_rgb(img))
+        return np.array(_to_uint8_rgb(img), dtype=np.uint8, order="C", copy=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot convert to RGB ({exc})") from None
 

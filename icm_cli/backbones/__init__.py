@@ -80,3 +80,28 @@ for _variant, _dim, _desc in (
 
 __all__ = ["Backbone", "BackboneSpec", "DEFAULT_BACKBONE", "Features", "WeightsError",
            "affinity_attention", "create_backbone", "get_spec", "load_state_dict", "names", "register"]
+
+
+# ------------------------------------------------------------------- DINOv2
+
+def _dinov2_status(variant: str) -> Callable[[str | None], tuple[bool, str]]:
+    def status(weights: str | None) -> tuple[bool, str]:
+        from icm_cli.backbones.dinov2 import weights_status
+        return weights_status(variant, weights)
+    return status
+
+
+def _dinov2_builder(variant: str) -> Callable[..., Backbone]:
+    def build(weights: str | Path | None = None) -> Backbone:
+        from icm_cli.backbones.dinov2 import DinoV2
+        return DinoV2(variant, weights)
+    return build
+
+
+for _variant, _dim, _desc in (
+    ("dinov2-small", 384, "DINOv2 ViT-S/14 (facebook/dinov2-small)"),
+    ("dinov2-base", 768, "DINOv2 ViT-B/14 (facebook/dinov2-base)"),
+    ("dinov2-large", 1024, "DINOv2 ViT-L/14 (facebook/dinov2-large)"),
+    ("dinov2-giant", 1536, "DINOv2 ViT-g/14 (facebook/dinov2-giant)"),
+):
+    register(BackboneSpec(_variant, _dinov2_builder(_variant), _dim, 14, _desc, _dinov2_status(_variant)))

@@ -1,0 +1,170 @@
+"""Quality on ../shared/data: DAVIS-2016 dev (J, F), MSRC cows dev (mIoU), PerSeg (mIoU).
+
+    python benchmarks/quality.py [--sets davis,cows,perseg] [--set key=value ...]
+
+Runs icm's engine with its default settings (or overrides such as
+``--set head_steps=0``) and prints per-sequence / per-object figures and the
+means. With ``--baseline`` the yardstick in ../shared/baseline is run on the
+same data in the same run. Skips with a message when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("ICM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    union = np.logical_or(pred, gt).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
+
+
+def davis_cases():
+    root = DATA / "davis2016-dev"
+    for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
+        frames = sorted((root / "JPEGImages" / seq).glob("*.jpg"))
+        annos = [root / "Annotations" / seq / f"{f.stem}.png" for f in frames]
+        yield seq, [(frames[0], annos[0])], list(zip(frames[1:], annos[1:]))
+
+
+def cows_cases():
+    root = DATA / "msrc-cows-dev"
+    images = sorted((root / "images").glob("*.bmp"))
+    for ref in images:
+        others = [p for p in images if p != ref]
+        yield ref.stem, [(ref, root / "masks" / ref.name)], [(p, root / "masks" / p.name) for p in others]
+
+
+def perseg_cases():
+    root = DATA / "perseg-examples"
+    objects = sorted({p.stem.rsplit("_", 1)[0] for p in root.glob("*_00.jpg")})
+    for obj in objects:
+        imgs = sorted(root.glob(f"{obj}_*.jpg"))
+        yield obj, [(imgs[0], imgs[0].with_suffix(".png"))], [(p, p.with_suffix(".png")) for p in imgs[1:]]
+
+
+SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases}
+
+
+def run_icm(cases, settings, backbone_name):
+    import torch
+    from icm_cli import io
+    from icm_cli.backbones import create_backbone
+    try:
+        from icm_cli.metrics import boundary_f
+    except ImportError:  # metrics module not built yet
+        boundary_f = None
+    from icm_cli.predict.engine import Propagator
+
+    torch.set_grad_enabled(False)
+    prop = Propagator(create_backbone(backbone_name), settings=settings)
+    results = {}
+    for name, refs, targets in cases:
+        prop.set_references([(io.read_image(r), io.read_mask(m)) for r, m in refs])
+        inter = union = 0
+        ious, fs = [], []
+        for img_path, gt_path in targets:
+            image = io.read_image(img_path)
+            gt = io.read_mask(gt_path) >= 0.5
+            pred = prop.predict_grid([image])[0]
+            _, mask = prop.finish(image, pred)
+            inter += np.logical_and(mask, gt).sum()
+            union += np.logical_or(mask, gt).sum()
+            ious.append(_iou(mask, gt))
+            fs.append(boundary_f(mask, gt)[2] if callable(boundary_f) else float("nan"))
+        results[name] = {"J": float(np.mean(ious)), "F": float(np.mean(fs)),
+                         "pooled_iou": float(inter / max(union, 1))}
+    return results
+
+
+def run_baseline(cases):
+    sys.path.insert(0, str(ROOT.parent / "shared" / "baseline"))
+    import torch
+    from PIL import Image, ImageOps
+    from icm_baseline import cli as bl
+    from icm_cli import io
+
+    torch.set_grad_enabled(False)
+    m = bl.net()
+    results = {}
+    for name, refs, targets in cases:
+        fg, bg = [], []
+        for r, k in refs:
+            f = bl.feats(m, ImageOps.exif_transpose(Image.open(r)))
+            t = bl.tokens(f, Image.open(k))
+            fg.append(t[0]); bg.append(t[1])
+        fg, bg = torch.cat(fg), torch.cat(bg)
+        inter = union = 0
+        ious = []
+        for img_path, gt_path in targets:
+            img = ImageOps.exif_transpose(Image.open(img_path))
+            p = bl.predict(bl.feats(m, img), fg, bg)
+            up = torch.nn.functional.interpolate(p, size=(img.size[1], img.size[0]), mode="bilinear",
+                                                 align_corners=False)[0, 0].numpy() > 0.5
+            gt = io.read_mask(gt_path) >= 0.5
+            inter += np.logical_and(up, gt).sum(); union += np.logical_or(up, gt).sum()
+            ious.append(_iou(up, gt))
+        results[name] = {"J": float(np.mean(ious)), "pooled_iou": float(inter / max(union, 1))}
+    return results
+
+
+def summarise(set_name, results):
+    if set_name == "perseg":
+        return float(np.mean([r["pooled_iou"] for r in results.values()]))
+    return float(np.mean([r["J"] for r in results.values()]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="davis,cows,perseg")
+    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--backbone", default="efficientnet-lite0")
+    ap.add_argument("--baseline", action="store_true", help="also run ../shared/baseline in this run")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found (the shared evaluation data is not on this machine)")
+        return 0
+    from icm_cli.predict.engine import PropagateSettings
+    settings = PropagateSettings()
+    for kv in args.set:
+        key, value = kv.split("=", 1)
+        typ = type(getattr(settings, key))
+        settings = dataclasses.replace(settings, **{key: (value.lower() in ("1", "true", "yes")) if typ is bool else typ(value)})
+    print("settings:", dataclasses.asdict(settings))
+    report = {}
+    for set_name in args.sets.split(","):
+        t0 = time.perf_counter()
+        res = run_icm(SETS[set_name](), settings, args.backbone)
+        secs = time.perf_counter() - t0
+        row = {"icm": summarise(set_name, res), "icm_detail": res, "icm_seconds": secs}
+        if args.baseline:
+            t0 = time.perf_counter()
+            bres = run_baseline(SETS[set_name]())
+            row.update(baseline=summarise(set_name, bres), baseline_detail=bres,
+                       baseline_seconds=time.perf_counter() - t0)
+        report[set_name] = row
+        metric = "mIoU (PerSeg protocol)" if set_name == "perseg" else "mean J"
+        print(f"\n== {set_name}: icm {metric} {row['icm']:.3f}"
+              + (f"  baseline {row['baseline']:.3f}" if args.baseline else "") + f"  ({secs:.0f}s)")
+        for name, r in res.items():
+            extra = f"  baseline J {bres[name]['J']:.3f}" if args.baseline else ""
+            print(f"  {name:22s} J {r['J']:.3f}  F {r['F']:.3f}  pooled IoU {r['pooled_iou']:.3f}{extra}")
+        sys.stdout.flush()
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

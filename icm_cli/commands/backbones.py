@@ -1,0 +1,64 @@
+"""`icm backbones`: every registered backbone and whether it can run here."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from icm_cli.console import stdout
+
+
+def backbone_rows(weights: Optional[str] = None) -> list[dict]:
+    """One dict per registered backbone: name, default, usable, detail,
+    feature_dim, stride, description. Looks at the disk only (no downloads,
+    no weights read, transformers not imported)."""
+    from icm_cli.backbones import DEFAULT_BACKBONE, get_spec, names
+
+    rows = []
+    for name in names():
+        spec = get_spec(name)
+        try:
+            usable, detail = spec.status(weights)
+        except Exception as exc:  # a broken status check must not hide the other backbones
+            usable, detail = False, f"status check failed: {exc}"
+        rows.append({
+            "name": name,
+            "default": name == DEFAULT_BACKBONE,
+            "usable": bool(usable),
+            "detail": detail,
+            "feature_dim": spec.feature_dim,
+            "stride": spec.stride,
+            "description": spec.description,
+        })
+    return rows
+
+
+def backbones(
+    weights: Optional[str] = typer.Option(None, "--weights", "-w",
+                                          help="Check this weights file or folder instead of each backbone's default source."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
+) -> None:
+    """List the backbones, whether each is usable here and why, feature size and grid stride.
+
+    Example: [bold]icm backbones[/] or [bold]icm backbones --weights ./dinov2-small --json[/]
+    """
+    rows = backbone_rows(weights)
+    if json_output:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="icm backbones", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("ready", no_wrap=True)
+    table.add_column("dims", justify="right", no_wrap=True)
+    table.add_column("stride", justify="right", no_wrap=True)
+    table.add_column("description / why", overflow="fold")
+    for row in rows:
+        name = escape(row["name"]) + ("\n(default)" if row["default"] else "")
+        ready = "[green]yes[/]" if row["usable"] else "[red]no[/]"
+        table.add_row(name, ready, str(row["feature_dim"]), str(row["stride"]),
+                      f"{escape(row['description'])}\n[dim]{escape(row['detail'])}[/]")
+    stdout.print(table)

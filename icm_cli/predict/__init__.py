@@ -1,0 +1,1 @@
+"""From reference context and source features to object probabilities and masks."""

@@ -1,0 +1,168 @@
+"""The propagation engine: reference context once, then batches of sources.
+
+numpy images in, numpy probabilities and masks out; the backbone and all
+tensor work run on the engine's device. No files and no printing here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from icm_cli.backbones.base import Backbone, Features
+from icm_cli.geometry import WorkingGeometry
+from icm_cli.predict import fullres
+from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
+from icm_cli.predict.nearest import contrast_probability
+from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
+
+
+@dataclass
+class PropagateSettings:
+    """Every knob of the propagation, with the measured defaults."""
+
+    size: int = 384            # short side of the working size, in pixels
+    min_size: int = 320        # small images are upscaled to at most this short side
+    k: int = 5                 # nearest neighbours averaged per side
+    temperature: float = 0.05  # sharpness of the fg-vs-bg contrast
+    head_steps: int = 300      # test-time-trained object head: optimiser steps (0 = no head)
+    augmentations: int = 8     # augmented copies of each reference for the head
+    head_weight: float = 0.5   # share of the head in the fused probability
+    grabcut: bool = True       # colour-model refinement of the uncertain band
+    grabcut_scale: float = 0.5
+    clean: bool = True         # fill holes, drop components without a confident core
+    threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
+    seed: int = 0
+
+
+@dataclass
+class ReferenceContext:
+    tokens: ReferenceTokens
+    head: ObjectHead | None
+    feature_dim: int
+
+
+@dataclass
+class GridPrediction:
+    """One source's coarse result: ``prob`` ``[1, 1, h, w]`` over the working canvas."""
+
+    prob: torch.Tensor
+    geometry: WorkingGeometry
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3]`` uint8 -> ``[1, 3, H, W]`` float32 in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+class Propagator:
+    def __init__(self, backbone: Backbone, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, settings: PropagateSettings | None = None) -> None:
+        self.backbone = backbone.to(device=device, dtype=dtype).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.settings = settings or PropagateSettings()
+        self.context: ReferenceContext | None = None
+
+    # ---------------------------------------------------------------- geometry
+    def geometry_for(self, height: int, width: int) -> WorkingGeometry:
+        s = self.settings
+        short = min(height, width)
+        target = min(s.size, max(short, s.min_size))
+        return WorkingGeometry.fit(height, width, target, self.backbone.multiple)
+
+    @torch.no_grad()
+    def features(self, canvas: torch.Tensor, with_attention: bool = False) -> Features:
+        """``[B, 3, H, W]`` canvas in [0, 1] -> backbone features (float32 ``ft``)."""
+        feats = self.backbone(canvas.to(self.device, self.dtype), with_attention=with_attention)
+        feats.ft = feats.ft.float()
+        return feats
+
+    def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[ReferenceTokens, torch.Tensor]:
+        """image ``[1, 3, H, W]``, mask ``[1, 1, H, W]`` -> tokens and ``[C, h, w]`` features."""
+        geo = WorkingGeometry.fit(image.shape[-2], image.shape[-1],
+                                  min(self.settings.size, max(min(image.shape[-2:]), self.settings.min_size)),
+                                  self.backbone.multiple)
+        canvas = geo.to_canvas(image)
+        mask_canvas = F.pad(F.interpolate(mask, size=(geo.resized_h, geo.resized_w), mode="bilinear",
+                                          align_corners=False),
+                            (0, geo.padded_w - geo.resized_w, 0, geo.padded_h - geo.resized_h))
+        ft = self.features(canvas).ft[0]
+        grid = tuple(ft.shape[-2:])
+        area = mask_area_on_grid(mask_canvas.to(ft.device), grid)[0, 0]
+        valid = geo.valid_mask(*grid).to(ft.device)
+        # The edge row/column is partly padding: count it only if mostly image.
+        return pool_reference_tokens(ft, area, valid), ft
+
+    # --------------------------------------------------------------- reference
+    @torch.no_grad()
+    def set_references(self, references: list[tuple[np.ndarray, np.ndarray]]) -> ReferenceContext:
+        """Build the context from ``(image [H,W,3] uint8, mask [H,W] float)`` pairs."""
+        s = self.settings
+        generator = torch.Generator().manual_seed(s.seed)
+        token_sets, head_sets = [], []
+        for image_np, mask_np in references:
+            image = to_tensor(image_np)
+            mask = torch.from_numpy((mask_np >= 0.5).astype(np.float32))[None, None]
+            if mask.sum() == 0:
+                raise ValueError("the reference mask is empty")
+            tokens, _ = self._reference_tokens(image, mask)
+            if tokens.fg.shape[0] == 0:
+                # A tiny object covers no whole cell: take its best-covered cells.
+                tokens.fg = tokens.cells[tokens.cell_targets >= tokens.cell_targets.max() * 0.5]
+            token_sets.append(tokens)
+            if s.head_steps > 0:
+                head_sets.append(tokens)
+                for _ in range(s.augmentations):
+                    aug_img, aug_mask = augment_reference(image[0], mask[0], generator)
+                    aug_tokens, _ = self._reference_tokens(aug_img[None], aug_mask[None])
+                    head_sets.append(aug_tokens)
+        tokens = ReferenceTokens.concat(token_sets)
+        head = None
+        if s.head_steps > 0:
+            all_cells = ReferenceTokens.concat(head_sets)
+            head = train_object_head(all_cells.cells, all_cells.cell_targets, steps=s.head_steps,
+                                     seed=s.seed)
+        self.context = ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1])
+        return self.context
+
+    # ----------------------------------------------------------------- sources
+    @torch.no_grad()
+    def predict_grid(self, images: list[np.ndarray]) -> list[GridPrediction]:
+        """Coarse probabilities for images of one size (batched)."""
+        if self.context is None:
+            raise RuntimeError("set_references() must come first")
+        h, w = images[0].shape[:2]
+        geo = self.geometry_for(h, w)
+        batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
+        feats = self.features(batch)
+        return self.predict_from_features(feats.ft, geo)
+
+    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry) -> list[GridPrediction]:
+        s, ctx = self.settings, self.context
+        prob_nn = contrast_probability(ft, ctx.tokens.fg.to(ft.device), ctx.tokens.bg.to(ft.device),
+                                       k=s.k, temperature=s.temperature)
+        prob = prob_nn
+        parts = {"nearest": prob_nn}
+        if ctx.head is not None:
+            prob_head = ctx.head.to(ft.device).probability_map(ft)
+            parts["head"] = prob_head
+            prob = (1 - s.head_weight) * prob_nn + s.head_weight * prob_head
+        return [GridPrediction(prob[i:i + 1].cpu(), geo, {k: v[i:i + 1].cpu() for k, v in parts.items()})
+                for i in range(ft.shape[0])]
+
+    def finish(self, image: np.ndarray, pred: GridPrediction) -> tuple[np.ndarray, np.ndarray]:
+        """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
+        s = self.settings
+        prob = pred.geometry.to_original(pred.prob)[0, 0].numpy()
+        if s.grabcut:
+            mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale)
+        else:
+            mask = prob >= s.threshold
+        if s.clean:
+            mask = fullres.keep_confident_components(fullres.fill_holes(mask), prob)
+        return prob, mask

@@ -1,0 +1,81 @@
+"""From a coarse object probability to a full-resolution mask.
+
+The feature grid is 8x coarser than the image, which caps what bilinear
+upsampling can reach. GrabCut (Rother et al. 2004) re-labels the uncertain
+band with colour models of the image's own object and background, seeded by
+the probability map; it runs at half resolution to bound its cost.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+cv2.setNumThreads(1)
+
+
+def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterations: int = 1,
+                 sure_fg: float = 0.75, sure_bg: float = 0.25) -> np.ndarray:
+    """Refine a probability map with GrabCut.
+
+    image: ``[H, W, 3]`` uint8 RGB; prob: ``[H, W]`` float in [0, 1] at the
+    image's size. Cells with p >= ``sure_fg`` seed as certain object,
+    p <= ``sure_bg`` as certain background, the rest as probable object
+    (p >= 0.5) or probable background. Returns ``[H, W]`` bool. When either
+    side has no pixels GrabCut cannot build its colour models and the map is
+    simply thresholded at 0.5.
+    """
+    h, w = prob.shape
+    threshold = prob >= 0.5
+    if threshold.all() or not threshold.any() or iterations < 1:
+        return threshold
+    if scale != 1.0:
+        sw, sh = max(8, round(w * scale)), max(8, round(h * scale))
+        small_img = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        small_prob = cv2.resize(prob.astype(np.float32), (sw, sh), interpolation=cv2.INTER_LINEAR)
+    else:
+        small_img, small_prob = image, prob.astype(np.float32)
+    labels = np.where(small_prob >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    labels[small_prob >= sure_fg] = cv2.GC_FGD
+    labels[small_prob <= sure_bg] = cv2.GC_BGD
+    if not ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any() or \
+            not ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
+        return threshold
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    try:
+        cv2.grabCut(np.ascontiguousarray(small_img[..., ::-1]), labels, None, bgd, fgd, iterations,
+                    cv2.GC_INIT_WITH_MASK)
+    except cv2.error:
+        return threshold
+    small_fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)
+    if scale != 1.0:
+        small_fg = cv2.resize(small_fg, (w, h), interpolation=cv2.INTER_LINEAR)
+    return small_fg >= 0.5
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool -> the same with enclosed background holes filled."""
+    h, w = mask.shape
+    padded = np.zeros((h + 2, w + 2), np.uint8)
+    padded[1:-1, 1:-1] = mask
+    flood = padded.copy()
+    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 1)
+    holes = flood[1:-1, 1:-1] == 0
+    return mask | holes
+
+
+def keep_confident_components(mask: np.ndarray, prob: np.ndarray, confident: float = 0.9) -> np.ndarray:
+    """Drop connected object regions with no pixel of probability >= ``confident``.
+
+    Stray false positives are usually lukewarm everywhere; the object has a
+    confident core. If no component qualifies the mask is kept as it is.
+    """
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if count <= 2:
+        return mask
+    hits = np.zeros(count, bool)
+    hits[np.unique(labels[prob >= confident])] = True
+    hits[0] = False
+    if not hits[1:].any():
+        return mask
+    return hits[labels]

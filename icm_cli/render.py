@@ -1,0 +1,65 @@
+"""Turning maps into pictures people can read: colour maps, overlays, montages."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def colorize(heat: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float in [0, 1] -> ``[H, W, 3]`` uint8 RGB with the Turbo colour map
+    (dark blue = 0, red = 1; perceptually ordered, legible in print)."""
+    u8 = (np.clip(heat, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return cv2.applyColorMap(u8, cv2.COLORMAP_TURBO)[..., ::-1].copy()
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.ndarray:
+    """Heat map blended over an RGB image; both ``[H, W(, 3)]``, returns uint8 RGB.
+
+    The image is shown in grey under the colours so that the heat, not the
+    photo's own colours, carries the hue.
+    """
+    grey = image.astype(np.float32).mean(axis=2, keepdims=True)
+    base = np.repeat(grey, 3, axis=2)
+    mixed = (1.0 - opacity) * base + opacity * colorize(heat).astype(np.float32)
+    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+
+
+def mask_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 64), width: int = 2) -> np.ndarray:
+    """RGB image with the mask's boundary drawn on it (uint8 copy)."""
+    out = image.copy()
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, colour, width)
+    return out
+
+
+def fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    """Resize ``[H, W, 3]`` (or ``[H, W]``) to the given height, aspect kept; always RGB out."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    h, w = image.shape[:2]
+    width = max(1, round(w * height / h))
+    interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp)
+
+
+def label(panel: np.ndarray, text: str) -> np.ndarray:
+    """Write a caption in the panel's top-left corner (white on a dark box)."""
+    out = panel.copy()
+    scale = max(0.4, panel.shape[0] / 600)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    cv2.rectangle(out, (0, 0), (tw + 8, th + base + 8), (0, 0, 0), -1)
+    cv2.putText(out, text, (4, th + 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def montage(panels: list[np.ndarray], height: int = 240, gap: int = 4) -> np.ndarray:
+    """Panels side by side at one height with white gaps: ``[height, sum(W), 3]`` uint8."""
+    fitted = [fit_height(p, height) for p in panels]
+    spacer = np.full((height, gap, 3), 255, np.uint8)
+    row = []
+    for i, p in enumerate(fitted):
+        if i:
+            row.append(spacer)
+        row.append(p)
+    return np.concatenate(row, axis=1)
