@@ -53,7 +53,14 @@ def perseg_cases():
         yield obj, [(imgs[0], imgs[0].with_suffix(".png"))], [(p, p.with_suffix(".png")) for p in imgs[1:]]
 
 
-SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases}
+def demo_cases():
+    root = ROOT / "samples" / "demo"
+    srcs = sorted((root / "sources").glob("*.jpg"))
+    yield "demo", [(root / "reference.jpg", root / "reference_mask.png")], \
+        [(p, root / "truth" / f"{p.stem}.png") for p in srcs]
+
+
+SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases, "demo": demo_cases}
 
 
 def run_icm(cases, settings, backbone_name):

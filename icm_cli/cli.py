@@ -33,10 +33,12 @@ def _root(
 def _register() -> None:
     # Each command lives in its own module under icm_cli/commands.
     from icm_cli.commands import backbones as backbones_cmd
-    from icm_cli.commands import propagate, trimap
+    from icm_cli.commands import inspect_attn, propagate, refine, trimap
 
     app.command("propagate")(propagate.propagate)
     app.command("trimap")(trimap.trimap)
+    app.command("refine")(refine.refine)
+    app.command("inspect-attn")(inspect_attn.inspect_attn)
     app.command("backbones")(backbones_cmd.backbones)
 
 

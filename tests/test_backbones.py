@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import sys
 
 import pytest
@@ -34,6 +35,11 @@ class _RunsShell:
 
     def __reduce__(self):
         return (os.system, (self.command,))
+
+
+def _junk(seed: int, size: int = 4096) -> bytes:
+    """Reproducible random bytes (a corrupted download)."""
+    return random.Random(seed).randbytes(size)
 
 
 def _malicious_pickles(tmp_path, name: str):
@@ -113,12 +119,12 @@ def test_efficientnet_missing_and_corrupt_weights(tmp_path):
         create_backbone("efficientnet-lite0", weights=tmp_path / "nope.pth")
     assert "not found" in _one_line(exc)
     junk = tmp_path / "junk.pth"
-    junk.write_bytes(os.urandom(4096))
+    junk.write_bytes(_junk(0))
     with pytest.raises(WeightsError) as exc:
         create_backbone("efficientnet-lite0", weights=junk)
     assert str(junk) in _one_line(exc)
     junk_st = tmp_path / "junk.safetensors"
-    junk_st.write_bytes(os.urandom(4096))
+    junk_st.write_bytes(_junk(1))
     with pytest.raises(WeightsError) as exc:
         create_backbone("efficientnet-lite0", weights=junk_st)
     assert "safetensors" in _one_line(exc)
@@ -254,20 +260,21 @@ def test_dinov2_found_in_hf_cache(tmp_path, monkeypatch):
     assert net.feature_dim == 32
 
 
-def test_dinov2_corrupted_weights_are_one_line_errors(tmp_path):
+@pytest.mark.parametrize("seed", [0, 1, 2])  # seed 2 makes torch's unpickler raise IndexError
+def test_dinov2_corrupted_weights_are_one_line_errors(tmp_path, seed):
     _tiny_dinov2(tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(os.urandom(4096))
+    (tmp_path / "model.safetensors").write_bytes(_junk(seed))
     with pytest.raises(WeightsError) as exc:
         create_backbone("dinov2-small", weights=tmp_path)
     text = _one_line(exc)
     assert "model.safetensors" in text and "not a readable safetensors file" in text
     (tmp_path / "model.safetensors").unlink()
-    (tmp_path / "pytorch_model.bin").write_bytes(os.urandom(4096))
+    (tmp_path / "pytorch_model.bin").write_bytes(_junk(seed))
     with pytest.raises(WeightsError) as exc:
         create_backbone("dinov2-small", weights=tmp_path)
     assert "pytorch_model.bin: refused" in _one_line(exc)
     lone = tmp_path / "lone.pth"
-    lone.write_bytes(os.urandom(4096))
+    lone.write_bytes(_junk(seed))
     with pytest.raises(WeightsError) as exc:
         create_backbone("dinov2-small", weights=lone)
     assert str(lone) in _one_line(exc)
@@ -350,3 +357,19 @@ def test_icm_backbones_table_and_json(tmp_path):
     result = runner.invoke(app, ["backbones", "--json", "--weights", str(tmp_path / "absent")])
     assert result.exit_code == 0, result.output
     assert not any(r["usable"] for r in json.loads(result.output))
+
+
+def test_dinov2_status_checks_weights_without_loading(tmp_path):
+    pytest.importorskip("transformers")
+    status = get_spec("dinov2-small").status
+    _tiny_dinov2(tmp_path / "model")
+    assert status(str(tmp_path / "model"))[0]
+    assert status(str(tmp_path / "model" / "model.safetensors"))[0]
+    ok, why = status(str(tmp_path))
+    assert not ok and "config.json" in why
+    lite0 = get_spec("efficientnet-lite0").status(None)[1].removeprefix("weights: ")
+    other = tmp_path / "other.safetensors"
+    from safetensors.torch import save_file
+    save_file({"_conv_stem.weight": torch.zeros(2)}, str(other))
+    assert not status(str(other))[0]
+    assert status(lite0)[1].endswith("(contents checked when loaded)")

@@ -28,7 +28,9 @@ def generator(seed: int) -> torch.Generator:
 
 def random_attention(batch: int, height: int, width: int, seed: int = 0, sharpness: float = 3.0, dtype=torch.float32):
     """Row-stochastic ``[B, h, w, h*w]`` self-attention with some structure (softmax of random logits)."""
-    logits = sharpness * torch.randn(batch, height, width, height * width, generator=generator(seed), dtype=torch.float64)
+    logits = sharpness * torch.randn(
+        batch, height, width, height * width, generator=generator(seed), dtype=torch.float64
+    )
     return logits.softmax(dim=-1).to(dtype)
 
 
@@ -143,7 +145,9 @@ def test_an_item_without_valid_tokens_gets_zero_heat_not_nan():
 @pytest.mark.parametrize("temperature", [0, -1.0])
 def test_non_positive_temperature_is_a_value_error(temperature):
     with pytest.raises(ValueError, match="temperature"):
-        cross_attention_heat(torch.randn(1, 3, 2, 2), torch.randn(1, 1, 3), torch.ones(1, 1, dtype=torch.bool), temperature)
+        cross_attention_heat(
+            torch.randn(1, 3, 2, 2), torch.randn(1, 1, 3), torch.ones(1, 1, dtype=torch.bool), temperature
+        )
 
 
 # --- calculate_attention_score ---------------------------------------------------------------------------
@@ -159,7 +163,9 @@ def test_two_cluster_attention_scores_the_whole_cluster_of_a_partial_mask():
     fg_mean_a = 1 / 6  # an A position pays 1/6 to each A position, the foreground included
     bg_mean_a = (4 / 6) / 13  # the rest of its attention (4 A positions) spread over 13 background cells
     ratio = calculate_attention_score(mask, attn, "ratio")[0, 0]
-    torch.testing.assert_close(ratio[cluster], torch.full((6,), fg_mean_a / (fg_mean_a + bg_mean_a), dtype=torch.float64))
+    torch.testing.assert_close(
+        ratio[cluster], torch.full((6,), fg_mean_a / (fg_mean_a + bg_mean_a), dtype=torch.float64)
+    )
     assert torch.all(ratio[~cluster] == 0)
     softmax = calculate_attention_score(mask, attn, "softmax")[0, 0]
     expected_a = torch.sigmoid(torch.tensor(15 * (fg_mean_a - bg_mean_a), dtype=torch.float64))
@@ -234,7 +240,7 @@ def test_a_mask_at_another_resolution_is_resized_to_the_attention_grid():
     cluster = block_cluster(3, 4, slice(0, 3), slice(0, 2))
     fine = torch.zeros(1, 1, 30, 40)
     fine[..., 0:10, 0:10] = 1  # covers grid cell (0, 0)
-    refined, converged = refine_mask_by_attention(fine, cluster_attention(cluster))
+    refined, _ = refine_mask_by_attention(fine, cluster_attention(cluster))
     assert refined.shape == (1, 1, 3, 4) and torch.equal(refined[0, 0], cluster.double())
 
 
@@ -244,7 +250,12 @@ def test_bad_iterations_are_a_value_error():
 
 
 @FAST
-@given(seed=st.integers(0, 10_000), height=st.integers(1, 6), width=st.integers(1, 7), score_type=st.sampled_from(SCORE_TYPES))
+@given(
+    seed=st.integers(0, 10_000),
+    height=st.integers(1, 6),
+    width=st.integers(1, 7),
+    score_type=st.sampled_from(SCORE_TYPES),
+)
 def test_refinement_is_idempotent_at_convergence_and_batch_equals_singles(seed, height, width, score_type):
     attn = random_attention(3, height, width, seed=seed, dtype=torch.float64)
     mask = (torch.rand(3, 1, height, width, generator=generator(seed + 7)) < 0.5).double()
@@ -254,7 +265,9 @@ def test_refinement_is_idempotent_at_convergence_and_batch_equals_singles(seed, 
     again, converged_again = refine_mask_by_attention(refined, attn, iterations=1, score_type=score_type)
     assert torch.equal(again[converged], refined[converged]) and torch.all(converged_again[converged])
     for item in range(3):
-        single, single_converged = refine_mask_by_attention(mask[item : item + 1], attn[item : item + 1], 10, score_type)
+        single, single_converged = refine_mask_by_attention(
+            mask[item : item + 1], attn[item : item + 1], 10, score_type
+        )
         assert torch.equal(single[0], refined[item]) and single_converged.item() == converged[item].item()
 
 
@@ -306,7 +319,12 @@ def test_blocks_fuse_two_grids_onto_the_finest():
     assert list(result.levels) == [(4, 6), (2, 3)] and result.levels[(2, 3)].mask.shape == (1, 1, 2, 3)
     assert torch.equal(result.levels[(2, 3)].mask[0, 0], coarse.float())
     assert torch.equal(result.mask[0, 0], object_cells.float()) and result.converged.item()
-    assert TrainingFreeAttentionBlocks()(source_ft, ref_ft, ref_mask, attns, output_size=(8, 12)).mask.shape == (1, 1, 8, 12)
+    assert TrainingFreeAttentionBlocks()(source_ft, ref_ft, ref_mask, attns, output_size=(8, 12)).mask.shape == (
+        1,
+        1,
+        8,
+        12,
+    )
 
 
 def test_blocks_batch_equals_stacked_singles_and_inputs_are_untouched():
@@ -338,7 +356,10 @@ def test_blocks_run_in_half_precision_without_nan(dtype):
     source_ft = torch.randn(2, 8, 6, 4, generator=generator(19)).to(dtype)
     ref_ft = torch.randn(1, 8, 4, 4, generator=generator(20)).to(dtype)
     ref_mask = torch.ones(1, 1, 4, 4, dtype=dtype)
-    attns = {(6, 4): random_attention(2, 6, 4, seed=21, dtype=dtype), (3, 2): random_attention(2, 3, 2, seed=22, dtype=dtype)}
+    attns = {
+        (6, 4): random_attention(2, 6, 4, seed=21, dtype=dtype),
+        (3, 2): random_attention(2, 3, 2, seed=22, dtype=dtype),
+    }
     result = TrainingFreeAttentionBlocks()(source_ft, ref_ft, ref_mask, attns)
     for name in ("inter", "intra", "mask"):
         value = getattr(result, name)

@@ -97,14 +97,14 @@ def _load_error(exc: BaseException, source: Path, what: str) -> WeightsError:
     """One line for a failed ``from_pretrained``; ``what`` names the expected architecture."""
     line = _first_line(exc)
     weights = _folder_weights(source) if source.is_dir() else source
-    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in line.lower():
-        return WeightsError(f"{weights}: refused: not a plain-tensor PyTorch file (corrupt, or it holds "
-                            f"code that torch.load(weights_only=True) will not run); use model.safetensors")
-    if weights is not None and weights.suffix == ".safetensors" and (
-            "safetensor" in type(exc).__name__.lower() or "deserializ" in line.lower()):
-        return WeightsError(f"{weights}: not a readable safetensors file ({line})")
     if "mismatched" in line or "size mismatch" in line:
         return WeightsError(f"{source}: tensor sizes do not match {what}")
+    if weights is not None and weights.suffix == ".safetensors":
+        return WeightsError(f"{weights}: not a readable safetensors file ({line})")
+    if (isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in line.lower()
+            or (weights is not None and weights.suffix in (".bin", ".pth", ".pt"))):
+        return WeightsError(f"{weights}: refused: not a plain-tensor PyTorch file (corrupt, or it holds "
+                            f"code that torch.load(weights_only=True) will not run); use model.safetensors")
     return WeightsError(f"{source}: could not load the DINOv2 weights ({line})")
 
 
@@ -134,6 +134,16 @@ def cached_snapshot(variant: str, cache_dir: str | Path | None = None) -> Path |
     return folder if _folder_weights(folder) else None
 
 
+def _safetensors_keys(path: Path) -> list[str] | None:
+    """Tensor names from a safetensors header (the tensors are not read), or None."""
+    try:
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception:
+        return None
+
+
 def weights_status(variant: str, weights: str | Path | None,
                    cache_dir: str | Path | None = None) -> tuple[bool, str]:
     """(usable here, reason) without importing transformers or reading weights."""
@@ -148,7 +158,14 @@ def weights_status(variant: str, weights: str | Path | None,
                 return False, f"{path}: no model.safetensors or pytorch_model.bin"
             return True, f"weights: {path}"
         if path.is_file():
-            return True, f"weights: {path}"
+            if path.suffix == ".safetensors":
+                keys = _safetensors_keys(path)
+                if keys is None:
+                    return False, f"{path}: not a readable safetensors file"
+                if not any("patch_embeddings" in k for k in keys):
+                    return False, f"{path}: holds no DINOv2 (Hugging Face format) tensors"
+                return True, f"weights: {path}"
+            return True, f"weights: {path} (contents checked when loaded)"
         return False, f"{path}: not found"
     snapshot = cached_snapshot(variant, cache_dir)
     if snapshot is not None:
@@ -231,7 +248,12 @@ def _load_file(transformers, variant: str, path: Path):
         config = transformers.Dinov2Config(**VARIANTS[variant][1])
         what = (f"the standard {variant} architecture (no config.json beside the file; "
                 f"put the model's config.json next to it)")
-    state = load_state_dict(path)
+    try:
+        state = load_state_dict(path)
+    except WeightsError:
+        raise
+    except Exception as exc:  # junk can make the unpickler fail in any way (IndexError, KeyError...)
+        raise _load_error(exc, path, "a PyTorch state dict") from None
     if any(k.startswith("blocks.") or ".attn.qkv." in k for k in state):
         raise WeightsError(f"{path}: this is an original facebookresearch/dinov2 checkpoint; icm reads "
                            f"the Hugging Face format: {download_hint(variant)}")

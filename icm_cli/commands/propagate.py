@@ -9,55 +9,8 @@ from typing import List, Optional
 import typer
 
 from icm_cli import io
-from icm_cli.console import error_line, progress_bar, stdout
-
-
-def load_references(refs: list[str], masks: list[str], max_pixels: int,
-                    resize_masks: bool = False) -> list[tuple]:
-    """Read ``--ref``/``--mask`` pairs; raises :class:`io.InputError` naming the bad file."""
-    import numpy as np
-    from PIL import Image
-
-    if not refs:
-        raise io.InputError("--ref is required: the reference image that shows the object")
-    if len(refs) != len(masks):
-        raise io.InputError(f"give one --mask per --ref (got {len(refs)} --ref and {len(masks)} --mask)")
-    pairs = []
-    for ref, mask_path in zip(refs, masks):
-        image = io.read_image(ref, max_pixels=max_pixels)
-        mask = io.read_mask(mask_path, max_pixels=max_pixels)
-        if mask.shape != image.shape[:2]:
-            if not resize_masks:
-                raise io.InputError(
-                    f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but {ref} is "
-                    f"{image.shape[1]}x{image.shape[0]} (pass --resize-masks to stretch it)")
-            mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(
-                (image.shape[1], image.shape[0]), Image.NEAREST), np.float32) / 255.0
-        if not io.binary_mask(mask).any():
-            raise io.InputError(f"{mask_path}: mask is empty (no pixel at or above half range)")
-        if io.binary_mask(mask).all():
-            raise io.InputError(f"{mask_path}: mask covers the whole image, so there is no background to contrast")
-        pairs.append((image, mask))
-    return pairs
-
-
-def build_propagator(backbone: str, weights: Optional[str], device: str, size: int,
-                     head_steps: int, edges: bool, threshold: Optional[float]):
-    """Backbone + engine on the resolved device; raises one-line errors."""
-    import dataclasses
-
-    from icm_cli.backbones import create_backbone
-    from icm_cli.device import default_dtype, resolve_device
-    from icm_cli.predict.engine import PropagateSettings, Propagator
-
-    dev = resolve_device(device)
-    settings = PropagateSettings(size=size, head_steps=head_steps)
-    if threshold is not None:
-        settings = dataclasses.replace(settings, grabcut=False, threshold=threshold)
-    elif not edges:
-        settings = dataclasses.replace(settings, grabcut=False)
-    net = create_backbone(backbone, weights)
-    return Propagator(net, device=dev, dtype=default_dtype(dev), settings=settings)
+from icm_cli.commands._shared import build_propagator, load_references
+from icm_cli.console import error_line, progress_bar
 
 
 def propagate(

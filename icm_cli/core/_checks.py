@@ -17,7 +17,7 @@ MASK_THRESHOLD = 0.5
 
 def require_4d(tensor: torch.Tensor, name: str, layout: str = "[B, C, H, W]") -> None:
     if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor shaped {layout}, got {type(tensor).__name__}.")
+        raise TypeError(f"{name} must be a torch.Tensor shaped {layout}, got {type(tensor).__name__}.")
     if tensor.dim() != 4:
         raise ValueError(f"{name} must be shaped {layout}, got shape {tuple(tensor.shape)}.")
 
@@ -44,9 +44,12 @@ def require_size(size: object, name: str = "size") -> tuple[int, int]:
 
 def require_attention(attn: torch.Tensor, name: str = "attn") -> tuple[int, int, int]:
     """Check ``attn`` is ``[B, h, w, h*w]``; return ``(B, h, w)``."""
-    if not isinstance(attn, torch.Tensor) or attn.dim() != 4:
-        shape = tuple(attn.shape) if isinstance(attn, torch.Tensor) else type(attn).__name__
-        raise ValueError(f"{name} must be a self-attention map shaped [B, h, w, h*w], got {shape}.")
+    if not isinstance(attn, torch.Tensor):
+        raise TypeError(
+            f"{name} must be a self-attention map (torch.Tensor [B, h, w, h*w]), got {type(attn).__name__}."
+        )
+    if attn.dim() != 4:
+        raise ValueError(f"{name} must be a self-attention map shaped [B, h, w, h*w], got {tuple(attn.shape)}.")
     batch, height, width, positions = attn.shape
     if positions != height * width:
         raise ValueError(

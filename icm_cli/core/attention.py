@@ -19,7 +19,7 @@ positions in raster order, summing to 1.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -111,8 +111,10 @@ def cross_attention_heat(
     batch, _, height, width = source_ft.shape
     tokens = broadcast_batch(tokens, batch, "tokens", "source_ft")
     valid = broadcast_batch(valid, batch, "valid", "source_ft")
-    logits = torch.einsum("bnc,bcp->bnp", tokens.to(source_ft.dtype), source_ft.flatten(2))  # [B, N, h*w]
-    landing = (logits / temperature).softmax(dim=-1, dtype=torch.float32)  # [B, N, h*w]
+    # Scaling the (small) tokens rather than the [B, N, h*w] logits saves one logits-sized copy.
+    scaled_tokens = tokens.to(source_ft.dtype) / temperature
+    logits = torch.einsum("bnc,bcp->bnp", scaled_tokens, source_ft.flatten(2))  # [B, N, h*w]
+    landing = logits.softmax(dim=-1, dtype=torch.float32)  # [B, N, h*w]
     heat = torch.einsum("bnp,bn->bp", landing, valid.to(torch.float32))  # [B, h*w]
     heat = _peak_normalise(heat)
     return heat.to(float_dtype(source_ft)).view(batch, 1, height, width)

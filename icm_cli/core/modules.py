@@ -8,7 +8,7 @@ and feature maps ``[B, C, h, w]``.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -177,7 +177,7 @@ class OneWayAttentionBlock(nn.Module):
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio!r}.")
         self.attn = ProjectedAttention(dim, num_heads, downsample_rate)
         self.norm1 = nn.LayerNorm(dim)
-        hidden = max(1, int(round(dim * mlp_ratio)))
+        hidden = max(1, round(dim * mlp_ratio))
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.norm2 = nn.LayerNorm(dim)
 

@@ -7,8 +7,8 @@ code written against either style works.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Iterator
 
 import torch
 

@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from icm_cli.backbones.base import Backbone, Features
+from icm_cli.core import cross_attention_heat, propagate_heat, roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
-from icm_cli.predict.nearest import contrast_probability
+from icm_cli.predict.nearest import background_floor, contrast_probability
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
 
 
@@ -30,11 +31,16 @@ class PropagateSettings:
     temperature: float = 0.05  # sharpness of the fg-vs-bg contrast
     head_steps: int = 300      # test-time-trained object head: optimiser steps (0 = no head)
     augmentations: int = 8     # augmented copies of each reference for the head
+    head_batch: int = 4096     # cells per optimiser step
+    head_hidden: int = 128     # hidden width of the head (0 = linear classifier)
     head_weight: float = 0.5   # share of the head in the fused probability
     grabcut: bool = True       # colour-model refinement of the uncertain band
     grabcut_scale: float = 0.5
     clean: bool = True         # fill holes, drop components without a confident core
     threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
+    attention_prior: float = 0.0   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
+    source_background: bool = False  # lend each source its own clear background (see nearest.py)
+    background_quantile: float = 0.5
     seed: int = 0
 
 
@@ -43,6 +49,9 @@ class ReferenceContext:
     tokens: ReferenceTokens
     head: ObjectHead | None
     feature_dim: int
+    background_floor: float = float("nan")
+    roi_tokens: torch.Tensor | None = None   # [1, N, C] min-pooled ICM query tokens
+    roi_valid: torch.Tensor | None = None    # [1, N] bool
 
 
 @dataclass
@@ -92,11 +101,21 @@ class Propagator:
                                           align_corners=False),
                             (0, geo.padded_w - geo.resized_w, 0, geo.padded_h - geo.resized_h))
         ft = self.features(canvas).ft[0]
+        self._last_reference = (ft, mask_canvas, geo)
         grid = tuple(ft.shape[-2:])
         area = mask_area_on_grid(mask_canvas.to(ft.device), grid)[0, 0]
         valid = geo.valid_mask(*grid).to(ft.device)
         # The edge row/column is partly padding: count it only if mostly image.
         return pool_reference_tokens(ft, area, valid), ft
+
+    @staticmethod
+    def _icm_roi_tokens(ft: torch.Tensor, mask_canvas: torch.Tensor, fallback: ReferenceTokens) -> torch.Tensor:
+        """ICM query tokens ``[N, C]``: features of the cells the mask covers whole."""
+        try:
+            tokens, valid = roi_tokens(ft[None], mask_canvas.to(ft.device))
+            return tokens[0][valid[0]]
+        except ValueError:  # a mask smaller than one cell: use its best-covered cells
+            return fallback.fg
 
     # --------------------------------------------------------------- reference
     @torch.no_grad()
@@ -104,13 +123,17 @@ class Propagator:
         """Build the context from ``(image [H,W,3] uint8, mask [H,W] float)`` pairs."""
         s = self.settings
         generator = torch.Generator().manual_seed(s.seed)
-        token_sets, head_sets = [], []
+        self.reference_features: list[tuple[torch.Tensor, WorkingGeometry]] = []
+        token_sets, head_sets, roi_sets = [], [], []
         for image_np, mask_np in references:
             image = to_tensor(image_np)
             mask = torch.from_numpy((mask_np >= 0.5).astype(np.float32))[None, None]
             if mask.sum() == 0:
                 raise ValueError("the reference mask is empty")
             tokens, _ = self._reference_tokens(image, mask)
+            ref_ft, ref_mask_canvas, ref_geo = self._last_reference
+            roi_sets.append(self._icm_roi_tokens(ref_ft, ref_mask_canvas, fallback=tokens))
+            self.reference_features.append((ref_ft.cpu(), ref_geo))
             if tokens.fg.shape[0] == 0:
                 # A tiny object covers no whole cell: take its best-covered cells.
                 tokens.fg = tokens.cells[tokens.cell_targets >= tokens.cell_targets.max() * 0.5]
@@ -126,8 +149,12 @@ class Propagator:
         if s.head_steps > 0:
             all_cells = ReferenceTokens.concat(head_sets)
             head = train_object_head(all_cells.cells, all_cells.cell_targets, steps=s.head_steps,
-                                     seed=s.seed)
-        self.context = ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1])
+                                     batch=s.head_batch, seed=s.seed, hidden=s.head_hidden)
+        floor = background_floor(tokens.fg, tokens.bg, s.k, s.background_quantile)
+        roi = torch.cat(roi_sets)[None]
+        self.context = ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
+                                        background_floor=floor, roi_tokens=roi,
+                                        roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool))
         return self.context
 
     # ----------------------------------------------------------------- sources
@@ -139,19 +166,54 @@ class Propagator:
         h, w = images[0].shape[:2]
         geo = self.geometry_for(h, w)
         batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
-        feats = self.features(batch)
-        return self.predict_from_features(feats.ft, geo)
+        feats = self.features(batch, with_attention=self.settings.attention_prior > 0)
+        return self.predict_from_features(feats.ft, geo, feats.attn)
 
-    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry) -> list[GridPrediction]:
+    @torch.no_grad()
+    def attention_maps(self, images: list[np.ndarray]) -> list[dict]:
+        """ICM's training-free attention for images of one size.
+
+        Returns per image ``{"inter": [1,1,h,w], "intra": [1,1,h,w], "prob": [1,1,h,w],
+        "geometry": WorkingGeometry, "ft": [1,C,h,w]}``: the cross-attention heat of
+        the reference's ROI tokens, the same spread by the source's own
+        self-attention (``heat · Aᵀ``) and the engine's object probability.
+        """
+        ctx = self.context
+        h, w = images[0].shape[:2]
+        geo = self.geometry_for(h, w)
+        batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
+        feats = self.features(batch, with_attention=True)
+        ft = feats.ft
+        inter, intra = self.icm_heat(ft, feats.attn)
+        preds = self.predict_from_features(ft, geo, feats.attn)
+        return [{"inter": inter[i:i + 1].cpu(), "intra": intra[i:i + 1].cpu(), "prob": preds[i].prob,
+                 "geometry": geo, "ft": ft[i:i + 1].cpu(), "prediction": preds[i]} for i in range(len(images))]
+
+    def icm_heat(self, ft: torch.Tensor, attn: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """ICM's inter and intra heat on the feature grid, each ``[B, 1, h, w]`` with peak 1."""
+        ctx = self.context
+        inter = cross_attention_heat(ft, ctx.roi_tokens.to(ft.device), ctx.roi_valid.to(ft.device))
+        grid, a = next(iter(attn.items()))
+        intra = propagate_heat(F.adaptive_avg_pool2d(inter, grid), a.float())
+        intra = intra / intra.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return inter, F.interpolate(intra, size=ft.shape[-2:], mode="bilinear", align_corners=False)
+
+    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry,
+                              attn: dict | None = None) -> list[GridPrediction]:
         s, ctx = self.settings, self.context
         prob_nn = contrast_probability(ft, ctx.tokens.fg.to(ft.device), ctx.tokens.bg.to(ft.device),
-                                       k=s.k, temperature=s.temperature)
+                                       k=s.k, temperature=s.temperature,
+                                       source_floor=ctx.background_floor if s.source_background else None)
         prob = prob_nn
         parts = {"nearest": prob_nn}
         if ctx.head is not None:
             prob_head = ctx.head.to(ft.device).probability_map(ft)
             parts["head"] = prob_head
             prob = (1 - s.head_weight) * prob_nn + s.head_weight * prob_head
+        if s.attention_prior > 0 and attn:
+            _, intra = self.icm_heat(ft, attn)
+            parts["intra"] = intra
+            prob = prob * (intra / s.attention_prior).clamp(max=1.0)
         return [GridPrediction(prob[i:i + 1].cpu(), geo, {k: v[i:i + 1].cpu() for k, v in parts.items()})
                 for i in range(ft.shape[0])]
 

@@ -14,12 +14,16 @@ from torch import nn
 
 
 class ObjectHead(nn.Module):
-    """``[..., C]`` features -> ``[...]`` object logits (MLP C -> 128 -> 128 -> 1)."""
+    """``[..., C]`` features -> ``[...]`` object logits (MLP C -> hidden -> hidden -> 1,
+    or a linear classifier when ``hidden`` is 0)."""
 
     def __init__(self, in_dim: int, hidden: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                 nn.ReLU(), nn.Linear(hidden, 1))
+        if hidden > 0:
+            self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                     nn.ReLU(), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Sequential(nn.Linear(in_dim, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -31,7 +35,7 @@ class ObjectHead(nn.Module):
 
 
 def train_object_head(cells: torch.Tensor, targets: torch.Tensor, steps: int = 300,
-                      batch: int = 4096, lr: float = 1e-2, seed: int = 0) -> ObjectHead:
+                      batch: int = 4096, lr: float = 1e-2, seed: int = 0, hidden: int = 128) -> ObjectHead:
     """Fit an :class:`ObjectHead` to soft per-cell targets.
 
     cells: ``[N, C]`` features; targets: ``[N]`` object area fraction of each
@@ -45,7 +49,7 @@ def train_object_head(cells: torch.Tensor, targets: torch.Tensor, steps: int = 3
     torch.manual_seed(seed)
     cells = cells.detach().float()
     targets = targets.detach().float().clamp(0, 1)
-    head = ObjectHead(cells.shape[1]).to(cells.device)
+    head = ObjectHead(cells.shape[1], hidden).to(cells.device)
     fg_share = targets.mean().clamp(1e-3, 1 - 1e-3)
     # Weights that make object and background count alike in the loss.
     pos_weight, neg_weight = 0.5 / fg_share, 0.5 / (1 - fg_share)

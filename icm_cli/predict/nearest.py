@@ -4,11 +4,19 @@ Each source position is scored by how much more it resembles its nearest
 object tokens than its nearest background tokens. Background contrast is what
 makes this work: a similarity to the object alone has no scale that separates
 object from clutter.
+
+The reference shows only its own background. In a source with a background
+never seen (an astronaut behind a cup that was photographed on a table) the
+new clutter resembles neither side, and a pure contrast calls it object.
+``source_background_floor`` lets each source lend its own background: cells
+that resemble the object less than typical reference background does become
+extra background tokens for that source.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def topk_mean_similarity(queries: torch.Tensor, tokens: torch.Tensor, k: int,
@@ -33,15 +41,55 @@ def topk_mean_similarity(queries: torch.Tensor, tokens: torch.Tensor, k: int,
     return best.float().mean(dim=-1)
 
 
+def background_floor(fg: torch.Tensor, bg: torch.Tensor, k: int, quantile: float = 0.5) -> float:
+    """The object-similarity of typical reference background.
+
+    fg ``[Nf, C]``, bg ``[Nb, C]``; returns the ``quantile`` of
+    ``topk_mean_similarity(bg, fg)``: source cells below it look less like
+    the object than half of the known background does. NaN when either side
+    is empty (then no source cell is lent).
+    """
+    if fg.shape[0] == 0 or bg.shape[0] == 0:
+        return float("nan")
+    sims = topk_mean_similarity(bg[None], fg, k)[0]
+    return float(torch.quantile(sims.float(), quantile))
+
+
+def source_background_similarity(queries: torch.Tensor, sf: torch.Tensor, grid: tuple[int, int],
+                                 floor: float, k: int) -> torch.Tensor:
+    """Similarity of each query to its own image's clear-background cells.
+
+    queries ``[B, Q, C]`` on a ``grid`` (h*w = Q), sf ``[B, Q]`` their object
+    similarity. Candidates are 2x2-pooled cells whose object similarity is
+    below ``floor``; returns ``[B, Q]`` top-k mean similarity to them (-1
+    where an image has no candidate).
+    """
+    b, q, c = queries.shape
+    h, w = grid
+    fmap = queries.transpose(1, 2).reshape(b, c, h, w)
+    pooled = F.normalize(F.avg_pool2d(fmap, 2, ceil_mode=True), dim=1).flatten(2).transpose(1, 2)  # [B,P,C]
+    pooled_sf = F.avg_pool2d(sf.reshape(b, 1, h, w), 2, ceil_mode=True).flatten(1)  # [B, P]
+    candidate = pooled_sf < floor
+    sims = queries @ pooled.transpose(1, 2)  # [B, Q, P]
+    sims = sims.masked_fill(~candidate[:, None, :], -1.0)
+    kk = min(k, sims.shape[-1])
+    return sims.topk(kk, dim=-1).values.float().mean(dim=-1)
+
+
 def contrast_probability(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, k: int = 5,
-                         temperature: float = 0.05) -> torch.Tensor:
+                         temperature: float = 0.05, source_floor: float | None = None) -> torch.Tensor:
     """Object probability of every source cell.
 
     ft: ``[B, C, h, w]`` L2-normalised source features; fg ``[Nf, C]``, bg
     ``[Nb, C]`` reference tokens; returns ``[B, 1, h, w]`` =
-    ``sigmoid((topk_fg - topk_bg) / temperature)``.
+    ``sigmoid((topk_fg - topk_bg) / temperature)``. With ``source_floor``
+    (see :func:`background_floor`) the background side also includes the
+    source's own clear-background cells.
     """
     b, c, h, w = ft.shape
     queries = ft.flatten(2).transpose(1, 2)  # [B, hw, C]
-    diff = topk_mean_similarity(queries, fg, k) - topk_mean_similarity(queries, bg, k)
-    return torch.sigmoid(diff / temperature).reshape(b, 1, h, w)
+    sf = topk_mean_similarity(queries, fg, k)
+    sb = topk_mean_similarity(queries, bg, k)
+    if source_floor is not None and source_floor == source_floor:  # not NaN
+        sb = torch.maximum(sb, source_background_similarity(queries, sf, (h, w), source_floor, k))
+    return torch.sigmoid((sf - sb) / temperature).reshape(b, 1, h, w)

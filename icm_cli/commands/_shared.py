@@ -1,0 +1,71 @@
+"""Pieces several commands share: loading references, building the engine, pairing by stem."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from icm_cli import io
+
+
+def load_references(refs: list[str], masks: list[str], max_pixels: int,
+                    resize_masks: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Read ``--ref``/``--mask`` pairs; raises :class:`io.InputError` naming the bad file."""
+    from PIL import Image
+
+    if not refs:
+        raise io.InputError("--ref is required: the reference image that shows the object")
+    if len(refs) != len(masks):
+        raise io.InputError(f"give one --mask per --ref (got {len(refs)} --ref and {len(masks)} --mask)")
+    pairs = []
+    for ref, mask_path in zip(refs, masks):
+        image = io.read_image(ref, max_pixels=max_pixels)
+        mask = io.read_mask(mask_path, max_pixels=max_pixels)
+        if mask.shape != image.shape[:2]:
+            if not resize_masks:
+                raise io.InputError(
+                    f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but {ref} is "
+                    f"{image.shape[1]}x{image.shape[0]} (pass --resize-masks to stretch it)")
+            mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(
+                (image.shape[1], image.shape[0]), Image.NEAREST), np.float32) / 255.0
+        binary = io.binary_mask(mask)
+        if not binary.any():
+            raise io.InputError(f"{mask_path}: mask is empty (no pixel at or above half range)")
+        if binary.all():
+            raise io.InputError(f"{mask_path}: mask covers the whole image, so there is no background to contrast")
+        pairs.append((image, mask))
+    return pairs
+
+
+def build_propagator(backbone: str, weights: Optional[str], device: str, size: int,
+                     head_steps: Optional[int] = None, edges: bool = True, threshold: Optional[float] = None):
+    """Backbone + engine on the resolved device; raises one-line errors."""
+    from icm_cli.backbones import create_backbone
+    from icm_cli.device import default_dtype, resolve_device
+    from icm_cli.predict.engine import PropagateSettings, Propagator
+
+    dev = resolve_device(device)
+    settings = PropagateSettings(size=size)
+    if head_steps is not None:
+        settings = dataclasses.replace(settings, head_steps=head_steps)
+    if threshold is not None:
+        settings = dataclasses.replace(settings, grabcut=False, threshold=threshold)
+    elif not edges:
+        settings = dataclasses.replace(settings, grabcut=False)
+    net = create_backbone(backbone, weights)
+    return Propagator(net, device=dev, dtype=default_dtype(dev), settings=settings)
+
+
+def find_by_stem(folder: Path, stem: str) -> Optional[Path]:
+    """The image in ``folder`` whose stem is ``stem`` (PNG preferred), or None."""
+    preferred = folder / f"{stem}.png"
+    if preferred.is_file():
+        return preferred
+    for suffix in sorted(io.IMAGE_SUFFIXES):
+        for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
+            if candidate.is_file():
+                return candidate
+    return None
