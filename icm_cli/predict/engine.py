@@ -6,6 +6,7 @@ tensor work run on the engine's device. No files and no printing here.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,7 @@ class Propagator:
         self.dtype = dtype
         self.settings = settings or PropagateSettings()
         self.context: ReferenceContext | None = None
+        self.backbone_seconds = 0.0  # wall time spent in backbone forwards (for benchmarks)
 
     # ---------------------------------------------------------------- geometry
     def geometry_for(self, height: int, width: int) -> WorkingGeometry:
@@ -87,8 +89,12 @@ class Propagator:
     @torch.no_grad()
     def features(self, canvas: torch.Tensor, with_attention: bool = False) -> Features:
         """``[B, 3, H, W]`` canvas in [0, 1] -> backbone features (float32 ``ft``)."""
+        t0 = time.perf_counter()
         feats = self.backbone(canvas.to(self.device, self.dtype), with_attention=with_attention)
         feats.ft = feats.ft.float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.backbone_seconds += time.perf_counter() - t0
         return feats
 
     def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[ReferenceTokens, torch.Tensor]:

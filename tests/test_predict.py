@@ -1,0 +1,146 @@
+"""Known answers for the engine's numeric pieces: geometry, contrast, head, full-size steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from icm_cli.geometry import WorkingGeometry
+from icm_cli.predict import fullres
+from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
+from icm_cli.predict.nearest import (background_floor, contrast_probability, source_background_similarity,
+                                     topk_mean_similarity)
+from icm_cli.predict.tokens import mask_area_on_grid, pool_reference_tokens
+
+
+def test_geometry_fit_keeps_aspect_and_pads_to_multiple():
+    g = WorkingGeometry.fit(480, 854, 384, 32)
+    assert (g.resized_h, g.resized_w) == (384, 683)
+    assert (g.padded_h, g.padded_w) == (384, 704)
+    assert g.valid_cells(48, 88) == (48, 86)
+    small = WorkingGeometry.fit(10, 10, 64, 32)
+    assert (small.padded_h, small.padded_w) == (64, 64)
+    with pytest.raises(ValueError):
+        WorkingGeometry.fit(0, 5, 64, 32)
+
+
+def test_geometry_round_trip_returns_the_image_region():
+    g = WorkingGeometry.fit(60, 100, 64, 32)  # resized 64x107, padded 64x128
+    img = torch.zeros(1, 1, 60, 100)
+    img[..., :, 50:] = 1.0  # right half
+    canvas = g.to_canvas(img)
+    assert canvas.shape[-2:] == (64, 128)
+    assert canvas[0, 0, :, -1].eq(1).all()  # replicate padding continues the edge
+    grid = F.adaptive_avg_pool2d(canvas, (8, 16))
+    back = g.to_original(grid)
+    assert back.shape[-2:] == (60, 100)
+    binary = back[0, 0] > 0.5
+    assert binary[:, 60:].all() and not binary[:, :40].any()
+
+
+def test_topk_mean_similarity_known_values():
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # [1, 2, 2]
+    tokens = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    got = topk_mean_similarity(q, tokens, k=2)
+    assert torch.allclose(got, torch.tensor([[0.8, 0.9]]))
+    # chunking gives the same running top-k
+    assert torch.allclose(topk_mean_similarity(q, tokens, k=2, chunk=1), got)
+    assert topk_mean_similarity(q, tokens[:0], k=2).eq(-1).all()
+
+
+def test_contrast_probability_prefers_the_closer_side():
+    fg = torch.tensor([[1.0, 0.0]])
+    bg = torch.tensor([[0.0, 1.0]])
+    ft = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 1, 2)  # cell 0 = fg, cell 1 = bg
+    p = contrast_probability(ft, fg, bg, k=1, temperature=0.1)
+    assert p.shape == (1, 1, 1, 2)
+    assert torch.allclose(p[0, 0, 0], torch.sigmoid(torch.tensor([10.0, -10.0])))
+
+
+def test_background_floor_is_the_quantile_of_background_similarity():
+    fg = torch.tensor([[1.0, 0.0]])
+    bg = F.normalize(torch.tensor([[1.0, 1.0], [0.0, 1.0], [-1.0, 0.0]]), dim=1)
+    # similarities of bg to fg: 0.7071, 0, -1 -> median 0
+    assert background_floor(fg, bg, k=1) == pytest.approx(0.0, abs=1e-6)
+    assert np.isnan(background_floor(fg, bg[:0], k=1))
+
+
+def test_source_background_lends_the_clear_background_cells():
+    # 2x2 grid, one pooled cell; sf below the floor -> that cell is a candidate
+    q = F.normalize(torch.tensor([[[1.0, 0.0], [1.0, 0.1], [0.9, 0.0], [1.0, 0.0]]]), dim=-1)
+    sims = source_background_similarity(q, torch.full((1, 4), -0.5), (2, 2), floor=0.0, k=1)
+    assert sims.shape == (1, 4) and (sims > 0.99).all()
+    none = source_background_similarity(q, torch.full((1, 4), 0.5), (2, 2), floor=0.0, k=1)
+    assert none.eq(-1).all()
+
+
+def test_reference_tokens_split_by_area():
+    ft = torch.arange(2 * 2 * 3, dtype=torch.float32).reshape(2, 2, 3)
+    area = torch.tensor([[1.0, 0.5, 0.0], [0.95, 0.05, 1.0]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    t = pool_reference_tokens(ft, area, valid)
+    assert t.fg.shape == (2, 2) and t.bg.shape == (2, 2) and t.cells.shape == (5, 2)
+    assert torch.equal(t.fg[:, 0], torch.tensor([0.0, 3.0]))
+    mask = torch.zeros(1, 1, 4, 6)
+    mask[..., :2, :3] = 1
+    assert torch.equal(mask_area_on_grid(mask, (2, 2))[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+
+
+def test_object_head_learns_a_separable_split():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 8, generator=g)
+    y = (x[:, 0] > 0.8).float()  # about a fifth are object: class balance matters
+    head = train_object_head(x, y, steps=150, batch=256, seed=0, hidden=32)
+    acc = ((head(x) > 0).float() == y).float().mean()
+    assert acc > 0.95
+    again = train_object_head(x, y, steps=150, batch=256, seed=0, hidden=32)
+    assert torch.equal(head(x), again(x))  # seeded: repeatable
+    assert ObjectHead(8, hidden=0)(x).shape == (600,)
+    with pytest.raises(ValueError):
+        train_object_head(x[:0], y[:0])
+
+
+def test_augment_reference_keeps_image_and_mask_aligned():
+    g = torch.Generator().manual_seed(1)
+    img = torch.zeros(3, 40, 60)
+    mask = torch.zeros(1, 40, 60)
+    img[:, 10:30, 20:40] = 1.0
+    mask[:, 10:30, 20:40] = 1.0
+    for _ in range(5):
+        a_img, a_mask = augment_reference(img, mask, g)
+        assert a_img.shape[1:] == a_mask.shape[1:]
+        assert a_mask.mean() > 0.005
+        inside = a_img.mean(0)[a_mask[0] > 0.9]
+        outside = a_img.mean(0)[a_mask[0] < 0.1]
+        assert inside.mean() > outside.mean() + 0.3
+
+
+def test_grabcut_snaps_a_blurry_map_to_the_colour_edge():
+    h, w = 80, 120
+    img = np.zeros((h, w, 3), np.uint8)
+    img[...] = (30, 140, 30)
+    img[20:60, 30:90] = (220, 40, 40)
+    truth = np.zeros((h, w), bool)
+    truth[20:60, 30:90] = True
+    prob = F.interpolate(torch.from_numpy(truth.astype(np.float32))[None, None], size=(10, 15), mode="area")
+    prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    prob = np.clip(prob * 0.9 + 0.05, 0, 1)
+    mask = fullres.grabcut_mask(img, prob, scale=1.0)
+    assert (mask == truth).mean() > 0.995
+    assert fullres.grabcut_mask(img, np.zeros((h, w)), scale=0.5).sum() == 0  # nothing to seed
+
+
+def test_fill_holes_and_confident_components():
+    m = np.zeros((20, 20), bool)
+    m[2:10, 2:10] = True
+    m[5, 5] = False  # a hole
+    m[14:18, 14:18] = True  # a lukewarm blob
+    filled = fullres.fill_holes(m)
+    assert filled[5, 5] and not filled[0, 0]
+    prob = np.where(m, 0.6, 0.0)
+    prob[3, 3] = 0.95
+    kept = fullres.keep_confident_components(filled, prob)
+    assert kept[3, 3] and not kept[15, 15]
+    assert fullres.keep_confident_components(filled, np.full((20, 20), 0.5)).sum() == filled.sum()
