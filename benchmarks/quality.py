@@ -29,12 +29,15 @@ def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(pred, gt).sum() / union)
 
 
+FRAME_STRIDE = 1  # --stride N scores every Nth DAVIS frame (quick screening only)
+
+
 def davis_cases():
     root = DATA / "davis2016-dev"
     for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
         frames = sorted((root / "JPEGImages" / seq).glob("*.jpg"))
         annos = [root / "Annotations" / seq / f"{f.stem}.png" for f in frames]
-        yield seq, [(frames[0], annos[0])], list(zip(frames[1:], annos[1:]))
+        yield seq, [(frames[0], annos[0])], list(zip(frames[1:], annos[1:]))[FRAME_STRIDE - 1::FRAME_STRIDE]
 
 
 def cows_cases():
@@ -138,7 +141,10 @@ def main() -> int:
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--baseline", action="store_true", help="also run ../shared/baseline in this run")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
+    global FRAME_STRIDE
+    FRAME_STRIDE = args.stride
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (the shared evaluation data is not on this machine)")
         return 0

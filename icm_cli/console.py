@@ -6,6 +6,7 @@ non-terminal stdout behave the same in every command.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -20,9 +21,29 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
+#: Set by ``icm --debug``: unexpected exceptions show their traceback instead of one line.
+DEBUG = False
+
+#: Exit code of a command stopped by an exception nobody expected (a bug); 0, 1, 2 and 130 mean what the README says.
+EXIT_UNEXPECTED = 3
+
+
+def one_line(message: str) -> str:
+    """``message`` with its line breaks folded, so an error is always exactly one line."""
+    return re.sub(r"\s*[\r\n]+\s*", " | ", str(message).strip())
+
+
 def error_line(message: str) -> None:
     """Print one error line to stderr (never a traceback)."""
-    stderr.print(f"[bold red]error:[/] {escape(message)}")
+    stderr.print(f"[bold red]error:[/] {escape(one_line(message))}")
+
+
+def unexpected(exc: BaseException, where: str = "") -> str:
+    """One line for an exception that is not the user's fault, with the way to learn more."""
+    text = " ".join(str(exc).split())
+    prefix = f"{where}: " if where else ""
+    detail = f": {text}" if text else ""
+    return f"{prefix}unexpected {type(exc).__name__}{detail} (run with icm --debug for the traceback)"
 
 
 def info_line(message: str, quiet: bool = False) -> None:
@@ -63,18 +84,30 @@ class BatchOutcome:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    #: The signal (SIGINT 2, SIGTERM 15) that stopped the run early, or 0.
+    interrupted: int = 0
+    #: Why the run stopped before its sources ran out (a full disk), or None.
+    stopped: str | None = None
 
     def fail(self, item: str, message: str, quiet: bool = False) -> None:
-        self.failed.append((item, message))
+        self.failed.append((item, one_line(message)))
         error_line(message)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        if self.interrupted:
+            return 128 + self.interrupted  # 130 for Ctrl-C, as shells report it
+        return 1 if self.failed or self.stopped else 0
 
     def summary(self, what: str = "images", quiet: bool = False) -> None:
         secs = time.perf_counter() - self.started
         line = f"{self.done} {what} written, {self.skipped} skipped (already there), {len(self.failed)} failed in {secs:.1f}s"
+        if self.interrupted or self.stopped:
+            # Always shown, even with --quiet: the run did not cover every source.
+            why = "interrupted" if self.interrupted else f"stopped: {self.stopped}"
+            stderr.print(f"[bold red]{escape(one_line(why + ': ' + line))}; rerun the same command to finish the rest "
+                         f"(finished outputs are skipped)[/]")
+            return
         if self.failed:
             stderr.print(f"[bold red]{escape(line)}[/]")
         elif not quiet:

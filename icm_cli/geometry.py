@@ -32,9 +32,10 @@ class WorkingGeometry:
 
     @classmethod
     def fit(cls, orig_h: int, orig_w: int, short_side: int, multiple: int,
-            max_upscale: float | None = None) -> "WorkingGeometry":
+            max_upscale: float | None = None, max_long_side: int | None = None) -> "WorkingGeometry":
         """Scale so the short side is ``short_side`` (upscaling at most
-        ``max_upscale`` times when given), pad to a multiple of ``multiple``."""
+        ``max_upscale`` times, and keeping the long side within
+        ``max_long_side``, when given), pad to a multiple of ``multiple``."""
         if orig_h < 1 or orig_w < 1:
             raise ValueError(f"image size must be positive, got {orig_h}x{orig_w}")
         if short_side < multiple:
@@ -42,6 +43,9 @@ class WorkingGeometry:
         scale = short_side / min(orig_h, orig_w)
         if max_upscale is not None:
             scale = min(scale, max_upscale)
+        if max_long_side is not None:
+            # A 3000x2 strip must not become a 480000-pixel-long canvas.
+            scale = min(scale, max_long_side / max(orig_h, orig_w))
         rh = max(1, round(orig_h * scale))
         rw = max(1, round(orig_w * scale))
         ph = max(multiple, math.ceil(rh / multiple) * multiple)

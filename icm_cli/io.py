@@ -7,10 +7,13 @@ the problem in one line, so a batch can record it and go on.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -35,31 +38,53 @@ class InputError(Exception):
 def _open(path: Path, max_pixels: int) -> Image.Image:
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(f"{path}: broken or looping symbolic link (its target cannot be reached)")
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, not an image")
     try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes), not an image")
         img = Image.open(path)
+    except InputError:
+        raise
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image PIL can read (unknown or corrupt format)") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot open ({exc})") from None
-    w, h = img.size
-    if w < 1 or h < 1:
-        raise InputError(f"{path}: image has no pixels ({w}x{h})")
-    if w * h > max_pixels:
-        raise InputError(
-            f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (raise it with --max-pixels)"
-        )
+    except Exception as exc:  # PIL's parsers raise many types on junk headers; all mean "unreadable"
+        raise InputError(f"{path}: not a readable image ({_reason(exc)})") from None
     try:
-        img.load()
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{path}: image data is truncated or corrupt ({exc})") from None
+        w, h = img.size
+        if w < 1 or h < 1:
+            raise InputError(f"{path}: image has no pixels ({w}x{h})")
+        if w * h > max_pixels:
+            raise InputError(
+                f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} (raise it with --max-pixels)"
+            )
+        try:
+            img.load()
+        except MemoryError:
+            raise InputError(f"{path}: not enough memory to decode {w}x{h} pixels") from None
+        except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, struct.error ...
+            raise InputError(f"{path}: image data is truncated or corrupt ({_reason(exc)})") from None
+    except BaseException:
+        img.close()
+        raise
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not cost the pixels
         pass
     return img
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a short one-line reason (its type when it has no message)."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    if isinstance(exc, (OSError, ValueError)):
+        return text
+    return f"{type(exc).__name__}: {text}"
 
 
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
@@ -70,7 +95,7 @@ def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
     if mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=255.0, neginf=0.0)
         top = 1.0 if arr.max() <= 1.0 else 255.0
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(arr[..., None], 3, axis=2)
@@ -93,8 +118,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     img = _open(path, max_pixels)
     try:
         return np.array(_to_uint8_rgb(img), dtype=np.uint8, order="C", copy=True)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot convert to RGB ({exc})") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: cannot convert to RGB ({_reason(exc)})") from None
 
 
 def mask_to_float(arr: np.ndarray, mode: str) -> np.ndarray:
@@ -108,7 +133,9 @@ def mask_to_float(arr: np.ndarray, mode: str) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
     arr = arr.astype(np.float32)
-    if mode == "P":
+    if not np.isfinite(arr).all():  # float TIFFs: NaN is no object, +inf full object
+        arr = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
+    if mode in ("P", "PA"):
         return (arr > 0).astype(np.float32)
     top = float(arr.max()) if arr.size else 0.0
     if top <= 1.0:
@@ -136,8 +163,8 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         return (np.asarray(img) > 0).astype(np.float32)
     try:
         arr = np.asarray(img)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read mask pixels ({exc})") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{path}: cannot read mask pixels ({_reason(exc)})") from None
     return mask_to_float(arr, mode)
 
 
@@ -227,30 +254,131 @@ class StemAllocator:
         return stem if n == 1 else f"{stem}~{n}"
 
 
+class OutputError(InputError):
+    """An output could not be written; ``errno`` says why (``ENOSPC``: the disk is full)."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+#: Write errors after which no later output can succeed either: a batch stops
+#: instead of failing every remaining source the same way.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def fatal_write_error(exc: BaseException) -> str | None:
+    """Why no later output can be written either (e.g. "No space left on device"), or None."""
+    if isinstance(exc, OutputError) and exc.errno in FATAL_WRITE_ERRNOS:
+        return os.strerror(exc.errno)
+    return None
+
+
+#: A temporary file untouched for this long belongs to no running write.
+STALE_TEMP_AGE_S = 3600.0
+
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TEMP = re.compile(r"^\..+\.icm-([A-Za-z0-9]*)-(\d+)\.[^.]*\.tmp$")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import
+    os.umask(mask)
+    return mask
+
+
+#: The mode a plain ``open(path, "w")`` would give (0644 under the usual umask 022).
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def temp_tag(pid: int | None = None, host: str | None = None) -> str:
+    """The ``icm-<host>-<pid>`` part of a temporary file's name: who is writing it."""
+    return f"icm-{_HOST if host is None else host}-{os.getpid() if pid is None else pid}"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete temporary files that killed runs left in ``folder``; return how many.
+
+    Outputs are written to ``.<name>.icm-<host>-<pid>.<random>.tmp`` and
+    renamed. A kill -9 or a power cut can leave such a file behind; it is
+    never read as an output (the name differs, and the folder walk skips
+    ``.tmp``). One is removed when the process named in it no longer runs on
+    this machine, or when it is older than :data:`STALE_TEMP_AGE_S` (a file of
+    another machine writing to a shared folder is only judged by age), so
+    parallel runs (``--shard``) never lose a file they are still writing.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    now = time.time()
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
+            dead = match.group(1) == _HOST and not _pid_running(int(match.group(2)))
+            if old or dead:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:
+            continue
+    return removed
+
+
+def ensure_output_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) and check a file can be created in it; one-line InputError if not."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".probe.{temp_tag()}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write the output folder ({exc.strerror or exc})", exc.errno) from None
+    return folder
+
+
 def write_image_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``[H, W]`` (L), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA) uint8 as PNG.
 
-    Written to a temporary file in the same folder, then renamed, so a killed
-    run never leaves a half-written PNG under the final name.
+    Written to a temporary file in the same folder (see
+    :func:`remove_stale_temp_files`), then renamed, so a killed run never
+    leaves a half-written PNG under the final name. Any failure (interrupt
+    included) removes the temporary file; :class:`OutputError` says why.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"{path.parent}: cannot create output folder ({exc.strerror or exc})") from None
+        raise OutputError(f"{path.parent}: cannot create output folder ({exc.strerror or exc})",
+                          exc.errno) from None
     arr = np.ascontiguousarray(array)
     if arr.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {arr.dtype}")
     fd, tmp = None, None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
         with os.fdopen(fd, "wb") as fh:
             fd = None
             Image.fromarray(arr).save(fh, format="PNG", compress_level=1)
         os.replace(tmp, path)
         tmp = None
     except OSError as exc:
-        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})", exc.errno) from None
     finally:
         if fd is not None:
             os.close(fd)
@@ -262,7 +390,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Replace a small text file atomically (same folder temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), _FILE_MODE)
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -19,9 +19,9 @@ about 21; see ``benchmarks/bench_matting.py``.
 from __future__ import annotations
 
 import contextlib
-import io as _stdio
 import math
-import warnings
+import sys
+import threading
 from typing import Optional
 
 import cv2
@@ -88,9 +88,13 @@ def _check_inputs(image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, np
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     else:
         raise ValueError(f"image must be uint8 (0-255) or float (0-1), got {image.dtype}")
-    if not np.issubdtype(trimap.dtype, np.floating):
+    if trimap.dtype == np.bool_:
+        trimap = trimap.astype(np.float32)
+    elif not np.issubdtype(trimap.dtype, np.floating):
         top = 255.0 if trimap.dtype == np.uint8 else float(max(trimap.max(), 1))
         trimap = trimap.astype(np.float32) / top
+    elif trimap.size and (np.nanmin(trimap) < 0.0 or np.nanmax(trimap) > 1.0):
+        raise ValueError("a float trimap must hold values in [0, 1] (0 background, 1 object, between unknown)")
     return image, trimap.astype(np.float32)
 
 
@@ -159,12 +163,46 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float = 
 
 # ---------------------------------------------------------------------- solvers
 
+class _MuteThisThread:
+    """A stdout that drops what one thread writes and passes everything else on."""
+
+    def __init__(self, target, thread_id: int) -> None:
+        self._target = target
+        self._thread_id = thread_id
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() == self._thread_id:
+            return len(text)
+        return self._target.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+_STDOUT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _mute_this_thread():
+    """Silence console prints of this thread only (pymatting's ichol prints its
+    warnings); other threads, e.g. a progress display, keep printing."""
+    with _STDOUT_LOCK:
+        saved = sys.stdout
+        sys.stdout = _MuteThisThread(saved, threading.get_ident())
+    try:
+        yield
+    finally:
+        with _STDOUT_LOCK:
+            if isinstance(sys.stdout, _MuteThisThread) and sys.stdout._target is saved:
+                sys.stdout = saved
+
+
 def _quiet_ichol(matrix):
     """pymatting's incomplete Cholesky, its console warnings swallowed, fill bounded."""
     from pymatting import ichol
 
     max_nnz = int(min(4e9 / 16, max(30 * matrix.nnz, 1_000_000)))
-    with contextlib.redirect_stdout(_stdio.StringIO()):
+    with _mute_this_thread():
         return ichol(matrix.tocsc(), max_nnz=max_nnz)
 
 
@@ -273,23 +311,22 @@ def _solve_working(image_u8: np.ndarray, fg: np.ndarray, bg: np.ndarray, method:
     alpha = fg.astype(np.float64)
 
     def run(name: str) -> np.ndarray:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(_stdio.StringIO()):
-            warnings.simplefilter("ignore")
-            if name == "sm":
-                return np.asarray(pm.estimate_alpha_sm(image, trimap), dtype=np.float64)
-            if name == "lkm":
-                return np.asarray(pm.estimate_alpha_lkm(image, trimap), dtype=np.float64)
-            prior, weight, lap = None, 0.0, name
-            if name == "sm-cf":
-                lap = "cf"
-                try:
-                    prior, weight = run("sm"), prior_weight
-                except Exception as exc:
-                    info.setdefault("fallbacks", []).append(f"sm failed ({type(exc).__name__}: {exc}); cf alone")
-            L = _laplacian(lap, image, fg | bg)
-            out = fg.astype(np.float64)
-            out[unknown] = _solve_constrained(L, fg, unknown, prior, weight, info)
-            return out
+        # Inputs are validated above, so pymatting has nothing to warn about.
+        if name == "sm":
+            return np.asarray(pm.estimate_alpha_sm(image, trimap), dtype=np.float64)
+        if name == "lkm":
+            return np.asarray(pm.estimate_alpha_lkm(image, trimap), dtype=np.float64)
+        prior, weight, lap = None, 0.0, name
+        if name == "sm-cf":
+            lap = "cf"
+            try:
+                prior, weight = run("sm"), prior_weight
+            except Exception as exc:
+                info.setdefault("fallbacks", []).append(f"sm failed ({type(exc).__name__}: {exc}); cf alone")
+        L = _laplacian(lap, image, fg | bg)
+        out = fg.astype(np.float64)
+        out[unknown] = _solve_constrained(L, fg, unknown, prior, weight, info)
+        return out
 
     chain = [method] + [m for m in ("cf", "sm") if m != method and not (method == "sm-cf" and m == "cf")]
     errors = []
@@ -426,9 +463,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     H, W = alpha.shape
     y0, y1, x0, x1 = _bbox(soft)
     crop = (slice(max(0, y0 - margin), min(H, y1 + margin)), slice(max(0, x0 - margin), min(W, x1 + margin)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fgc = estimate_foreground_ml(img[crop], alpha[crop])
+    fgc = estimate_foreground_ml(img[crop], alpha[crop])
     fgc = np.clip(np.asarray(fgc, dtype=np.float32), 0.0, 1.0)
     keep = alpha[crop] >= 1.0
     fgc[keep] = img[crop][keep]

@@ -39,7 +39,7 @@ def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
     if np.issubdtype(mask.dtype, np.floating):
         return mask >= 0.5
     top = 255 if mask.dtype == np.uint8 and mask.max() > 1 else 1
-    return mask * 2 >= top
+    return mask.astype(np.int64) * 2 >= top
 
 
 def _as_alpha(alpha: np.ndarray, name: str) -> np.ndarray:

@@ -144,3 +144,10 @@ def test_fill_holes_and_confident_components():
     kept = fullres.keep_confident_components(filled, prob)
     assert kept[3, 3] and not kept[15, 15]
     assert fullres.keep_confident_components(filled, np.full((20, 20), 0.5)).sum() == filled.sum()
+
+
+def test_thin_images_get_a_bounded_canvas():
+    g = WorkingGeometry.fit(2, 3000, 320, 32, max_long_side=4 * 384)
+    assert g.padded_w <= 4 * 384 + 32 and g.padded_h == 32
+    back = g.to_original(torch.ones(1, 1, g.padded_h // 8, g.padded_w // 8))
+    assert back.shape[-2:] == (2, 3000)

@@ -24,6 +24,12 @@ def load_references(refs: list[str], masks: list[str], max_pixels: int,
     for ref, mask_path in zip(refs, masks):
         image = io.read_image(ref, max_pixels=max_pixels)
         mask = io.read_mask(mask_path, max_pixels=max_pixels)
+        if _looks_like_photo(mask):
+            if _is_black_and_white(image):
+                raise io.InputError(f"{mask_path}: looks like a photo, not a mask, and --ref {ref} looks like a mask: "
+                                    "were --ref and --mask swapped?")
+            raise io.InputError(f"{mask_path}: looks like a photo, not a mask (most pixels are mid-grey); give the "
+                                "object's mask: white (or 1) on the object, black (0) elsewhere")
         if mask.shape != image.shape[:2]:
             if not resize_masks:
                 raise io.InputError(
@@ -38,6 +44,17 @@ def load_references(refs: list[str], masks: list[str], max_pixels: int,
             raise io.InputError(f"{mask_path}: mask covers the whole image, so there is no background to contrast")
         pairs.append((image, mask))
     return pairs
+
+
+def _looks_like_photo(mask: np.ndarray) -> bool:
+    """``[H, W]`` in [0, 1] with most pixels mid-grey: a photo. Masks and even soft mattes are mostly 0 or 1."""
+    mid = np.count_nonzero((mask > 0.1) & (mask < 0.9))
+    return mid > 0.5 * mask.size
+
+
+def _is_black_and_white(image: np.ndarray) -> bool:
+    """``[H, W, 3]`` uint8 holding nothing but black and white pixels (a mask given as --ref)."""
+    return bool(np.isin(image, (0, 1, 255)).all())
 
 
 def build_propagator(backbone: str, weights: Optional[str], device: str, size: int,

@@ -35,6 +35,11 @@ def propagate(
     max_pixels: int = typer.Option(io.DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (checked before decoding)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary unless something failed."),
     json_lines: bool = typer.Option(False, "--json", help="Print each manifest line to stdout as it is written."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only shard I of N (1-based); N runs given the same SOURCES cover each once. Manifest: OUT/manifest.I-of-N.jsonl."),
+    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "icm-cli[ray]").'),
+    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster to join (auto, ray://host:10001); default: start a local one."),
+    workers: int = typer.Option(0, "--workers", min=0, help="--engine ray: prediction workers (0 = one per --gpus-per-worker share, else CPUs - 1)."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per worker (a fraction shares one)."),
 ) -> None:
     """Find the object of the reference mask in every source; write masks, trimaps and heat maps.
 
@@ -43,6 +48,7 @@ def propagate(
     from icm_cli.backbones import WeightsError
     from icm_cli.device import DeviceError
     from icm_cli.pipeline import Manifest, OutputPlan, PropagateRun, parse_kinds
+    from icm_cli.shard import named_sources, parse_shard
 
     try:
         kinds = parse_kinds(save)
@@ -52,10 +58,27 @@ def propagate(
     if not sources:
         error_line("no SOURCES given: name images, folders, or - to read paths from stdin")
         raise typer.Exit(2)
+    if engine == "ray":  # imported only when chosen: the local path never loads Ray
+        from icm_cli.engines import ray_engine
+        try:
+            ray_engine.require_ray()
+        except ray_engine.RayEngineError as exc:
+            error_line(str(exc))
+            raise typer.Exit(2)
     try:
+        shard_spec = parse_shard(shard) if shard is not None else None
+        if engine not in ("local", "ray"):
+            raise ValueError(f"--engine takes local or ray (got {engine!r})")
+        if engine == "local" and (address or workers or gpus_per_worker):
+            raise ValueError("--address, --workers and --gpus-per-worker need --engine ray")
+        io.ensure_output_folder(output)  # before the model loads: fail in a second, not a minute
         references = load_references(ref, mask, max_pixels, resize_masks)
-        propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold)
-        propagator.set_references(references)
+        if engine == "local":
+            propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold)
+            propagator.set_references(references)
+        else:  # the workers build the model; a bad --backbone/--weights is reported here, once
+            from icm_cli.backbones import create_backbone
+            create_backbone(backbone, weights)
     except (io.InputError, WeightsError, DeviceError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
@@ -64,20 +87,35 @@ def propagate(
     if "alpha" in kinds or "cutout" in kinds:
         from icm_cli.matting import solve_alpha
         matte = solve_alpha
-    if batch_size == 0:
+    if batch_size == 0 and engine == "local":
         batch_size = 1 if propagator.device.type == "cpu" else 8
     plan = OutputPlan(output, kinds, kernel, overwrite)
+    plan.remove_stale_temp_files()
+    manifest_name = shard_spec.manifest_name if shard_spec else "manifest.jsonl"
     try:
-        manifest = Manifest(output / "manifest.jsonl", echo=(lambda line: print(line, flush=True)) if json_lines else None)
+        manifest = Manifest(output / manifest_name, echo=(lambda line: print(line, flush=True)) if json_lines else None)
     except OSError as exc:
         error_line(f"{output}: cannot write the output folder ({exc.strerror or exc})")
         raise typer.Exit(2)
     show = not quiet and sys.stdout.isatty()
+    named = named_sources(sources, recursive=recursive, shard=shard_spec)  # stems over the full list
     with progress_bar(None, "propagate", enabled=show) as advance:
-        run = PropagateRun(propagator, plan, manifest, batch_size=batch_size, max_pixels=max_pixels,
-                           advance=advance, quiet=quiet, matte=matte)
         try:
-            outcome = run.run(io.iter_sources(sources, recursive=recursive))
+            if engine == "ray":
+                model = dict(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps,
+                             edges=edges, threshold=threshold)
+                try:
+                    outcome = ray_engine.run_ray(
+                        named, dict(refs=ref, masks=mask, max_pixels=max_pixels, resize_masks=resize_masks), model,
+                        plan, manifest, batch_size=batch_size, max_pixels=max_pixels, matte=matte is not None,
+                        advance=advance, options=ray_engine.RayOptions(address, workers, gpus_per_worker))
+                except ray_engine.RayEngineError as exc:
+                    error_line(str(exc))
+                    raise typer.Exit(2)
+            else:
+                run = PropagateRun(propagator, plan, manifest, batch_size=batch_size, max_pixels=max_pixels,
+                                   advance=advance, quiet=quiet, matte=matte)
+                outcome = run.run(named)
         finally:
             manifest.close()
     outcome.summary("images", quiet=quiet or json_lines)

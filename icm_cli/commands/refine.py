@@ -8,7 +8,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from icm_cli import io
+from icm_cli import console, io
 from icm_cli.commands._shared import find_by_stem
 from icm_cli.console import BatchOutcome, error_line, progress_bar
 
@@ -47,6 +47,12 @@ def refine(
         error_line(f"{images}: --images must be a folder of images")
         raise typer.Exit(2)
     try:
+        io.ensure_output_folder(output)
+    except io.InputError as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
+    io.remove_stale_temp_files(output)
+    try:
         dev = resolve_device(device)
         dtype = default_dtype(dev)
         net = create_backbone(backbone, weights).to(dev, dtype).eval()
@@ -77,6 +83,13 @@ def refine(
                 outcome.done += 1
             except io.InputError as exc:
                 outcome.fail(str(mask_path), str(exc))
+                if io.fatal_write_error(exc):
+                    outcome.stopped = f"cannot write to {output} ({io.fatal_write_error(exc)})"
+                    break
+            except Exception as exc:  # a bug or a library error on one pair: the others go on
+                if console.DEBUG:
+                    raise
+                outcome.fail(str(mask_path), console.unexpected(exc, str(mask_path)))
             advance()
     outcome.summary("masks", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import typer
 
-from icm_cli import io
-from icm_cli.console import BatchOutcome, progress_bar
+from icm_cli import console, io
+from icm_cli.console import BatchOutcome, error_line, progress_bar
 
 
 def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -> np.ndarray:
@@ -43,6 +43,12 @@ def trimap(
     """
     erode_k = erode or kernel
     dilate_k = dilate or kernel
+    try:
+        io.ensure_output_folder(output)
+    except io.InputError as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
+    io.remove_stale_temp_files(output)
     outcome = BatchOutcome()
     stems = io.StemAllocator()
     with progress_bar(None, "trimap", enabled=not quiet) as advance:
@@ -58,6 +64,13 @@ def trimap(
                 outcome.done += 1
             except io.InputError as exc:
                 outcome.fail(str(path), str(exc))
+                if io.fatal_write_error(exc):
+                    outcome.stopped = f"cannot write to {output} ({io.fatal_write_error(exc)})"
+                    break
+            except Exception as exc:  # a bug or a library error on one mask: the others go on
+                if console.DEBUG:
+                    raise
+                outcome.fail(str(path), console.unexpected(exc, str(path)))
             advance()
     outcome.summary("trimaps", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

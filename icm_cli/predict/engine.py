@@ -81,10 +81,12 @@ class Propagator:
 
     # ---------------------------------------------------------------- geometry
     def geometry_for(self, height: int, width: int) -> WorkingGeometry:
+        """Working canvas of an image: short side ``size`` (small images
+        upscaled to at most ``min_size``), long side at most 4x ``size``."""
         s = self.settings
         short = min(height, width)
         target = min(s.size, max(short, s.min_size))
-        return WorkingGeometry.fit(height, width, target, self.backbone.multiple)
+        return WorkingGeometry.fit(height, width, target, self.backbone.multiple, max_long_side=4 * s.size)
 
     @torch.no_grad()
     def features(self, canvas: torch.Tensor, with_attention: bool = False) -> Features:
@@ -99,9 +101,7 @@ class Propagator:
 
     def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[ReferenceTokens, torch.Tensor]:
         """image ``[1, 3, H, W]``, mask ``[1, 1, H, W]`` -> tokens and ``[C, h, w]`` features."""
-        geo = WorkingGeometry.fit(image.shape[-2], image.shape[-1],
-                                  min(self.settings.size, max(min(image.shape[-2:]), self.settings.min_size)),
-                                  self.backbone.multiple)
+        geo = self.geometry_for(image.shape[-2], image.shape[-1])
         canvas = geo.to_canvas(image)
         mask_canvas = F.pad(F.interpolate(mask, size=(geo.resized_h, geo.resized_w), mode="bilinear",
                                           align_corners=False),
@@ -165,15 +165,27 @@ class Propagator:
 
     # ----------------------------------------------------------------- sources
     @torch.no_grad()
-    def predict_grid(self, images: list[np.ndarray]) -> list[GridPrediction]:
-        """Coarse probabilities for images of one size (batched)."""
+    def predict_grid(self, images: list[np.ndarray], prior: torch.Tensor | None = None,
+                     memory: ReferenceTokens | None = None, keep_features: bool = False) -> list[GridPrediction]:
+        """Coarse probabilities for images of one size (batched).
+
+        prior: optional ``[B, 1, h, w]`` in [0, 1] multiplied into the
+        probability (video: where the object may be now); memory: extra
+        object/background tokens (video: from earlier predicted frames).
+        ``keep_features`` keeps each image's ``[1, C, h, w]`` features in
+        ``parts["ft"]``.
+        """
         if self.context is None:
             raise RuntimeError("set_references() must come first")
         h, w = images[0].shape[:2]
         geo = self.geometry_for(h, w)
         batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
         feats = self.features(batch, with_attention=self.settings.attention_prior > 0)
-        return self.predict_from_features(feats.ft, geo, feats.attn)
+        preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
+        if keep_features:
+            for i, pred in enumerate(preds):
+                pred.parts["ft"] = feats.ft[i:i + 1].cpu()
+        return preds
 
     @torch.no_grad()
     def attention_maps(self, images: list[np.ndarray]) -> list[dict]:
@@ -204,10 +216,14 @@ class Propagator:
         intra = intra / intra.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return inter, F.interpolate(intra, size=ft.shape[-2:], mode="bilinear", align_corners=False)
 
-    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry,
-                              attn: dict | None = None) -> list[GridPrediction]:
+    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry, attn: dict | None = None,
+                              prior: torch.Tensor | None = None,
+                              memory: ReferenceTokens | None = None) -> list[GridPrediction]:
         s, ctx = self.settings, self.context
-        prob_nn = contrast_probability(ft, ctx.tokens.fg.to(ft.device), ctx.tokens.bg.to(ft.device),
+        fg, bg = ctx.tokens.fg, ctx.tokens.bg
+        if memory is not None:
+            fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
+        prob_nn = contrast_probability(ft, fg.to(ft.device), bg.to(ft.device),
                                        k=s.k, temperature=s.temperature,
                                        source_floor=ctx.background_floor if s.source_background else None)
         prob = prob_nn
@@ -220,6 +236,8 @@ class Propagator:
             _, intra = self.icm_heat(ft, attn)
             parts["intra"] = intra
             prob = prob * (intra / s.attention_prior).clamp(max=1.0)
+        if prior is not None:
+            prob = prob * prior.to(prob)
         return [GridPrediction(prob[i:i + 1].cpu(), geo, {k: v[i:i + 1].cpu() for k, v in parts.items()})
                 for i in range(ft.shape[0])]
 

@@ -14,6 +14,9 @@ import numpy as np
 cv2.setNumThreads(1)
 
 
+GRABCUT_SEED = 0
+
+
 def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterations: int = 1,
                  sure_fg: float = 0.75, sure_bg: float = 0.25) -> np.ndarray:
     """Refine a probability map with GrabCut.
@@ -42,6 +45,10 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
             not ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
         return threshold
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG, whose
+    # state advances with every call: without a fixed seed a mask would depend on
+    # which sources the same thread refined before (order, resume, shards, workers).
+    cv2.setRNGSeed(GRABCUT_SEED)
     try:
         cv2.grabCut(np.ascontiguousarray(small_img[..., ::-1]), labels, None, bgd, fgd, iterations,
                     cv2.GC_INIT_WITH_MASK)

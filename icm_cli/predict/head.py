@@ -53,18 +53,28 @@ def train_object_head(cells: torch.Tensor, targets: torch.Tensor, steps: int = 3
     fg_share = targets.mean().clamp(1e-3, 1 - 1e-3)
     # Weights that make object and background count alike in the loss.
     pos_weight, neg_weight = 0.5 / fg_share, 0.5 / (1 - fg_share)
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    params = [p for p in head.parameters()]
+    # Adam written out (Kingma & Ba 2015, default betas): torch.optim's first
+    # step imports torch._dynamo, which costs seconds per run on small CPUs.
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    first = [torch.zeros_like(p) for p in params]
+    second = [torch.zeros_like(p) for p in params]
     n = cells.shape[0]
     with torch.enable_grad():
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             idx = torch.randint(0, n, (min(batch, n),), generator=generator).to(cells.device)
             x, y = cells[idx], targets[idx]
             logits = head(x)
             weight = y * pos_weight + (1 - y) * neg_weight
             loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for p, g, m, v in zip(params, grads, first, second):
+                    m.mul_(beta1).add_(g, alpha=1 - beta1)
+                    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    m_hat = m / (1 - beta1 ** step)
+                    v_hat = v / (1 - beta2 ** step)
+                    p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,196 @@
+"""`icm eval`: score predicted masks or alpha mattes against ground truth, paired by stem."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from icm_cli import io
+from icm_cli.commands._shared import find_by_stem
+from icm_cli.console import error_line, info_line, stdout
+
+KINDS = ("mask", "alpha")
+MASK_KEYS = ("J", "F")
+ALPHA_KEYS = ("SAD", "MSE", "Grad", "Conn")
+
+
+@dataclass
+class Pair:
+    name: str       # relative path without suffix, e.g. "blackswan/00001"
+    group: str      # sub-folder (sequence) name, "." for the top folder
+    pred: Path
+    gt: Optional[Path]
+    trimap: Optional[Path] = None
+
+
+def _name(rel: Path) -> str:
+    return rel.with_suffix("").as_posix()
+
+
+def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[Pair], list[str]]:
+    """Pair every prediction with its ground truth; also list ground truths nobody predicted."""
+    if pred.is_file():
+        target = gt if gt.is_file() else find_by_stem(gt, pred.stem)
+        return [Pair(pred.stem, ".", pred, target)], []
+    pairs = []
+    seen = set()
+    for path in io.iter_sources([pred], recursive=recursive):
+        rel = path.relative_to(pred)
+        group = rel.parent.as_posix()
+        pairs.append(Pair(_name(rel), group, path, find_by_stem(gt / rel.parent, path.stem)))
+        seen.add(_name(rel))
+    unpredicted = []
+    for path in io.iter_sources([gt], recursive=recursive):
+        name = _name(path.relative_to(gt))
+        if name not in seen:
+            unpredicted.append(name)
+    return pairs, unpredicted
+
+
+def _score(pair: Pair, kind: str, max_pixels: int, tolerance: Optional[float]) -> dict:
+    from icm_cli import metrics
+
+    if kind == "mask":
+        p = io.binary_mask(io.read_mask(pair.pred, max_pixels=max_pixels))
+        g = io.binary_mask(io.read_mask(pair.gt, max_pixels=max_pixels))
+        _check_size(pair, p.shape, g.shape)
+        return {"J": metrics.iou(p, g), "F": metrics.boundary_f(p, g, tolerance).f}
+    from icm_cli.commands.matte import read_trimap
+
+    p = read_trimap(pair.pred, max_pixels)
+    g = read_trimap(pair.gt, max_pixels)
+    _check_size(pair, p.shape, g.shape)
+    region = None
+    if pair.trimap is not None:
+        from icm_cli.matting import split_trimap
+
+        t = read_trimap(pair.trimap, max_pixels)
+        if t.shape != g.shape:
+            raise io.InputError(f"{pair.trimap}: trimap is {t.shape[1]}x{t.shape[0]} but {pair.gt} is "
+                                f"{g.shape[1]}x{g.shape[0]}")
+        region = split_trimap(t)[2]
+    return {"SAD": metrics.sad(p, g, region), "MSE": metrics.mse(p, g, region),
+            "Grad": metrics.gradient_error(p, g, region), "Conn": metrics.connectivity_error(p, g, region)}
+
+
+def _check_size(pair: Pair, p_shape, g_shape) -> None:
+    if p_shape != g_shape:
+        raise io.InputError(f"{pair.pred}: prediction is {p_shape[1]}x{p_shape[0]} but {pair.gt} is "
+                            f"{g_shape[1]}x{g_shape[0]}")
+
+
+def _mean(rows: list[dict], keys) -> dict:
+    return {k: (float(np.mean([r[k] for r in rows])) if rows else None) for k in keys}
+
+
+def _fmt(value: Optional[float], key: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if key in ("J", "F", "MSE") else f"{value:.3f}"
+
+
+def eval_command(
+    pred: Path = typer.Argument(..., help="Predicted masks or alpha mattes: a folder or one file."),
+    gt: Path = typer.Argument(..., help="Ground truth: a folder (paired by stem, any image suffix) or one file."),
+    kind: str = typer.Option("mask", "--kind", "-k", help="mask: J (IoU) and boundary F; alpha: SAD, MSE, Grad, Conn."),
+    trimaps: Optional[Path] = typer.Option(None, "--trimaps", "-t",
+                                           help="alpha: score only the unknown band of these trimaps (folder, paired by stem)."),
+    recursive: bool = typer.Option(False, "--recursive", "-r",
+                                   help="Folders of sequence sub-folders: per-sequence means, then the mean over sequences (DAVIS)."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0,
+                                              help="mask: boundary match distance, pixels if >= 1 else share of the diagonal (default 0.008)."),
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON object (per image, per sequence, mean) instead of tables."),
+    max_pixels: int = typer.Option(io.DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No notes about unpredicted ground truth."),
+) -> None:
+    """Score predictions against ground truth; missing or unreadable pairs are reported and make the exit code 1.
+
+    Example: [bold]icm eval out/masks/ truth/ --kind mask[/]  or
+    [bold]icm eval alpha/ gt/ --kind alpha --trimaps trimaps/ --json[/]
+    """
+    if kind not in KINDS:
+        error_line(f"--kind {kind!r} is not known; choose mask or alpha")
+        raise typer.Exit(2)
+    if trimaps is not None and kind != "alpha":
+        error_line("--trimaps applies to --kind alpha only")
+        raise typer.Exit(2)
+    for label, path in (("PRED", pred), ("GT", gt)):
+        if not path.exists():
+            error_line(f"{path}: {label} not found")
+            raise typer.Exit(2)
+    if pred.is_dir() and gt.is_file():
+        error_line(f"{gt}: GT must be a folder when PRED is a folder")
+        raise typer.Exit(2)
+    if trimaps is not None and not trimaps.is_dir():
+        error_line(f"{trimaps}: --trimaps must be a folder")
+        raise typer.Exit(2)
+
+    keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
+    pairs, unpredicted = _collect(pred, gt, recursive)
+    rows: list[dict] = []
+    problems: list[dict] = []
+    for pair in pairs:
+        if pair.gt is None:
+            problems.append({"name": pair.name, "pred": str(pair.pred),
+                             "error": f"{pair.pred}: no ground truth named {pair.pred.stem}.* in {gt / pair.group}"})
+            continue
+        if trimaps is not None:
+            pair.trimap = find_by_stem(trimaps / pair.group, pair.pred.stem)
+            if pair.trimap is None:
+                problems.append({"name": pair.name, "pred": str(pair.pred),
+                                 "error": f"{pair.pred}: no trimap named {pair.pred.stem}.* in {trimaps / pair.group}"})
+                continue
+        try:
+            scores = _score(pair, kind, max_pixels, tolerance)
+        except io.InputError as exc:
+            problems.append({"name": pair.name, "pred": str(pair.pred), "error": str(exc)})
+            continue
+        rows.append({"name": pair.name, "sequence": pair.group, "pred": str(pair.pred), "gt": str(pair.gt), **scores})
+
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["sequence"], []).append(row)
+    sequences = [{"sequence": name, "frames": len(members), **_mean(members, keys)}
+                 for name, members in groups.items()]
+    # DAVIS: mean over sequences of per-sequence means; flat folders: mean over images.
+    mean = _mean(sequences, keys) if recursive else _mean(rows, keys)
+
+    for problem in problems:
+        error_line(problem["error"])
+    if unpredicted and not quiet:
+        shown = ", ".join(unpredicted[:5]) + (" ..." if len(unpredicted) > 5 else "")
+        info_line(f"note: {len(unpredicted)} ground-truth file(s) have no prediction and were not scored: {shown}")
+    if not rows and not problems:
+        error_line(f"{pred}: no images to score")
+
+    if json_output:
+        report = {"kind": kind, "scored": len(rows), "mean": mean, "images": rows,
+                  "missing": problems, "unpredicted": unpredicted}
+        if recursive:
+            report["sequences"] = sequences
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        table = Table(title=f"icm eval ({kind}{', unknown band only' if trimaps else ''})", title_justify="left")
+        first = "sequence" if recursive else "image"
+        table.add_column(first)
+        if recursive:
+            table.add_column("frames", justify="right")
+        for k in keys:
+            table.add_column(k, justify="right")
+        listing = sequences if recursive else rows
+        for row in listing:
+            cells = [row["sequence"] if recursive else row["name"]]
+            if recursive:
+                cells.append(str(row["frames"]))
+            table.add_row(*cells, *[_fmt(row[k], k) for k in keys])
+        table.add_section()
+        table.add_row("mean", *([str(len(rows))] if recursive else []), *[_fmt(mean[k], k) for k in keys])
+        stdout.print(table)
+    raise typer.Exit(1 if problems or not rows else 0)

@@ -1,0 +1,114 @@
+"""`icm matte`: images + trimaps -> alpha mattes (and RGBA cut-outs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import typer
+
+from icm_cli import io
+from icm_cli.commands._shared import find_by_stem
+from icm_cli.console import BatchOutcome, error_line, progress_bar
+from icm_cli.matting import DEFAULT_METHOD, DEFAULT_SOLVE_PIXELS, METHODS
+
+
+def read_trimap(path: Path, max_pixels: int) -> np.ndarray:
+    """A trimap or alpha file as ``[H, W]`` float32 in [0, 1], palette files by their grey colours.
+
+    ``io.read_mask`` reads palette images as index masks (index > 0 = object),
+    right for segmentation labels but not for trimaps and mattes saved with a
+    grey palette (the alphamatting.com trimaps are): when the mask reading
+    comes out binary but the displayed colours hold mid greys, the colours win.
+    """
+    values = io.read_mask(path, max_pixels=max_pixels)
+    if np.all((values == 0.0) | (values == 1.0)):
+        grey = io.read_image(path, max_pixels=max_pixels).max(axis=2).astype(np.float32) / 255.0
+        if np.any((grey >= 0.1) & (grey <= 0.9)):
+            return grey
+    return values
+
+
+def _matte_one(path: Path, trimap_path: Path, method: str, solve_pixels: int, max_pixels: int,
+               cutout: bool) -> dict:
+    """Read one pair and return the uint8 outputs; raises InputError for the user's files."""
+    from icm_cli.matting import MattingError, alpha_to_u8, cutout_rgba, solve_alpha
+
+    image = io.read_image(path, max_pixels=max_pixels)
+    trimap = read_trimap(trimap_path, max_pixels)
+    if trimap.shape != image.shape[:2]:
+        raise io.InputError(
+            f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but {path} is "
+            f"{image.shape[1]}x{image.shape[0]}")
+    try:
+        alpha = solve_alpha(image, trimap, method=method, max_pixels=solve_pixels)
+    except ValueError as exc:  # e.g. a trimap without any known pixel
+        raise io.InputError(f"{trimap_path}: {exc}") from None
+    except MattingError as exc:
+        raise io.InputError(f"{path}: {exc}") from None
+    out = {"alpha": alpha_to_u8(alpha)}
+    if cutout:
+        out["cutout"] = cutout_rgba(image, alpha)
+    return out
+
+
+def matte(
+    images: List[str] = typer.Argument(..., help="Images or folders of images."),
+    trimaps: Path = typer.Option(..., "--trimaps", "-t",
+                                 help="Folder of trimaps named like the images (<stem>.png or any image suffix); "
+                                      "0/128/255 or 0..1: black = background, white = object, between = unknown."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output folder; writes OUT/<stem>.png (alpha, 0-255)."),
+    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m",
+                               help=f"Matting method: {', '.join(METHODS)} ({DEFAULT_METHOD} = shared-matting "
+                                    "prior smoothed by the closed-form Laplacian; cf = closed-form)."),
+    cutout: bool = typer.Option(False, "--cutout", help="Also write OUT/cutout/<stem>.png: RGBA with the background removed from edge colours."),
+    solve_pixels: int = typer.Option(DEFAULT_SOLVE_PIXELS, "--solve-pixels", min=1024,
+                                     help="Above this many pixels around the unknown band, solve downscaled and upsample edge-aware."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of IMAGES."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
+    max_pixels: int = typer.Option(io.DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (checked before decoding)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary unless something failed."),
+) -> None:
+    """Solve an alpha matte for each image from its trimap.
+
+    Example: [bold]icm matte photos/ --trimaps trimaps/ -o alpha/ --cutout[/]
+    """
+    if method not in METHODS:
+        error_line(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
+        raise typer.Exit(2)
+    if not trimaps.is_dir():
+        error_line(f"{trimaps}: --trimaps must be a folder of trimaps named like the images")
+        raise typer.Exit(2)
+    sources = list(io.iter_sources(images, recursive=recursive))
+    outcome = BatchOutcome()
+    stems = io.StemAllocator()
+    with progress_bar(len(sources), "matte", enabled=not quiet) as advance:
+        for path in sources:
+            stem = stems(path)
+            target = output / f"{stem}.png"
+            cut_target = output / "cutout" / f"{stem}.png"
+            if not overwrite and target.exists() and (not cutout or cut_target.exists()):
+                outcome.skipped += 1
+                advance()
+                continue
+            trimap_path = find_by_stem(trimaps, path.stem)
+            if trimap_path is None:
+                outcome.fail(str(path), f"{path}: no trimap named {path.stem}.png (or another image suffix) in {trimaps}")
+                advance()
+                continue
+            try:
+                result = _matte_one(path, trimap_path, method, solve_pixels, max_pixels, cutout)
+                io.write_image_atomic(target, result["alpha"])
+                if cutout:
+                    io.write_image_atomic(cut_target, result["cutout"])
+                outcome.done += 1
+            except io.InputError as exc:
+                outcome.fail(str(path), str(exc))
+            except MemoryError:
+                outcome.fail(str(path), f"{path}: out of memory while matting (lower --solve-pixels)")
+            except Exception as exc:  # a library error on one image must not end the batch
+                outcome.fail(str(path), f"{path}: {type(exc).__name__}: {exc}")
+            advance()
+    outcome.summary("mattes", quiet=quiet)
+    raise typer.Exit(outcome.exit_code)
