@@ -97,6 +97,44 @@ def run_icm(cases, settings, backbone_name):
     return results
 
 
+def run_icm_video(settings, backbone_name, memory, radius):
+    """DAVIS as video: `icm propagate --video` per sequence (frame 0 = reference), J/F on frames 1..."""
+    import tempfile
+
+    import torch
+    from icm_cli import io
+    from icm_cli.backbones import create_backbone
+    from icm_cli.metrics import boundary_f
+    from icm_cli.pipeline import Manifest, OutputPlan
+    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.temporal import TemporalContext
+    from icm_cli.video_run import VideoRun
+
+    torch.set_grad_enabled(False)
+    prop = Propagator(create_backbone(backbone_name), settings=settings)
+    root = DATA / "davis2016-dev"
+    results = {}
+    for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
+        frames = root / "JPEGImages" / seq
+        prop.set_references([(io.read_image(frames / "00000.jpg"), io.read_mask(root / "Annotations" / seq / "00000.png"))])
+        with tempfile.TemporaryDirectory() as tmp:
+            plan = OutputPlan(Path(tmp), ("masks",))
+            manifest = Manifest(Path(tmp) / "manifest.jsonl")
+            t0 = time.perf_counter()
+            VideoRun(prop, plan, manifest, TemporalContext(radius=radius, memory=memory)).run(frames)
+            secs = time.perf_counter() - t0
+            manifest.close()
+            ious, fs = [], []
+            for gt_path in sorted((root / "Annotations" / seq).glob("*.png"))[1:]:
+                gt = io.read_mask(gt_path) >= 0.5
+                pred = io.read_mask(Path(tmp) / "masks" / gt_path.name) >= 0.5
+                ious.append(_iou(pred, gt))
+                fs.append(boundary_f(pred, gt)[2])
+        results[seq] = {"J": float(np.mean(ious)), "F": float(np.mean(fs)), "pooled_iou": float("nan"),
+                        "fps": len(list(frames.glob("*.jpg"))) / secs}
+    return results
+
+
 def run_baseline(cases):
     sys.path.insert(0, str(ROOT.parent / "shared" / "baseline"))
     import torch
@@ -141,6 +179,9 @@ def main() -> int:
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--baseline", action="store_true", help="also run ../shared/baseline in this run")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--video", action="store_true", help="DAVIS as video (--memory, --radius)")
+    ap.add_argument("--memory", type=int, default=0)
+    ap.add_argument("--radius", type=int, default=3)
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
     global FRAME_STRIDE
@@ -156,6 +197,13 @@ def main() -> int:
         settings = dataclasses.replace(settings, **{key: (value.lower() in ("1", "true", "yes")) if typ is bool else typ(value)})
     print("settings:", dataclasses.asdict(settings))
     report = {}
+    if args.video:
+        res = run_icm_video(settings, args.backbone, args.memory, args.radius)
+        print(f"\n== davis --video (memory {args.memory}, radius {args.radius}): mean J "
+              f"{np.mean([r['J'] for r in res.values()]):.3f}  mean F {np.mean([r['F'] for r in res.values()]):.3f}")
+        for name, r in res.items():
+            print(f"  {name:22s} J {r['J']:.3f}  F {r['F']:.3f}  {r['fps']:.2f} frames/s")
+        return 0
     for set_name in args.sets.split(","):
         t0 = time.perf_counter()
         res = run_icm(SETS[set_name](), settings, args.backbone)

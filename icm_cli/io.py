@@ -168,6 +168,22 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return mask_to_float(arr, mode)
 
 
+def read_trimap(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A trimap or alpha file as ``[H, W]`` float32 in [0, 1], palette files by their grey colours.
+
+    ``read_mask`` reads palette images as index masks (index > 0 = object),
+    right for segmentation labels but not for trimaps and mattes saved with a
+    grey palette (the alphamatting.com trimaps are): when the mask reading
+    comes out binary but the displayed colours hold mid greys, the colours win.
+    """
+    values = read_mask(path, max_pixels=max_pixels)
+    if np.all((values == 0.0) | (values == 1.0)):
+        grey = read_image(path, max_pixels=max_pixels).max(axis=2).astype(np.float32) / 255.0
+        if np.any((grey >= 0.1) & (grey <= 0.9)):
+            return grey
+    return values
+
+
 def binary_mask(mask: np.ndarray) -> np.ndarray:
     """``[H, W]`` float in [0, 1] -> ``[H, W]`` bool, thresholded at half range."""
     return mask >= 0.5

@@ -224,15 +224,17 @@ def _cg(matrix, rhs, x0, preconditioner, maxiter: int, rtol: float = 1e-6):
 
 
 def _solve_constrained(laplacian, fg: np.ndarray, unknown: np.ndarray, prior: Optional[np.ndarray],
-                       weight: float, info: dict) -> np.ndarray:
+                       weight: float, info: dict, local: bool = True) -> np.ndarray:
     """Minimise ``a^T L a + weight * |a - prior|^2`` over unknown pixels, known pixels fixed.
 
     laplacian: ``[N, N]`` sparse, N = H*W; fg, unknown: ``[H, W]`` bool;
     prior: ``[H, W]`` float or None. Returns the unknown values, ``[U]`` float64.
     Conjugate gradient with an incomplete-Cholesky preconditioner, falling
-    back to Jacobi when it cannot be built (Jacobi first when a prior is
-    given); a solve that does not converge keeps its last iterate (recorded
-    in ``info``).
+    back to Jacobi when it cannot be built. Jacobi comes first when a prior
+    is given (well conditioned) and the only one with ``local=False`` (KNN,
+    whose non-local Laplacian makes incomplete Cholesky fill in badly, and
+    random walk, as pymatting does). A solve that does not converge keeps its
+    last iterate (recorded in ``info``).
     """
     import scipy.sparse as sp
 
@@ -254,7 +256,12 @@ def _solve_constrained(laplacian, fg: np.ndarray, unknown: np.ndarray, prior: Op
 
     # The prior term makes the system well conditioned: Jacobi then needs a
     # few hundred cheap iterations, faster than building incomplete Cholesky.
-    order = ("jacobi", "ichol") if x0 is not None else ("ichol", "jacobi")
+    if not local:
+        order = ("jacobi",)
+    elif x0 is not None:
+        order = ("jacobi", "ichol")
+    else:
+        order = ("ichol", "jacobi")
     best = None
     for name in order:
         try:
@@ -325,7 +332,7 @@ def _solve_working(image_u8: np.ndarray, fg: np.ndarray, bg: np.ndarray, method:
                 info.setdefault("fallbacks", []).append(f"sm failed ({type(exc).__name__}: {exc}); cf alone")
         L = _laplacian(lap, image, fg | bg)
         out = fg.astype(np.float64)
-        out[unknown] = _solve_constrained(L, fg, unknown, prior, weight, info)
+        out[unknown] = _solve_constrained(L, fg, unknown, prior, weight, info, local=lap in ("cf", "lbdm"))
         return out
 
     chain = [method] + [m for m in ("cf", "sm") if m != method and not (method == "sm-cf" and m == "cf")]

@@ -62,16 +62,15 @@ def _score(pair: Pair, kind: str, max_pixels: int, tolerance: Optional[float]) -
         g = io.binary_mask(io.read_mask(pair.gt, max_pixels=max_pixels))
         _check_size(pair, p.shape, g.shape)
         return {"J": metrics.iou(p, g), "F": metrics.boundary_f(p, g, tolerance).f}
-    from icm_cli.commands.matte import read_trimap
 
-    p = read_trimap(pair.pred, max_pixels)
-    g = read_trimap(pair.gt, max_pixels)
+    p = io.read_trimap(pair.pred, max_pixels)
+    g = io.read_trimap(pair.gt, max_pixels)
     _check_size(pair, p.shape, g.shape)
     region = None
     if pair.trimap is not None:
         from icm_cli.matting import split_trimap
 
-        t = read_trimap(pair.trimap, max_pixels)
+        t = io.read_trimap(pair.trimap, max_pixels)
         if t.shape != g.shape:
             raise io.InputError(f"{pair.trimap}: trimap is {t.shape[1]}x{t.shape[0]} but {pair.gt} is "
                                 f"{g.shape[1]}x{g.shape[0]}")

@@ -51,7 +51,7 @@ def inspect_attn(
     weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file or folder for the backbone."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     size: int = typer.Option(384, "--size", min=64, help="Working short side in pixels."),
-    head_steps: int = typer.Option(300, "--head-steps", min=0, help="Training steps of the object head (as in propagate)."),
+    head_steps: int = typer.Option(100, "--head-steps", min=0, help="Training steps of the object head (as in propagate)."),
     height: int = typer.Option(320, "--height", min=64, help="Height of each panel in the montage."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     resize_masks: bool = typer.Option(False, "--resize-masks", help="Stretch a reference mask of another size to its image."),

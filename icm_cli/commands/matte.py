@@ -14,29 +14,13 @@ from icm_cli.console import BatchOutcome, error_line, progress_bar
 from icm_cli.matting import DEFAULT_METHOD, DEFAULT_SOLVE_PIXELS, METHODS
 
 
-def read_trimap(path: Path, max_pixels: int) -> np.ndarray:
-    """A trimap or alpha file as ``[H, W]`` float32 in [0, 1], palette files by their grey colours.
-
-    ``io.read_mask`` reads palette images as index masks (index > 0 = object),
-    right for segmentation labels but not for trimaps and mattes saved with a
-    grey palette (the alphamatting.com trimaps are): when the mask reading
-    comes out binary but the displayed colours hold mid greys, the colours win.
-    """
-    values = io.read_mask(path, max_pixels=max_pixels)
-    if np.all((values == 0.0) | (values == 1.0)):
-        grey = io.read_image(path, max_pixels=max_pixels).max(axis=2).astype(np.float32) / 255.0
-        if np.any((grey >= 0.1) & (grey <= 0.9)):
-            return grey
-    return values
-
-
 def _matte_one(path: Path, trimap_path: Path, method: str, solve_pixels: int, max_pixels: int,
                cutout: bool) -> dict:
     """Read one pair and return the uint8 outputs; raises InputError for the user's files."""
     from icm_cli.matting import MattingError, alpha_to_u8, cutout_rgba, solve_alpha
 
     image = io.read_image(path, max_pixels=max_pixels)
-    trimap = read_trimap(trimap_path, max_pixels)
+    trimap = io.read_trimap(trimap_path, max_pixels)
     if trimap.shape != image.shape[:2]:
         raise io.InputError(
             f"{trimap_path}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but {path} is "

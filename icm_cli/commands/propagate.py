@@ -28,7 +28,7 @@ def propagate(
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
                                               help="Fixed threshold on the object probability instead of the automatic (GrabCut) decision."),
     edges: bool = typer.Option(True, "--edges/--no-edges", help="Refine edges with the image's colours (GrabCut)."),
-    head_steps: int = typer.Option(300, "--head-steps", min=0, help="Training steps of the per-run object head (0 = nearest neighbours only)."),
+    head_steps: int = typer.Option(100, "--head-steps", min=0, help="Training steps of the per-run object head (0 = nearest neighbours only)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of SOURCES."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sources whose outputs exist (default: skip them)."),
     resize_masks: bool = typer.Option(False, "--resize-masks", help="Stretch a reference mask of another size to its image."),
@@ -36,9 +36,12 @@ def propagate(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary unless something failed."),
     json_lines: bool = typer.Option(False, "--json", help="Print each manifest line to stdout as it is written."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only shard I of N (1-based); N runs given the same SOURCES cover each once. Manifest: OUT/manifest.I-of-N.jsonl."),
-    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "icm-cli[ray]").'),
+    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "icm-cli\\[ray]").'),
     address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster to join (auto, ray://host:10001); default: start a local one."),
     workers: int = typer.Option(0, "--workers", min=0, help="--engine ray: prediction workers (0 = one per --gpus-per-worker share, else CPUs - 1)."),
+    video: Optional[Path] = typer.Option(None, "--video", help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames, or a video file (pip install \"icm-cli\\[video]\"). Each frame also uses what the last ones found."),
+    memory: int = typer.Option(0, "--memory", min=0, help="--video: earlier predicted frames that lend tokens to the context (0 measured best: memory drifts)."),
+    radius: int = typer.Option(3, "--radius", min=0, help="--video: search window, in feature cells (8 px at --size scale), around the previous mask; 0 = whole frame."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per worker (a fraction shares one)."),
 ) -> None:
     """Find the object of the reference mask in every source; write masks, trimaps and heat maps.
@@ -55,9 +58,17 @@ def propagate(
     except ValueError as exc:
         error_line(str(exc))
         raise typer.Exit(2)
-    if not sources:
-        error_line("no SOURCES given: name images, folders, or - to read paths from stdin")
+    if video is not None and sources:
+        error_line("give either SOURCES or --video SEQUENCE, not both")
         raise typer.Exit(2)
+    if video is not None and engine != "local":
+        error_line("--video runs frame after frame on the local engine; --engine ray takes SOURCES")
+        raise typer.Exit(2)
+    if video is None and not sources:
+        error_line("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
+        raise typer.Exit(2)
+    if video is not None and "masks" not in kinds:
+        kinds = ("masks",) + kinds  # a video run resumes from its written masks
     if engine == "ray":  # imported only when chosen: the local path never loads Ray
         from icm_cli.engines import ray_engine
         try:
@@ -98,6 +109,11 @@ def propagate(
         error_line(f"{output}: cannot write the output folder ({exc.strerror or exc})")
         raise typer.Exit(2)
     show = not quiet and sys.stdout.isatty()
+    if video is not None:
+        outcome = _run_video(video, propagator, plan, manifest, shard_spec, memory, radius, max_pixels, quiet,
+                             matte, show)
+        outcome.summary("frames", quiet=quiet or json_lines)
+        raise typer.Exit(outcome.exit_code)
     named = named_sources(sources, recursive=recursive, shard=shard_spec)  # stems over the full list
     with progress_bar(None, "propagate", enabled=show) as advance:
         try:
@@ -120,3 +136,26 @@ def propagate(
             manifest.close()
     outcome.summary("images", quiet=quiet or json_lines)
     raise typer.Exit(outcome.exit_code)
+
+
+def _run_video(sequence: Path, propagator, plan, manifest, shard_spec, memory: int, radius: int,
+               max_pixels: int, quiet: bool, matte, show: bool):
+    """One sequence, frame after frame; a shard that does not own it does nothing."""
+    from icm_cli.console import BatchOutcome
+    from icm_cli.predict.temporal import TemporalContext
+    from icm_cli.shard import select_groups
+    from icm_cli.video_run import VideoRun
+
+    if not list(select_groups([sequence], shard_spec, group=lambda p: p.name)):
+        manifest.close()
+        return BatchOutcome()
+    with progress_bar(None, "propagate --video", enabled=show) as advance:
+        run = VideoRun(propagator, plan, manifest, TemporalContext(radius=radius, memory=memory),
+                       max_pixels=max_pixels, advance=advance, quiet=quiet, matte=matte)
+        try:
+            return run.run(sequence)
+        except io.InputError as exc:
+            error_line(str(exc))
+            raise typer.Exit(2)
+        finally:
+            manifest.close()

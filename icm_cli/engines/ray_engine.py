@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from icm_cli import io
+from icm_cli import console, io
 from icm_cli.console import BatchOutcome
 from icm_cli.pipeline import Item, Manifest, OutputPlan, PropagateRun
 
@@ -230,7 +230,8 @@ def run_ray(sources: Iterable[tuple[Path, str]], references: dict, model: dict, 
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
         ctx.enable_auto_log_stats = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # Ray Data logs whole remote tracebacks; the run's failure is one line below (--debug keeps them).
+        logging.getLogger("ray.data").setLevel(logging.ERROR if console.DEBUG else logging.CRITICAL)
         workers, cpus_each, threads = _pool(options)
         # Blocks of at most 64 sources, and a few per worker, so that decoding keeps up and spreads.
         blocks = min(len(todo), max(4 * workers, math.ceil(len(todo) / 64)))

@@ -24,24 +24,25 @@ from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_refe
 
 @dataclass
 class PropagateSettings:
-    """Every knob of the propagation, with the measured defaults."""
+    """Every knob of the propagation. Defaults were chosen by measurement on
+    the dev data (see the closing notes / benchmarks/quality.py)."""
 
     size: int = 384            # short side of the working size, in pixels
     min_size: int = 320        # small images are upscaled to at most this short side
     k: int = 5                 # nearest neighbours averaged per side
     temperature: float = 0.05  # sharpness of the fg-vs-bg contrast
-    head_steps: int = 300      # test-time-trained object head: optimiser steps (0 = no head)
+    head_steps: int = 100      # test-time-trained object head: optimiser steps (0 = no head)
     augmentations: int = 8     # augmented copies of each reference for the head
     head_batch: int = 4096     # cells per optimiser step
-    head_hidden: int = 128     # hidden width of the head (0 = linear classifier)
+    head_hidden: int = 0       # hidden width of the head; 0 = linear (generalised better than MLPs)
     head_weight: float = 0.5   # share of the head in the fused probability
     grabcut: bool = True       # colour-model refinement of the uncertain band
     grabcut_scale: float = 0.5
     clean: bool = True         # fill holes, drop components without a confident core
     threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
-    attention_prior: float = 0.0   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
-    source_background: bool = False  # lend each source its own clear background (see nearest.py)
-    background_quantile: float = 0.5
+    attention_prior: float = 0.1   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
+    source_background: bool = True  # lend each source its own clear background (see nearest.py)
+    background_quantile: float = 0.1
     seed: int = 0
 
 

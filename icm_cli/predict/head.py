@@ -8,6 +8,8 @@ which carries over to new poses and to other instances of the same kind.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,32 +55,42 @@ def train_object_head(cells: torch.Tensor, targets: torch.Tensor, steps: int = 3
     fg_share = targets.mean().clamp(1e-3, 1 - 1e-3)
     # Weights that make object and background count alike in the loss.
     pos_weight, neg_weight = 0.5 / fg_share, 0.5 / (1 - fg_share)
-    params = [p for p in head.parameters()]
+    params = list(head.parameters())
     # Adam written out (Kingma & Ba 2015, default betas): torch.optim's first
     # step imports torch._dynamo, which costs seconds per run on small CPUs.
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     first = [torch.zeros_like(p) for p in params]
     second = [torch.zeros_like(p) for p in params]
     n = cells.shape[0]
-    with torch.enable_grad():
+    with _one_thread(), torch.enable_grad():
         for step in range(1, steps + 1):
             idx = torch.randint(0, n, (min(batch, n),), generator=generator).to(cells.device)
             x, y = cells[idx], targets[idx]
-            logits = head(x)
             weight = y * pos_weight + (1 - y) * neg_weight
-            loss = F.binary_cross_entropy_with_logits(logits, y, weight=weight)
+            loss = F.binary_cross_entropy_with_logits(head(x), y, weight=weight)
             grads = torch.autograd.grad(loss, params)
             with torch.no_grad():
                 for p, g, m, v in zip(params, grads, first, second):
                     m.mul_(beta1).add_(g, alpha=1 - beta1)
                     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    m_hat = m / (1 - beta1 ** step)
-                    v_hat = v / (1 - beta2 ** step)
-                    p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+                    p.sub_(lr * (m / (1 - beta1 ** step)) / ((v / (1 - beta2 ** step)).sqrt() + eps))
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
     return head
+
+
+@contextmanager
+def _one_thread():
+    """Run torch on one thread: reductions then add up in one fixed order, so
+    the head (and every mask) is the same on a laptop, a 64-core node or a
+    Ray worker. The head is small; one thread costs little."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def augment_reference(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
