@@ -40,12 +40,18 @@ def davis_cases():
         yield seq, [(frames[0], annos[0])], list(zip(frames[1:], annos[1:]))[FRAME_STRIDE - 1::FRAME_STRIDE]
 
 
+COWS_REFS = 1  # --cows-refs N: each cow plus the next N-1 (cyclically) form one context
+COWS_HOLDOUT = 1  # --cows-holdout N: the next N-1 cows are not scored (same targets for 1 vs N refs)
+
+
 def cows_cases():
     root = DATA / "msrc-cows-dev"
     images = sorted((root / "images").glob("*.bmp"))
-    for ref in images:
-        others = [p for p in images if p != ref]
-        yield ref.stem, [(ref, root / "masks" / ref.name)], [(p, root / "masks" / p.name) for p in others]
+    for i, ref in enumerate(images):
+        refs = [images[(i + j) % len(images)] for j in range(COWS_REFS)]
+        held = [images[(i + j) % len(images)] for j in range(max(COWS_REFS, COWS_HOLDOUT))]
+        others = [p for p in images if p not in held]
+        yield ref.stem, [(r, root / "masks" / r.name) for r in refs], [(p, root / "masks" / p.name) for p in others]
 
 
 def perseg_cases():
@@ -179,13 +185,17 @@ def main() -> int:
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--baseline", action="store_true", help="also run ../shared/baseline in this run")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--cows-refs", type=int, default=1, help="references per context on cows (1 = protocol)")
+    ap.add_argument("--cows-holdout", type=int, default=1, help="cows taken out of scoring per context (>= --cows-refs)")
     ap.add_argument("--video", action="store_true", help="DAVIS as video (--memory, --radius)")
     ap.add_argument("--memory", type=int, default=0)
     ap.add_argument("--radius", type=int, default=3)
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
-    global FRAME_STRIDE
+    global FRAME_STRIDE, COWS_REFS, COWS_HOLDOUT
     FRAME_STRIDE = args.stride
+    COWS_REFS = args.cows_refs
+    COWS_HOLDOUT = args.cows_holdout
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (the shared evaluation data is not on this machine)")
         return 0

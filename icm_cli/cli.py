@@ -25,6 +25,12 @@ class _GuardedGroup(TyperGroup):
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException,
                 click.exceptions.Abort):
             raise
+        except BrokenPipeError:
+            # `icm ... | head` closed our stdout: the reader has what it wanted.
+            import os
+            import sys
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
         except KeyboardInterrupt:
             if console.DEBUG:
                 raise

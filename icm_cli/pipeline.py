@@ -46,7 +46,7 @@ class OutputPlan:
 
     root: Path
     kinds: tuple[str, ...] = DEFAULT_KINDS
-    kernel: int = 10
+    kernel: int = 20
     overwrite: bool = False
 
     def paths(self, stem: str) -> dict[str, Path]:

@@ -29,7 +29,7 @@ def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -
 def trimap(
     masks: List[str] = typer.Argument(..., help="Mask files or folders of masks (0/255, 0/1, 16-bit, palette or RGB)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder; writes OUT/<stem>.png."),
-    kernel: int = typer.Option(10, "--kernel", "-k", min=1, help="Erosion and dilation kernel size in pixels."),
+    kernel: int = typer.Option(10, "--kernel", "-k", min=1, help="Erosion and dilation kernel size in pixels (the ICM seed's default)."),
     erode: Optional[int] = typer.Option(None, "--erode", min=1, help="Erosion kernel (overrides --kernel)."),
     dilate: Optional[int] = typer.Option(None, "--dilate", min=1, help="Dilation kernel (overrides --kernel)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),

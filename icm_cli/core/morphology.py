@@ -51,7 +51,11 @@ def dilate(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
     if kernel_size == 1:
         return values.clone() if values is mask else values
     padded = F.pad(values, (before, after, before, after), mode="replicate")
-    return F.max_pool2d(padded, kernel_size=kernel_size, stride=1)
+    # A square max filter is a row max filter followed by a column one: the
+    # same values for 2k instead of k*k comparisons per pixel (kernel 20 on
+    # an 854x480 mask: ~10x faster).
+    rows = F.max_pool2d(padded, kernel_size=(1, kernel_size), stride=1)
+    return F.max_pool2d(rows, kernel_size=(kernel_size, 1), stride=1)
 
 
 def erode(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
