@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from icm_cli import io
 from icm_cli.console import BatchOutcome

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io as pyio
 import json
 
 import numpy as np

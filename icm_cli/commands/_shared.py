@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -86,3 +86,44 @@ def find_by_stem(folder: Path, stem: str) -> Optional[Path]:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def process_files(paths: Iterable[Path], targets: Callable[[str], list[Path]],
+                  work: Callable[[Path, str], None], *, output: Path, overwrite: bool, quiet: bool,
+                  description: str, total: Optional[int] = None):
+    """The per-file batch loop of `trimap`, `refine` and `matte`.
+
+    For each path: its unique stem; skipped when every path of
+    ``targets(stem)`` exists (unless ``overwrite``); else ``work(path, stem)``
+    writes the outputs. A user-file problem fails that file alone (one line),
+    a full disk stops the run, an unexpected error fails the file (re-raised
+    with --debug). Returns the :class:`~icm_cli.console.BatchOutcome`.
+    """
+    from icm_cli import console
+    from icm_cli.console import BatchOutcome, progress_bar
+
+    outcome = BatchOutcome()
+    stems = io.StemAllocator()
+    with progress_bar(total, description, enabled=not quiet) as advance:
+        for path in paths:
+            stem = stems(path)
+            if not overwrite and all(t.exists() for t in targets(stem)):
+                outcome.skipped += 1
+                advance()
+                continue
+            try:
+                work(path, stem)
+                outcome.done += 1
+            except io.InputError as exc:
+                outcome.fail(str(path), str(exc))
+                if io.fatal_write_error(exc):
+                    outcome.stopped = f"cannot write to {output} ({io.fatal_write_error(exc)})"
+                    break
+            except MemoryError:
+                outcome.fail(str(path), f"{path}: out of memory")
+            except Exception as exc:  # a bug or a library error on one file: the others go on
+                if console.DEBUG:
+                    raise
+                outcome.fail(str(path), console.unexpected(exc, str(path)))
+            advance()
+    return outcome

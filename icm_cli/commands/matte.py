@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List
 
-import numpy as np
 import typer
 
 from icm_cli import io
-from icm_cli.commands._shared import find_by_stem
-from icm_cli.console import BatchOutcome, error_line, progress_bar
+from icm_cli.commands._shared import find_by_stem, process_files
+from icm_cli.console import error_line
 from icm_cli.matting import DEFAULT_METHOD, DEFAULT_SOLVE_PIXELS, METHODS
 
 
@@ -65,34 +64,19 @@ def matte(
         error_line(f"{trimaps}: --trimaps must be a folder of trimaps named like the images")
         raise typer.Exit(2)
     sources = list(io.iter_sources(images, recursive=recursive))
-    outcome = BatchOutcome()
-    stems = io.StemAllocator()
-    with progress_bar(len(sources), "matte", enabled=not quiet) as advance:
-        for path in sources:
-            stem = stems(path)
-            target = output / f"{stem}.png"
-            cut_target = output / "cutout" / f"{stem}.png"
-            if not overwrite and target.exists() and (not cutout or cut_target.exists()):
-                outcome.skipped += 1
-                advance()
-                continue
-            trimap_path = find_by_stem(trimaps, path.stem)
-            if trimap_path is None:
-                outcome.fail(str(path), f"{path}: no trimap named {path.stem}.png (or another image suffix) in {trimaps}")
-                advance()
-                continue
-            try:
-                result = _matte_one(path, trimap_path, method, solve_pixels, max_pixels, cutout)
-                io.write_image_atomic(target, result["alpha"])
-                if cutout:
-                    io.write_image_atomic(cut_target, result["cutout"])
-                outcome.done += 1
-            except io.InputError as exc:
-                outcome.fail(str(path), str(exc))
-            except MemoryError:
-                outcome.fail(str(path), f"{path}: out of memory while matting (lower --solve-pixels)")
-            except Exception as exc:  # a library error on one image must not end the batch
-                outcome.fail(str(path), f"{path}: {type(exc).__name__}: {exc}")
-            advance()
+    def targets(stem: str) -> list[Path]:
+        return [output / f"{stem}.png"] + ([output / "cutout" / f"{stem}.png"] if cutout else [])
+
+    def work(path: Path, stem: str) -> None:
+        trimap_path = find_by_stem(trimaps, path.stem)
+        if trimap_path is None:
+            raise io.InputError(f"{path}: no trimap named {path.stem}.png (or another image suffix) in {trimaps}")
+        result = _matte_one(path, trimap_path, method, solve_pixels, max_pixels, cutout)
+        io.write_image_atomic(output / f"{stem}.png", result["alpha"])
+        if cutout:
+            io.write_image_atomic(output / "cutout" / f"{stem}.png", result["cutout"])
+
+    outcome = process_files(sources, targets, work, output=output, overwrite=overwrite, quiet=quiet,
+                            description="matte", total=len(sources))
     outcome.summary("mattes", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

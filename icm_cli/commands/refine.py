@@ -8,9 +8,9 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from icm_cli import console, io
-from icm_cli.commands._shared import find_by_stem
-from icm_cli.console import BatchOutcome, error_line, progress_bar
+from icm_cli import io
+from icm_cli.commands._shared import find_by_stem, process_files
+from icm_cli.console import error_line
 
 
 def refine(
@@ -59,37 +59,20 @@ def refine(
     except (WeightsError, DeviceError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
-    outcome = BatchOutcome()
-    stems = io.StemAllocator()
-    with torch.no_grad(), progress_bar(None, "refine", enabled=not quiet) as advance:
-        for mask_path in io.iter_sources(masks, recursive=recursive):
-            stem = stems(mask_path)
-            target = output / f"{stem}.png"
-            if target.exists() and not overwrite:
-                outcome.skipped += 1
-                advance()
-                continue
-            try:
-                image_path = find_by_stem(images, mask_path.stem)
-                if image_path is None:
-                    raise io.InputError(f"{mask_path}: no image named {mask_path.stem}.* in {images}")
-                image = io.read_image(image_path, max_pixels=max_pixels)
-                mask = io.read_mask(mask_path, max_pixels=max_pixels)
-                if mask.shape != image.shape[:2]:
-                    raise io.InputError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
-                                        f"{image_path} is {image.shape[1]}x{image.shape[0]}")
-                refined, _ = refine_mask_with_attention(net, image, mask, size, iterations, score, dev, dtype)
-                io.write_image_atomic(target, refined.astype(np.uint8) * 255)
-                outcome.done += 1
-            except io.InputError as exc:
-                outcome.fail(str(mask_path), str(exc))
-                if io.fatal_write_error(exc):
-                    outcome.stopped = f"cannot write to {output} ({io.fatal_write_error(exc)})"
-                    break
-            except Exception as exc:  # a bug or a library error on one pair: the others go on
-                if console.DEBUG:
-                    raise
-                outcome.fail(str(mask_path), console.unexpected(exc, str(mask_path)))
-            advance()
+    def work(mask_path: Path, stem: str) -> None:
+        image_path = find_by_stem(images, mask_path.stem)
+        if image_path is None:
+            raise io.InputError(f"{mask_path}: no image named {mask_path.stem}.* in {images}")
+        image = io.read_image(image_path, max_pixels=max_pixels)
+        mask = io.read_mask(mask_path, max_pixels=max_pixels)
+        if mask.shape != image.shape[:2]:
+            raise io.InputError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
+                                f"{image_path} is {image.shape[1]}x{image.shape[0]}")
+        refined, _ = refine_mask_with_attention(net, image, mask, size, iterations, score, dev, dtype)
+        io.write_image_atomic(output / f"{stem}.png", refined.astype(np.uint8) * 255)
+
+    with torch.no_grad():
+        outcome = process_files(io.iter_sources(masks, recursive=recursive), lambda stem: [output / f"{stem}.png"],
+                                work, output=output, overwrite=overwrite, quiet=quiet, description="refine")
     outcome.summary("masks", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

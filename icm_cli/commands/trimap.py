@@ -9,8 +9,9 @@ import numpy as np
 import torch
 import typer
 
-from icm_cli import console, io
-from icm_cli.console import BatchOutcome, error_line, progress_bar
+from icm_cli import io
+from icm_cli.commands._shared import process_files
+from icm_cli.console import error_line
 
 
 def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -> np.ndarray:
@@ -49,28 +50,11 @@ def trimap(
         error_line(str(exc))
         raise typer.Exit(2)
     io.remove_stale_temp_files(output)
-    outcome = BatchOutcome()
-    stems = io.StemAllocator()
-    with progress_bar(None, "trimap", enabled=not quiet) as advance:
-        for path in io.iter_sources(masks, recursive=recursive):
-            target = output / f"{stems(path)}.png"
-            if target.exists() and not overwrite:
-                outcome.skipped += 1
-                advance()
-                continue
-            try:
-                mask = io.read_mask(path, max_pixels=max_pixels)
-                io.write_image_atomic(target, mask_to_trimap_u8(mask, erode_k, dilate_k))
-                outcome.done += 1
-            except io.InputError as exc:
-                outcome.fail(str(path), str(exc))
-                if io.fatal_write_error(exc):
-                    outcome.stopped = f"cannot write to {output} ({io.fatal_write_error(exc)})"
-                    break
-            except Exception as exc:  # a bug or a library error on one mask: the others go on
-                if console.DEBUG:
-                    raise
-                outcome.fail(str(path), console.unexpected(exc, str(path)))
-            advance()
+    def work(path: Path, stem: str) -> None:
+        mask = io.read_mask(path, max_pixels=max_pixels)
+        io.write_image_atomic(output / f"{stem}.png", mask_to_trimap_u8(mask, erode_k, dilate_k))
+
+    outcome = process_files(io.iter_sources(masks, recursive=recursive), lambda stem: [output / f"{stem}.png"],
+                            work, output=output, overwrite=overwrite, quiet=quiet, description="trimap")
     outcome.summary("trimaps", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

@@ -197,7 +197,6 @@ class Propagator:
         the reference's ROI tokens, the same spread by the source's own
         self-attention (``heat · Aᵀ``) and the engine's object probability.
         """
-        ctx = self.context
         h, w = images[0].shape[:2]
         geo = self.geometry_for(h, w)
         batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
