@@ -23,7 +23,7 @@ from icm_cli import io, render  # noqa: E402
 
 def main() -> int:
     demo = HERE / "demo"
-    picks = ["02_flipped_small_grass", "04_occluded_astronaut", "06_cut_by_frame_cat"]
+    picks = ["02_flipped_small_grass", "03_large_darker_gravel", "06_cut_by_frame_cat"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         subprocess.run([sys.executable, "-m", "icm_cli", "propagate", "--ref", str(demo / "reference.jpg"),
@@ -31,14 +31,14 @@ def main() -> int:
                         "--quiet"], check=True)
         ref = io.read_image(demo / "reference.jpg")
         ref_mask = io.read_mask(demo / "reference_mask.png") >= 0.5
-        rows = [render.montage([render.label(render.mask_outline(ref, ref_mask, (64, 255, 64), 3), "reference + mask")], 200)]
+        rows = [render.montage([render.label(render.mask_outline(ref, ref_mask, (64, 255, 64), 3), "reference + mask")], 150)]
         for stem in picks:
             src = io.read_image(demo / "sources" / f"{stem}.jpg")
             heat = io.read_image(out / "heatmaps" / f"{stem}.png")
             mask = io.read_mask(out / "masks" / f"{stem}.png") >= 0.5
-            rows.append(render.montage([render.label(render.fit_height(src, 200), "source"),
-                                        render.label(render.fit_height(heat, 200), "heatmaps/"),
-                                        render.label(render.fit_height(render.mask_outline(src, mask), 200), "masks/")], 200))
+            rows.append(render.montage([render.label(render.fit_height(src, 150), "source"),
+                                        render.label(render.fit_height(heat, 150), "heatmaps/"),
+                                        render.label(render.fit_height(render.mask_outline(src, mask), 150), "masks/")], 150))
         width = max(r.shape[1] for r in rows)
         padded = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
         io.write_image_atomic(HERE / "montage.png", np.concatenate(padded, axis=0))

@@ -41,7 +41,7 @@ def propagate(
     workers: int = typer.Option(0, "--workers", min=0, help="--engine ray: prediction workers (0 = one per --gpus-per-worker share, else CPUs - 1)."),
     video: Optional[Path] = typer.Option(None, "--video", help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames, or a video file (pip install \"icm-cli\\[video]\"). Each frame also uses what the last ones found."),
     memory: int = typer.Option(0, "--memory", min=0, help="--video: earlier predicted frames that lend tokens to the context (0 measured best: memory drifts)."),
-    radius: int = typer.Option(3, "--radius", min=0, help="--video: search window, in feature cells (8 px at --size scale), around the previous mask; 0 = whole frame."),
+    radius: int = typer.Option(6, "--radius", min=0, help="--video: search window, in feature cells (8 px at --size scale), around the previous mask; 0 = whole frame."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per worker (a fraction shares one)."),
 ) -> None:
     """Find the object of the reference mask in every source; write masks, trimaps and heat maps.
