@@ -135,3 +135,27 @@ def test_reference_problems_are_one_line_errors(demo, tmp_path, case):
     assert "Traceback" not in res.output
     assert {"empty_mask": "empty", "size_mismatch": "--resize-masks", "missing_ref": "nope.png",
             "unpaired": "one --mask per --ref"}[case] in res.output
+
+
+def test_alpha_and_cutout_outputs(demo, tmp_path):
+    root, truths = demo
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["propagate", "--ref", str(root / "ref.png"), "--mask", str(root / "ref_mask.png"),
+                              str(root / "src" / "frame0.png"), "-o", str(out), "--save", "alpha,cutout",
+                              "--kernel", "6", *FAST])
+    assert res.exit_code == 0, res.output
+    alpha = np.asarray(Image.open(out / "alpha" / "frame0.png"))
+    cut = Image.open(out / "cutout" / "frame0.png")
+    assert alpha.shape == (120, 160) and alpha.dtype == np.uint8
+    assert cut.mode == "RGBA" and cut.size == (160, 120)
+    assert np.array_equal(np.asarray(cut)[..., 3], alpha)
+    truth = truths["frame0"]
+    assert alpha[truth].mean() > 200 and alpha[~truth].mean() < 40
+    assert not (out / "masks").exists()
+
+
+def test_unknown_save_kind_is_an_error(demo, tmp_path):
+    root, _ = demo
+    res = runner.invoke(app, ["propagate", "--ref", str(root / "ref.png"), "--mask", str(root / "ref_mask.png"),
+                              str(root / "src"), "-o", str(tmp_path / "o"), "--save", "masks,mattes", *FAST])
+    assert res.exit_code == 2 and "--save" in res.output
