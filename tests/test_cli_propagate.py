@@ -159,3 +159,13 @@ def test_unknown_save_kind_is_an_error(demo, tmp_path):
     res = runner.invoke(app, ["propagate", "--ref", str(root / "ref.png"), "--mask", str(root / "ref_mask.png"),
                               str(root / "src"), "-o", str(tmp_path / "o"), "--save", "masks,mattes", *FAST])
     assert res.exit_code == 2 and "--save" in res.output
+
+
+def test_fine_edges_run_end_to_end(demo, tmp_path):
+    root, truths = demo
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["propagate", "--ref", str(root / "ref.png"), "--mask", str(root / "ref_mask.png"),
+                              str(root / "src" / "frame2.png"), "-o", str(out), "--save", "masks", "--fine-edges",
+                              *FAST])
+    assert res.exit_code == 0, res.output
+    assert _iou(np.asarray(Image.open(out / "masks" / "frame2.png")) > 127, truths["frame2"]) > 0.6

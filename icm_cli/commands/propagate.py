@@ -28,6 +28,7 @@ def propagate(
     threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
                                               help="Fixed threshold on the object probability instead of the automatic (GrabCut) decision."),
     edges: bool = typer.Option(True, "--edges/--no-edges", help="Refine edges with the image's colours (GrabCut)."),
+    fine_edges: bool = typer.Option(False, "--fine-edges", help="Run the edge refinement at full instead of half resolution: finer masks (DAVIS dev J +0.01), about 4x its time."),
     head_steps: int = typer.Option(100, "--head-steps", min=0, help="Training steps of the per-run object head (0 = nearest neighbours only)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of SOURCES."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sources whose outputs exist (default: skip them)."),
@@ -85,7 +86,7 @@ def propagate(
         io.ensure_output_folder(output)  # before the model loads: fail in a second, not a minute
         references = load_references(ref, mask, max_pixels, resize_masks)
         if engine == "local":
-            propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold)
+            propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold, fine_edges)
             propagator.set_references(references)
         else:  # the workers build the model; a bad --backbone/--weights is reported here, once
             from icm_cli.backbones import create_backbone
@@ -119,7 +120,7 @@ def propagate(
         try:
             if engine == "ray":
                 model = dict(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps,
-                             edges=edges, threshold=threshold)
+                             edges=edges, threshold=threshold, fine_edges=fine_edges)
                 try:
                     outcome = ray_engine.run_ray(
                         named, dict(refs=ref, masks=mask, max_pixels=max_pixels, resize_masks=resize_masks), model,
