@@ -101,7 +101,7 @@ def section_trimaps(trimaps: str, methods: list[str]) -> None:
 
 def section_e2e(kernels: list[int], methods: list[str]) -> None:
     from icm_cli import io, metrics
-    from icm_cli.commands.trimap import mask_to_trimap_u8
+    from icm_cli.predict.fullres import mask_to_trimap_u8
     from icm_cli.matting import split_trimap, solve_alpha
 
     print("\n## end to end: GT > 0.5 -> mask -> trimap(kernel k) -> solve_alpha; SAD/1000 and MSE over the whole image\n")

@@ -313,7 +313,7 @@ class PropagateRun:
 
     def render(self, image: np.ndarray, pred) -> dict[str, np.ndarray]:
         """All requested outputs of one source as uint8 arrays at its own size."""
-        from icm_cli.commands.trimap import mask_to_trimap_u8
+        from icm_cli.predict.fullres import mask_to_trimap_u8
 
         kinds = self.plan.kinds
         prob, mask = self.propagator.finish(image, pred)

@@ -5,26 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
-import torch
 import typer
 
 from icm_cli import io
 from icm_cli.commands._shared import process_files
 from icm_cli.console import error_line
-
-
-def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -> np.ndarray:
-    """``[H, W]`` float mask in [0, 1] -> ``[H, W]`` uint8 trimap with values 0 / 128 / 255."""
-    from icm_cli.core import generate_trimap
-
-    tensor = torch.from_numpy(io.binary_mask(mask).astype(np.float32))[None, None]
-    trimap = generate_trimap(tensor, erode_kernel_size=erode_kernel, dilate_kernel_size=dilate_kernel)[0, 0]
-    out = np.zeros(trimap.shape, dtype=np.uint8)
-    values = trimap.numpy()
-    out[values == 0.5] = 128
-    out[values == 1.0] = 255
-    return out
+from icm_cli.predict.fullres import mask_to_trimap_u8
 
 
 def trimap(

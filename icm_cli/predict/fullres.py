@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
+
+from icm_cli.core import generate_trimap
 
 cv2.setNumThreads(1)
 
@@ -86,3 +89,14 @@ def keep_confident_components(mask: np.ndarray, prob: np.ndarray, confident: flo
     if not hits[1:].any():
         return mask
     return hits[labels]
+
+
+def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -> np.ndarray:
+    """``[H, W]`` float mask in [0, 1] -> ``[H, W]`` uint8 trimap with values 0 / 128 / 255."""
+    tensor = torch.from_numpy((mask >= 0.5).astype(np.float32))[None, None]
+    trimap = generate_trimap(tensor, erode_kernel_size=erode_kernel, dilate_kernel_size=dilate_kernel)[0, 0]
+    out = np.zeros(trimap.shape, dtype=np.uint8)
+    values = trimap.numpy()
+    out[values == 0.5] = 128
+    out[values == 1.0] = 255
+    return out
