@@ -16,7 +16,7 @@ pixels to score (usually the trimap's unknown band); ``None`` scores all.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import cv2
 import numpy as np
@@ -218,3 +218,19 @@ def connectivity_error(pred: np.ndarray, gt: np.ndarray, region: Optional[np.nda
     phi_g = 1.0 - dg * (dg >= theta)
     d = np.abs(phi_p - phi_g)
     return float((d[r] if r is not None else d).sum() / 1000.0)
+
+
+def temporal_stability(masks: Iterable[np.ndarray]) -> float:
+    """Mean IoU of each ``[H, W]`` bool mask with the one before it (frame order).
+
+    1.0 for a sequence that never changes; NaN for fewer than two masks.
+    Compare a prediction's value with the ground truth's: flicker shows as a
+    prediction less stable than the truth.
+    """
+    previous, scores = None, []
+    for mask in masks:
+        mask = np.asarray(mask, dtype=bool)
+        if previous is not None:
+            scores.append(iou(mask, previous))
+        previous = mask
+    return float(np.mean(scores)) if scores else float("nan")

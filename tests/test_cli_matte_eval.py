@@ -198,3 +198,24 @@ def test_eval_alpha_scores_the_unknown_band_of_the_trimaps(tmp_path):
     assert row["MSE"] == pytest.approx(4 / 20)
     whole = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--kind", "alpha", "--json"])
     assert json.loads(whole.stdout)["images"][0]["SAD"] == pytest.approx(5 / 1000)
+
+
+def test_eval_stability_per_sequence(tmp_path):
+    import json as _json
+    from PIL import Image as _Image
+    from typer.testing import CliRunner as _Runner
+    from icm_cli.cli import app as _app
+    still = np.zeros((8, 8), np.uint8)
+    still[2:6, 2:6] = 255
+    moved = np.roll(still, 2, axis=1)
+    for folder, frames in (("pred", [still, moved, still]), ("gt", [still, still, still])):
+        for i, m in enumerate(frames):
+            (tmp_path / folder / "seq").mkdir(parents=True, exist_ok=True)
+            _Image.fromarray(m).save(tmp_path / folder / "seq" / f"{i:05d}.png")
+    res = _Runner().invoke(_app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "-r", "--stability", "--json"])
+    assert res.exit_code == 0, res.output
+    report = _json.loads(res.stdout)
+    seq = report["sequences"][0]
+    assert seq["T_gt"] == 1.0
+    assert seq["T_pred"] == pytest.approx(8 / 24)  # each move keeps 8 of 24 pixels in the union
+    assert report["mean"]["T_pred"] == pytest.approx(8 / 24)

@@ -160,3 +160,15 @@ def test_connected_soft_edge_costs_nothing_but_a_detached_one_does():
     pred[:, 9] = 0.5                           # same values, but separated by a 0 column
     # column 9: l = 0, d = 0.5 -> phi_pred 0.5 vs phi_gt 1 (gt is 0 there)
     assert metrics.connectivity_error(pred, gt) == pytest.approx(12 * 0.5 / 1000)
+
+
+def test_temporal_stability_known_values():
+    from icm_cli.metrics import temporal_stability
+    a = np.zeros((4, 4), bool)
+    a[:2] = True  # 8 pixels
+    b = np.zeros((4, 4), bool)
+    b[1:3] = True  # overlaps a in 4 of 12
+    assert temporal_stability([a, a, a]) == 1.0
+    assert temporal_stability([a, b]) == pytest.approx(4 / 12)
+    assert temporal_stability([a, b, b]) == pytest.approx((4 / 12 + 1) / 2)
+    assert np.isnan(temporal_stability([a]))

@@ -79,6 +79,12 @@ def _score(pair: Pair, kind: str, max_pixels: int, tolerance: Optional[float]) -
             "Grad": metrics.gradient_error(p, g, region), "Conn": metrics.connectivity_error(p, g, region)}
 
 
+def _stability(paths: list[str], max_pixels: int) -> float:
+    from icm_cli import metrics
+
+    return metrics.temporal_stability(io.binary_mask(io.read_mask(p, max_pixels=max_pixels)) for p in paths)
+
+
 def _check_size(pair: Pair, p_shape, g_shape) -> None:
     if p_shape != g_shape:
         raise io.InputError(f"{pair.pred}: prediction is {p_shape[1]}x{p_shape[0]} but {pair.gt} is "
@@ -101,6 +107,9 @@ def eval_command(
     kind: str = typer.Option("mask", "--kind", "-k", help="mask: J (IoU) and boundary F; alpha: SAD, MSE, Grad, Conn."),
     trimaps: Optional[Path] = typer.Option(None, "--trimaps", "-t",
                                            help="alpha: score only the unknown band of these trimaps (folder, paired by stem)."),
+    stability: bool = typer.Option(False, "--stability",
+                                   help="mask: also the temporal stability of each sequence (mean IoU of consecutive "
+                                        "masks in name order), for the prediction and for the ground truth."),
     recursive: bool = typer.Option(False, "--recursive", "-r",
                                    help="Folders of sequence sub-folders: per-sequence means, then the mean over sequences (DAVIS)."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0,
@@ -158,8 +167,16 @@ def eval_command(
         groups.setdefault(row["sequence"], []).append(row)
     sequences = [{"sequence": name, "frames": len(members), **_mean(members, keys)}
                  for name, members in groups.items()]
+    stability_keys: tuple[str, ...] = ()
+    if stability and kind == "mask":
+        stability_keys = ("T_pred", "T_gt")
+        for seq in sequences:
+            members = sorted(groups[seq["sequence"]], key=lambda row: row["name"])
+            seq["T_pred"] = _stability([row["pred"] for row in members], max_pixels)
+            seq["T_gt"] = _stability([row["gt"] for row in members], max_pixels)
     # DAVIS: mean over sequences of per-sequence means; flat folders: mean over images.
     mean = _mean(sequences, keys) if recursive else _mean(rows, keys)
+    mean.update(_mean(sequences, stability_keys))  # stability is a per-sequence figure
 
     for problem in problems:
         error_line(problem["error"])
@@ -181,15 +198,19 @@ def eval_command(
         table.add_column(first)
         if recursive:
             table.add_column("frames", justify="right")
-        for k in keys:
+        shown_keys = keys + (stability_keys if recursive else ())
+        for k in shown_keys:
             table.add_column(k, justify="right")
         listing = sequences if recursive else rows
         for row in listing:
             cells = [row["sequence"] if recursive else row["name"]]
             if recursive:
                 cells.append(str(row["frames"]))
-            table.add_row(*cells, *[_fmt(row[k], k) for k in keys])
+            table.add_row(*cells, *[_fmt(row[k], k) for k in shown_keys])
         table.add_section()
-        table.add_row("mean", *([str(len(rows))] if recursive else []), *[_fmt(mean[k], k) for k in keys])
+        table.add_row("mean", *([str(len(rows))] if recursive else []), *[_fmt(mean[k], k) for k in shown_keys])
         stdout.print(table)
+        if stability_keys and not recursive:
+            stdout.print(f"temporal stability (mean IoU of consecutive masks): prediction "
+                         f"{_fmt(mean['T_pred'], 'J')}, ground truth {_fmt(mean['T_gt'], 'J')}")
     raise typer.Exit(1 if problems or not rows else 0)
