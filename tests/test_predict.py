@@ -151,3 +151,17 @@ def test_thin_images_get_a_bounded_canvas():
     assert g.padded_w <= 4 * 384 + 32 and g.padded_h == 32
     back = g.to_original(torch.ones(1, 1, g.padded_h // 8, g.padded_w // 8))
     assert back.shape[-2:] == (2, 3000)
+
+
+@pytest.mark.parametrize("erode_k,dilate_k", [(1, 1), (3, 3), (10, 10), (4, 7), (20, 5)])
+def test_fast_trimap_equals_the_core_trimap(erode_k, dilate_k):
+    from icm_cli.core import generate_trimap
+    rng = np.random.default_rng(erode_k * 31 + dilate_k)
+    for shape in [(23, 37), (40, 9)]:
+        blobs = F.interpolate(torch.from_numpy(rng.random((1, 1, 5, 6), dtype=np.float32)), size=shape,
+                              mode="bilinear", align_corners=False)[0, 0].numpy()
+        mask = (blobs > 0.5).astype(np.float32)
+        mask[0, :3] = 1.0  # touch the border
+        core = generate_trimap(torch.from_numpy(mask)[None, None], erode_k, dilate_k)[0, 0].numpy()
+        fast = fullres.mask_to_trimap_u8(mask, erode_k, dilate_k)
+        np.testing.assert_array_equal(fast, np.select([core == 1.0, core == 0.5], [255, 128], 0).astype(np.uint8))

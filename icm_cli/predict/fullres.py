@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
 
-from icm_cli.core import generate_trimap
+from icm_cli.core import window_padding
 
 cv2.setNumThreads(1)
 
@@ -92,11 +91,22 @@ def keep_confident_components(mask: np.ndarray, prob: np.ndarray, confident: flo
 
 
 def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -> np.ndarray:
-    """``[H, W]`` float mask in [0, 1] -> ``[H, W]`` uint8 trimap with values 0 / 128 / 255."""
-    tensor = torch.from_numpy((mask >= 0.5).astype(np.float32))[None, None]
-    trimap = generate_trimap(tensor, erode_kernel_size=erode_kernel, dilate_kernel_size=dilate_kernel)[0, 0]
-    out = np.zeros(trimap.shape, dtype=np.uint8)
-    values = trimap.numpy()
-    out[values == 0.5] = 128
-    out[values == 1.0] = 255
+    """``[H, W]`` float mask in [0, 1] -> ``[H, W]`` uint8 trimap with values 0 / 128 / 255.
+
+    The same trimap as :func:`icm_cli.core.generate_trimap` (same windows,
+    same edge handling; a test holds them equal), computed with OpenCV's
+    morphology on uint8, which is an order of magnitude faster on full-size
+    masks than float max-pooling.
+    """
+    foreground = (mask >= 0.5).astype(np.uint8)
+    sure = _square_window(cv2.erode, foreground, erode_kernel)
+    possible = _square_window(cv2.dilate, foreground, dilate_kernel)
+    out = possible * np.uint8(128)
+    out[sure == 1] = 255
     return out
+
+
+def _square_window(op, image: np.ndarray, kernel_size: int) -> np.ndarray:
+    before, _ = window_padding(kernel_size)
+    kernel = np.ones((kernel_size, kernel_size), np.uint8)
+    return op(image, kernel, anchor=(before, before), borderType=cv2.BORDER_REPLICATE)
