@@ -19,7 +19,8 @@ per-image wall time; a Ray worker runs them one after the other). The
 Ray overhead per image is Ray-with-1-worker minus the local engine with 1
 thread (both one thread of model work), end to end. Masks and trimaps of
 every run are compared byte for byte with the local run of the same torch
-thread count (the reference head's training depends on the thread count).
+thread count (the object head trains on one thread whatever the count, but
+the backbone's float sums can differ in the last bits between thread counts).
 """
 
 from __future__ import annotations
