@@ -94,7 +94,7 @@ def main() -> int:
         tmp = Path(tmp)
         frames, ref, mask = make_frames(tmp, n)
         print(f"{n} frames 854x480 from {'DAVIS blackswan' if 'shared' in str(ref) else 'synthetic scenes'}, "
-              f"{os.cpu_count()} CPUs, default settings (--size 384, --head-steps 300), CPU")
+              f"{os.cpu_count()} CPUs, default settings, CPU")
 
         def icm(out: Path, *extra: str) -> list[str]:
             return [sys.executable, "-m", "icm_cli", "propagate", "--ref", str(ref), "--mask", str(mask),
