@@ -18,12 +18,12 @@ import numpy as np
 from icm_cli import io
 from icm_cli.console import BatchOutcome
 from icm_cli.pipeline import Item, Manifest, OutputPlan, PropagateRun, prefetch
-from icm_cli.predict.engine import Propagator, to_tensor
+from icm_cli.predict.engine import Propagator
 from icm_cli.predict.temporal import TemporalContext
 from icm_cli.video import Frame, is_video_file, iter_frames
 
 
-def _list_stems(sequence: Path, max_pixels: int) -> list[str] | None:
+def _list_stems(sequence: Path) -> list[str] | None:
     """Output stems of every frame, without decoding (None for video files: count unknown)."""
     from icm_cli.video import frame_paths, sequence_stems
     if is_video_file(sequence):
@@ -44,9 +44,8 @@ class VideoRun:
         self.outcome: BatchOutcome = self.frames.outcome
 
     # --------------------------------------------------------------- resume
-    def _resume_point(self, sequence: Path) -> int:
-        """Index of the first frame whose outputs are not all written."""
-        stems = _list_stems(sequence, self.max_pixels)
+    def _resume_point(self, stems: list[str] | None) -> int:
+        """Index of the first frame whose outputs are not all written (``stems`` None: a video file)."""
         if stems is None:  # a video file: probe frame names as we go
             i = 0
             while self.plan.done(f"{i:05d}"):
@@ -68,20 +67,14 @@ class VideoRun:
             if frame.error or not mask_path.exists():
                 continue
             mask = io.read_mask(mask_path) >= 0.5
-            geo, ft = self._features(frame.image, need_ft=True)
-            self.temporal.update(mask, geo, ft)
+            geo, feats = self.propagator.source_features([frame.image])
+            self.temporal.update(mask, geo, feats.ft)
 
     # ----------------------------------------------------------------- run
-    def _features(self, image: np.ndarray, need_ft: bool = True):
-        geo = self.propagator.geometry_for(*image.shape[:2])
-        feats = self.propagator.features(geo.to_canvas(to_tensor(image)),
-                                         with_attention=self.propagator.settings.attention_prior > 0)
-        return geo, feats.ft if need_ft else None
-
     def run(self, sequence: Path) -> BatchOutcome:
         sequence = Path(sequence)
-        start = 0 if self.plan.overwrite else self._resume_point(sequence)
-        stems = _list_stems(sequence, self.max_pixels)
+        stems = _list_stems(sequence)
+        start = 0 if self.plan.overwrite else self._resume_point(stems)
         for stem in (stems or [f"{i:05d}" for i in range(start)])[:start]:
             self.frames.outcome.skipped += 1
             self.frames._record(Item(Path(str(sequence)), stem), "skipped", self.plan.paths(stem))
@@ -115,9 +108,7 @@ class VideoRun:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    geo = self.propagator.geometry_for(*frame.image.shape[:2])
-                    feats = self.propagator.features(geo.to_canvas(to_tensor(frame.image)),
-                                                     with_attention=self.propagator.settings.attention_prior > 0)
+                    geo, feats = self.propagator.source_features([frame.image])
                 except (RuntimeError, ValueError) as exc:
                     settle()
                     self.frames._fail(Item(Path(frame.source), frame.stem),

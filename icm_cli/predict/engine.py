@@ -100,20 +100,32 @@ class Propagator:
         self.backbone_seconds += time.perf_counter() - t0
         return feats
 
-    def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[ReferenceTokens, torch.Tensor]:
-        """image ``[1, 3, H, W]``, mask ``[1, 1, H, W]`` -> tokens and ``[C, h, w]`` features."""
+    def source_features(self, images: list[np.ndarray],
+                        with_attention: bool | None = None) -> tuple[WorkingGeometry, Features]:
+        """Features of same-size ``[H, W, 3]`` uint8 images on their working canvas.
+
+        ``with_attention`` defaults to what the settings need (the ICM gate).
+        """
+        geo = self.geometry_for(*images[0].shape[:2])
+        batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
+        if with_attention is None:
+            with_attention = self.settings.attention_prior > 0
+        return geo, self.features(batch, with_attention=with_attention)
+
+    def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor
+                          ) -> tuple[ReferenceTokens, torch.Tensor, torch.Tensor, WorkingGeometry]:
+        """image ``[1, 3, H, W]``, mask ``[1, 1, H, W]`` -> tokens, ``[C, h, w]`` features,
+        the ``[1, 1, Hc, Wc]`` mask on the canvas, and the geometry."""
         geo = self.geometry_for(image.shape[-2], image.shape[-1])
         canvas = geo.to_canvas(image)
         mask_canvas = F.pad(F.interpolate(mask, size=(geo.resized_h, geo.resized_w), mode="bilinear",
                                           align_corners=False),
                             (0, geo.padded_w - geo.resized_w, 0, geo.padded_h - geo.resized_h))
         ft = self.features(canvas).ft[0]
-        self._last_reference = (ft, mask_canvas, geo)
         grid = tuple(ft.shape[-2:])
         area = mask_area_on_grid(mask_canvas.to(ft.device), grid)[0, 0]
         valid = geo.valid_mask(*grid).to(ft.device)
-        # The edge row/column is partly padding: count it only if mostly image.
-        return pool_reference_tokens(ft, area, valid), ft
+        return pool_reference_tokens(ft, area, valid), ft, mask_canvas, geo
 
     @staticmethod
     def _icm_roi_tokens(ft: torch.Tensor, mask_canvas: torch.Tensor, fallback: ReferenceTokens) -> torch.Tensor:
@@ -137,8 +149,7 @@ class Propagator:
             mask = torch.from_numpy((mask_np >= 0.5).astype(np.float32))[None, None]
             if mask.sum() == 0:
                 raise ValueError("the reference mask is empty")
-            tokens, _ = self._reference_tokens(image, mask)
-            ref_ft, ref_mask_canvas, ref_geo = self._last_reference
+            tokens, ref_ft, ref_mask_canvas, ref_geo = self._reference_tokens(image, mask)
             roi_sets.append(self._icm_roi_tokens(ref_ft, ref_mask_canvas, fallback=tokens))
             self.reference_features.append((ref_ft.cpu(), ref_geo))
             if tokens.fg.shape[0] == 0:
@@ -149,7 +160,7 @@ class Propagator:
                 head_sets.append(tokens)
                 for _ in range(s.augmentations):
                     aug_img, aug_mask = augment_reference(image[0], mask[0], generator)
-                    aug_tokens, _ = self._reference_tokens(aug_img[None], aug_mask[None])
+                    aug_tokens = self._reference_tokens(aug_img[None], aug_mask[None])[0]
                     head_sets.append(aug_tokens)
         tokens = ReferenceTokens.concat(token_sets)
         head = None
@@ -178,10 +189,7 @@ class Propagator:
         """
         if self.context is None:
             raise RuntimeError("set_references() must come first")
-        h, w = images[0].shape[:2]
-        geo = self.geometry_for(h, w)
-        batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
-        feats = self.features(batch, with_attention=self.settings.attention_prior > 0)
+        geo, feats = self.source_features(images)
         preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
         if keep_features:
             for i, pred in enumerate(preds):
@@ -197,10 +205,7 @@ class Propagator:
         the reference's ROI tokens, the same spread by the source's own
         self-attention (``heat · Aᵀ``) and the engine's object probability.
         """
-        h, w = images[0].shape[:2]
-        geo = self.geometry_for(h, w)
-        batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
-        feats = self.features(batch, with_attention=True)
+        geo, feats = self.source_features(images, with_attention=True)
         ft = feats.ft
         inter, intra = self.icm_heat(ft, feats.attn)
         preds = self.predict_from_features(ft, geo, feats.attn)
