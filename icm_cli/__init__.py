@@ -1,3 +1,31 @@
-"""icm: in-context segmentation and matting from one labelled reference."""
+"""icm: in-context segmentation and matting from one labelled reference.
 
-__version__ = "0.1.0"
+The library's front door (imported on first use, so ``import icm_cli`` stays light)::
+
+    from icm_cli import Predictor
+    predictor = Predictor()
+    predictor.set_reference("ref.jpg", "ref_mask.png")
+    mask = predictor.predict("photo.jpg").mask
+"""
+
+__version__ = "0.2.0"
+
+_LAZY = {
+    "Predictor": "icm_cli.predictor",
+    "VideoPredictor": "icm_cli.predictor",
+    "Result": "icm_cli.predictor",
+    "AttentionMaps": "icm_cli.predictor",
+    "ModelConfig": "icm_cli.config",
+    "VideoConfig": "icm_cli.config",
+    "OutputConfig": "icm_cli.config",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'icm_cli' has no attribute {name!r}")

@@ -1,12 +1,26 @@
-"""The `icm` command line: parse options, call the library, print. No tensor maths here."""
+"""The `icm` command line: parse options, call the library, print. No tensor maths here.
+
+Only Typer's public API is used (typer >= 0.26 carries its own copy of click
+and no longer installs click). The command modules import nothing heavy at
+the top, so ``icm --version`` and ``--help`` start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
-import click
+import signal
+
 import typer
 from typer.core import TyperGroup
 
 from icm_cli import __version__, console
+
+
+def _is_cli_exit(exc: BaseException) -> bool:
+    """Typer's own exits and its usage errors (a click ``ClickException``: bad option, missing
+    parameter, unknown command), which Typer reports itself with exit code 2."""
+    if isinstance(exc, (typer.Exit, typer.Abort)):
+        return True
+    return isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None))
 
 
 class _GuardedGroup(TyperGroup):
@@ -16,31 +30,37 @@ class _GuardedGroup(TyperGroup):
       ``icm --debug ...`` (or ``ICM_DEBUG=1``) lets it through with its traceback;
     - Ctrl-C outside a batch's own handling (while loading a model, say) is one
       line and exit 130; a batch stopped this way is resumed by rerunning it.
-    Commands' own exits (``typer.Exit``) and usage errors pass unchanged.
+    Commands' own exits and usage errors pass unchanged.
     """
 
-    def invoke(self, ctx: click.Context):
+    def parse_args(self, ctx, args):
+        ctx.meta["icm.argv"] = list(args)  # the command as typed, for the run record
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException,
-                click.exceptions.Abort):
-            raise
-        except BrokenPipeError:
-            # `icm ... | head` closed our stdout: the reader has what it wanted.
-            import os
-            import sys
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(141) from None
-        except KeyboardInterrupt:
-            if console.DEBUG:
-                raise
-            console.error_line("interrupted; rerun the same command to finish the rest (finished outputs are skipped)")
-            raise typer.Exit(130) from None
         except Exception as exc:
+            if _is_cli_exit(exc):
+                raise
+            if isinstance(exc, BrokenPipeError):
+                # `icm ... | head` closed our stdout: the reader has what it wanted.
+                import os
+                import sys
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise typer.Exit(141) from None
             if console.DEBUG:
                 raise
             console.error_line(console.unexpected(exc))
             raise typer.Exit(console.EXIT_UNEXPECTED) from None
+        except KeyboardInterrupt:
+            # Threads still finishing a write are joined at exit; a further Ctrl-C must not
+            # print "Exception ignored in atexit callback" over our one line.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if console.DEBUG:
+                raise
+            console.error_line("interrupted; rerun the same command to finish the rest (finished outputs are skipped)")
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
@@ -51,6 +71,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
 
@@ -72,23 +93,17 @@ def _root(
 
 
 def _register() -> None:
-    # Each command lives in its own module under icm_cli/commands.
-    from icm_cli.commands import backbones as backbones_cmd
-    from icm_cli.commands import inspect_attn, propagate, refine, trimap
+    # Each command lives in its own module under icm_cli/commands; they import heavy things lazily.
+    from icm_cli.commands import backbones, eval as eval_cmd, inspect_attn, matte, propagate, refine, status, trimap
 
     app.command("propagate")(propagate.propagate)
     app.command("trimap")(trimap.trimap)
     app.command("refine")(refine.refine)
+    app.command("matte")(matte.matte)
     app.command("inspect-attn")(inspect_attn.inspect_attn)
-    app.command("backbones")(backbones_cmd.backbones)
-    from icm_cli.commands import status as status_cmd
-
-    app.command("status")(status_cmd.status)
-    from icm_cli.commands import eval as eval_cmd
-    from icm_cli.commands import matte as matte_cmd
-
-    app.command("matte")(matte_cmd.matte)
     app.command("eval")(eval_cmd.eval_command)
+    app.command("status")(status.status)
+    app.command("backbones")(backbones.backbones)
 
 
 _register()

@@ -78,7 +78,11 @@ def progress_bar(total: int | None, description: str, enabled: bool):
 
 @dataclass
 class BatchOutcome:
-    """Counts of a batch run; decides the exit code."""
+    """Counts of a batch run; decides the exit code and prints the summary.
+
+    ``started`` is taken when the command starts, so the reported time
+    includes loading the model and building the reference context.
+    """
 
     done: int = 0
     skipped: int = 0
@@ -88,20 +92,40 @@ class BatchOutcome:
     interrupted: int = 0
     #: Why the run stopped before its sources ran out (a full disk), or None.
     stopped: str | None = None
+    #: Results whose mask holds no object pixel ("object not found").
+    empty: int = 0
+    #: Sources that look like masks (grey, two values): probably not meant as sources.
+    mask_like: list[str] = field(default_factory=list)
+    #: The reader of stdout (``--json | head``) went away; the run stopped quietly.
+    stdout_closed: bool = False
+    #: Print each failure as it happens (off on Ray workers: the driver prints them, once).
+    report: bool = True
 
-    def fail(self, item: str, message: str, quiet: bool = False) -> None:
+    def fail(self, item: str, message: str) -> None:
         self.failed.append((item, one_line(message)))
-        error_line(message)
+        if self.report:
+            error_line(message)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 128 + self.interrupted  # 130 for Ctrl-C, as shells report it
+            return 128 + self.interrupted  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+        if self.stdout_closed:
+            return 141  # as a shell reports a writer whose reader closed the pipe
         return 1 if self.failed or self.stopped else 0
 
     def summary(self, what: str = "images", quiet: bool = False) -> None:
+        if self.stdout_closed:
+            return
+        if self.mask_like and not quiet:
+            n = len(self.mask_like)
+            stderr.print(escape(f"warning: {n} source{'s' if n != 1 else ''} look like masks, not photos "
+                                f"(one channel, two values), e.g. {self.mask_like[0]}; "
+                                "use --exclude (e.g. --exclude '*.png') to leave them out"), style="yellow")
         secs = time.perf_counter() - self.started
-        line = f"{self.done} {what} written, {self.skipped} skipped (already there), {len(self.failed)} failed in {secs:.1f}s"
+        empty = f" ({self.empty} empty: object not found)" if self.empty else ""
+        line = (f"{self.done} {what} written{empty}, {self.skipped} skipped (already there), "
+                f"{len(self.failed)} failed in {secs:.1f}s")
         if self.interrupted or self.stopped:
             # Always shown, even with --quiet: the run did not cover every source.
             why = "interrupted" if self.interrupted else f"stopped: {self.stopped}"
@@ -112,6 +136,26 @@ class BatchOutcome:
             stderr.print(f"[bold red]{escape(line)}[/]")
         elif not quiet:
             stderr.print(escape(line))
+
+
+@contextmanager
+def status_spinner(message: str, enabled: bool):
+    """A spinner with ``message`` on stderr while a slow set-up step runs (terminals only)."""
+    if not enabled or not stderr.is_terminal:
+        yield
+        return
+    with stderr.status(escape(message), spinner="dots"):
+        yield
+
+
+def warning_line(message: str) -> None:
+    """One warning line on stderr."""
+    stderr.print(f"[bold yellow]warning:[/] {escape(one_line(message))}")
+
+
+def invocation(ctx) -> list[str]:
+    """The command line as typed (``icm propagate ...``), kept by the CLI in the context's meta."""
+    return ["icm", *ctx.meta.get("icm.argv", [ctx.info_name or ""])]
 
 
 def is_stdout_terminal() -> bool:

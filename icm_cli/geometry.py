@@ -71,6 +71,16 @@ class WorkingGeometry:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x
 
+    def mask_to_canvas(self, mask: torch.Tensor, mode: str = "area") -> torch.Tensor:
+        """``[B, 1, orig_h, orig_w]`` float mask -> ``[B, 1, padded_h, padded_w]``, zero (background) in the padding.
+
+        Unlike :meth:`to_canvas` the padding is not replicated: a mask must
+        not claim object where there is no image.
+        """
+        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        m = F.interpolate(mask, size=(self.resized_h, self.resized_w), mode=mode, **kwargs)
+        return F.pad(m, (0, self.padded_w - self.resized_w, 0, self.padded_h - self.resized_h))
+
     def valid_cells(self, grid_h: int, grid_w: int) -> tuple[int, int]:
         """Rows/columns of a ``grid_h x grid_w`` map (over the canvas) that
         touch the image rather than the padding."""

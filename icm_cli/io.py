@@ -1,4 +1,4 @@
-"""Reading images and masks, finding sources, writing outputs atomically.
+"""Reading images and masks, writing outputs atomically.
 
 The one place that turns user files into arrays and arrays into files. Every
 error raised here is an :class:`InputError` whose message names the file and
@@ -8,23 +8,29 @@ the problem in one line, so a batch can record it and go on.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from icm_cli.config import DEFAULT_MAX_PIXELS
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
-#: Images with more pixels than this are refused before they are decoded
-#: (about 16k x 16k); ``--max-pixels`` changes it.
-DEFAULT_MAX_PIXELS = 260_000_000
+#: The raster formats Pillow may open. Naming them keeps it from handing a file
+#: that only claims to be an image (PostScript, EPS, ...) to an outside program
+#: such as Ghostscript. (Phones' multi-picture JPEGs, MPO, open as JPEG.)
+RASTER_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "WEBP", "TIFF", "GIF")
+
+__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "InputError", "OutputError", "read_image", "read_mask",
+           "read_trimap", "binary_mask", "write_image_atomic", "write_text_atomic", "ensure_output_folder",
+           "remove_stale_temp_files", "fatal_write_error"]
 
 # PIL's own bomb guard would raise its own warning/error types at a limit we
 # do not control; we check the header size ourselves against max_pixels.
@@ -35,7 +41,8 @@ class InputError(Exception):
     """A problem with one user file; the message is one line for people."""
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+def _open(path: Path, max_pixels: int) -> Image.Image | np.ndarray:
+    """The decoded image: a PIL image, or an array for TIFFs Pillow cannot decode (float RGB)."""
     path = Path(path)
     if not path.exists():
         if path.is_symlink():
@@ -46,11 +53,15 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes), not an image")
-        img = Image.open(path)
+        Image.init()  # registers every plugin (once), so the named formats are all known
+        img = Image.open(path, formats=RASTER_FORMATS)
     except InputError:
         raise
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image PIL can read (unknown or corrupt format)") from None
+        if _is_tiff(path):
+            return _read_tiff(path, max_pixels)
+        raise InputError(f"{path}: not an image icm can read (JPEG, PNG, BMP, WebP, TIFF or GIF), "
+                         "or its data is corrupt") from None
     except Exception as exc:  # PIL's parsers raise many types on junk headers; all mean "unreadable"
         raise InputError(f"{path}: not a readable image ({_reason(exc)})") from None
     try:
@@ -75,6 +86,58 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     except Exception:  # a broken EXIF block must not cost the pixels
         pass
     return img
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
+
+
+def _read_tiff(path: Path, max_pixels: int) -> np.ndarray:
+    """A TIFF Pillow cannot decode (3-channel float, for one) read with tifffile: ``[H, W]`` or ``[H, W, C]``."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages[0].shape
+            h, w = (shape[-3], shape[-2]) if len(shape) >= 3 and shape[-1] <= 4 else shape[-2:]
+            if h * w > max_pixels:
+                raise InputError(f"{path}: {w}x{h} = {w * h} pixels is over the limit of {max_pixels} "
+                                 "(raise it with --max-pixels)")
+            arr = tif.pages[0].asarray()
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to decode it") from None
+    except Exception as exc:
+        raise InputError(f"{path}: TIFF data is truncated, corrupt or of a kind icm cannot read ({_reason(exc)})") from None
+    if arr.ndim == 3 and arr.shape[0] <= 4 < arr.shape[-1]:  # planar [C, H, W]
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise InputError(f"{path}: TIFF of shape {arr.shape} is not an image icm can read")
+    return arr
+
+
+def _array_to_uint8_rgb(arr: np.ndarray) -> np.ndarray:
+    """A decoded array (float in [0, 1] or [0, 255], 8/16-bit integers; 1-4 channels) -> ``[H, W, 3]`` uint8."""
+    a = arr.astype(np.float64)
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+    if arr.dtype.kind == "f":
+        top = 1.0 if a.max(initial=0.0) <= 1.0 else 255.0
+    else:
+        top = 65535.0 if arr.dtype.itemsize >= 2 and a.max(initial=0) > 255 else 255.0
+    a = np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        return np.repeat(a[..., None], 3, axis=2)
+    if a.shape[2] == 1:
+        return np.repeat(a, 3, axis=2)
+    if a.shape[2] == 2:  # grey + alpha
+        return np.repeat(a[..., :1], 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
 
 
 def _reason(exc: BaseException) -> str:
@@ -116,6 +179,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """
     path = Path(path)
     img = _open(path, max_pixels)
+    if isinstance(img, np.ndarray):
+        return _array_to_uint8_rgb(img)
     try:
         return np.array(_to_uint8_rgb(img), dtype=np.uint8, order="C", copy=True)
     except (OSError, ValueError, TypeError) as exc:
@@ -151,6 +216,9 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     """
     path = Path(path)
     img = _open(path, max_pixels)
+    if isinstance(img, np.ndarray):
+        arr = img[..., :3] if img.ndim == 3 else img
+        return mask_to_float(arr, "F" if img.dtype.kind == "f" else ("I;16" if img.dtype.itemsize >= 2 else "L"))
     mode = img.mode
     if mode in ("RGBA", "LA"):
         img = img.convert("RGB" if mode == "RGBA" else "L")
@@ -189,86 +257,7 @@ def binary_mask(mask: np.ndarray) -> np.ndarray:
     return mask >= 0.5
 
 
-# --------------------------------------------------------------------- sources
-
-def _walk(folder: Path, recursive: bool, seen: set) -> Iterator[Path]:
-    try:
-        real = folder.resolve()
-    except (OSError, RuntimeError):
-        return
-    if real in seen:  # symlink loop
-        return
-    seen.add(real)
-    try:
-        entries = sorted(folder.iterdir(), key=lambda p: p.name)
-    except OSError:
-        return
-    for entry in entries:
-        if entry.is_dir():
-            if recursive:
-                yield from _walk(entry, recursive, seen)
-        elif entry.suffix.lower() in IMAGE_SUFFIXES:
-            yield entry
-
-
-def iter_sources(items: Iterable[str | os.PathLike], recursive: bool = False,
-                 stdin=None) -> Iterator[Path]:
-    """Expand SOURCES arguments into image paths, lazily.
-
-    A folder yields its images sorted by name (``recursive`` descends, symlink
-    loops are visited once); ``-`` yields one path per line of ``stdin``; any
-    other item is yielded as given, so a missing file is reported when it is
-    read rather than silently dropped.
-    """
-    for item in items:
-        if str(item) == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            for line in stream:
-                line = line.strip()
-                if line:
-                    yield Path(line)
-            continue
-        p = Path(item)
-        if p.is_dir():
-            yield from _walk(p, recursive, set())
-        else:
-            yield p
-
-
 # --------------------------------------------------------------------- outputs
-
-_UNSAFE = re.compile(r"[^\w.\-+=@,~ ]", re.UNICODE)
-
-
-def safe_stem(path: str | os.PathLike) -> str:
-    """The output name for a source: its stem, made safe to join to a folder.
-
-    Separators, ``..`` and control characters cannot escape the output folder;
-    undecodable bytes in names are replaced.
-    """
-    stem = Path(path).stem
-    stem = stem.encode("utf-8", "replace").decode("utf-8", "replace")
-    stem = _UNSAFE.sub("_", stem).strip(" .")
-    return stem or "_"
-
-
-class StemAllocator:
-    """Gives every source a unique output stem within one run.
-
-    The first source with a stem keeps it; later sources with the same stem
-    (from other folders) get ``<stem>~2``, ``<stem>~3``... so nothing is
-    overwritten. Same inputs in the same order give the same names.
-    """
-
-    def __init__(self) -> None:
-        self._count: dict[str, int] = {}
-
-    def __call__(self, path: str | os.PathLike) -> str:
-        stem = safe_stem(path)
-        n = self._count.get(stem, 0) + 1
-        self._count[stem] = n
-        return stem if n == 1 else f"{stem}~{n}"
-
 
 class OutputError(InputError):
     """An output could not be written; ``errno`` says why (``ENOSPC``: the disk is full)."""
@@ -293,8 +282,12 @@ def fatal_write_error(exc: BaseException) -> str | None:
 #: A temporary file untouched for this long belongs to no running write.
 STALE_TEMP_AGE_S = 3600.0
 
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-_TEMP = re.compile(r"^\..+\.icm-([A-Za-z0-9]*)-(\d+)\.[^.]*\.tmp$")
+# Temporary files are named ``.icm-<host>-<pid>-<random>.tmp``, whatever the output is called, so
+# a long output name never makes its temporary name too long; <host> is a short hash of the host
+# name, so runs on two machines writing to one shared folder can tell their files apart.
+_HOST = hashlib.blake2b(socket.gethostname().encode("utf-8", "replace"), digest_size=4).hexdigest()
+# Older versions put the output's name first (``.<name>.icm-<host>-<pid>.<random>.tmp``): still cleaned.
+_TEMP = re.compile(r"^\.(?:.+\.)?icm-([A-Za-z0-9]*)-(\d+)[.-][A-Za-z0-9_]+\.tmp$")
 
 
 def _umask() -> int:
@@ -325,10 +318,9 @@ def _pid_running(pid: int) -> bool:
 def remove_stale_temp_files(folder: str | os.PathLike) -> int:
     """Delete temporary files that killed runs left in ``folder``; return how many.
 
-    Outputs are written to ``.<name>.icm-<host>-<pid>.<random>.tmp`` and
+    Outputs are written to ``.icm-<host>-<pid>-<random>.tmp`` and
     renamed. A kill -9 or a power cut can leave such a file behind; it is
-    never read as an output (the name differs, and the folder walk skips
-    ``.tmp``). One is removed when the process named in it no longer runs on
+    never read as an output or a source (hidden files are skipped). One is removed when the process named in it no longer runs on
     this machine, or when it is older than :data:`STALE_TEMP_AGE_S` (a file of
     another machine writing to a shared folder is only judged by age), so
     parallel runs (``--shard``) never lose a file they are still writing.
@@ -359,7 +351,7 @@ def ensure_output_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".probe.{temp_tag()}.", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".{temp_tag()}-", suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -386,7 +378,7 @@ def write_image_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
         raise TypeError(f"expected uint8 pixels, got {arr.dtype}")
     fd, tmp = None, None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{temp_tag()}-", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
         with os.fdopen(fd, "wb") as fh:
             fd = None
@@ -406,7 +398,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Replace a small text file atomically (same folder temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{temp_tag()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{temp_tag()}-", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             os.fchmod(fh.fileno(), _FILE_MODE)

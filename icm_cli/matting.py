@@ -27,15 +27,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-#: Methods :func:`solve_alpha` accepts, default first.
-METHODS = ("sm-cf", "cf", "lbdm", "knn", "rw", "lkm", "sm")
-DEFAULT_METHOD = "sm-cf"
-
-#: Working pixels (height x width of the region solved) above which the
-#: region is solved downscaled and the alpha upsampled with a guided filter.
-#: The closed-form Laplacian costs about 400 bytes per working pixel, so
-#: 1 MP keeps a solve under about 1.5 GB.
-DEFAULT_SOLVE_PIXELS = 1_000_000
+from icm_cli.config import DEFAULT_MATTE_METHOD as DEFAULT_METHOD  # noqa: F401 - re-exported
+from icm_cli.config import DEFAULT_SOLVE_PIXELS, MATTE_METHODS as METHODS  # noqa: F401
 
 #: Trimap values at or below this are background, at or above ``1 - this``
 #: foreground, anything between is unknown (tolerates JPEG-damaged 0/128/255).

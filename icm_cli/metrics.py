@@ -223,14 +223,15 @@ def connectivity_error(pred: np.ndarray, gt: np.ndarray, region: Optional[np.nda
 def temporal_stability(masks: Iterable[np.ndarray]) -> float:
     """Mean IoU of each ``[H, W]`` bool mask with the one before it (frame order).
 
-    1.0 for a sequence that never changes; NaN for fewer than two masks.
-    Compare a prediction's value with the ground truth's: flicker shows as a
-    prediction less stable than the truth.
+    1.0 for a sequence that never changes; NaN for fewer than two masks
+    that can be compared. Two consecutive masks of different sizes (a cut,
+    or a resized frame) are not compared. Compare a prediction's value with
+    the ground truth's: flicker shows as a prediction less stable than the truth.
     """
     previous, scores = None, []
     for mask in masks:
         mask = np.asarray(mask, dtype=bool)
-        if previous is not None:
+        if previous is not None and previous.shape == mask.shape:
             scores.append(iou(mask, previous))
         previous = mask
     return float(np.mean(scores)) if scores else float("nan")

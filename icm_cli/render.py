@@ -33,14 +33,33 @@ def mask_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 64), widt
     return out
 
 
-def fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    """Resize ``[H, W, 3]`` (or ``[H, W]``) to the given height, aspect kept; always RGB out."""
+#: A montage panel is at most this many times as wide as it is high: a 3000x3 strip is
+#: shown letterboxed, not stretched into a panel hundreds of thousands of pixels wide.
+MAX_PANEL_ASPECT = 4
+
+
+def fit_height(image: np.ndarray, height: int, max_aspect: float = MAX_PANEL_ASPECT) -> np.ndarray:
+    """Resize ``[H, W, 3]`` (or ``[H, W]``) to the given height, aspect kept; always RGB out.
+
+    An image wider than ``max_aspect`` times ``height`` is fitted to that
+    width instead and centred on a white ``height``-high panel.
+    """
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     h, w = image.shape[:2]
     width = max(1, round(w * height / h))
-    interp = cv2.INTER_AREA if height < h else cv2.INTER_LINEAR
-    return cv2.resize(image, (width, height), interpolation=interp)
+    max_width = max(1, round(max_aspect * height))
+    fit_h = height
+    if width > max_width:
+        width, fit_h = max_width, max(1, round(h * max_width / w))
+    interp = cv2.INTER_AREA if fit_h < h else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (width, fit_h), interpolation=interp)
+    if fit_h == height:
+        return resized
+    panel = np.full((height, width, 3), 255, np.uint8)
+    top = (height - fit_h) // 2
+    panel[top:top + fit_h] = resized
+    return panel
 
 
 def label(panel: np.ndarray, text: str) -> np.ndarray:

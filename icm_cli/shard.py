@@ -24,10 +24,11 @@ Why a hash of the key, not the index in the sorted list
       shards, 32 +/- 4), and two sources with the same relative path under
       two SOURCES folders always share a shard.
 
-Output names are unchanged by sharding: :func:`named_sources` gives every
-source its stem over the *full* list (``x``, then ``x~2`` for a second
-``x.png`` from another folder) before it keeps its own shard's share, so
+Output names are unchanged by sharding: :class:`~icm_cli.sources.SourceFinder`
+names every source over the *full* list (``x``, then ``x~2`` for a second
+``x.png`` from another folder) before a shard keeps its own share, so
 shards write exactly the files a single run would, into one output tree.
+The key is :attr:`~icm_cli.sources.Source.key`.
 
 Sequences (``--video``) must stay whole: :func:`select_groups` decides by a
 group key (the sequence), so every frame of a sequence lands in one shard.
@@ -36,13 +37,9 @@ group key (the sequence), so every frame of a sequence lands in one shard.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
-
-from icm_cli import io
 
 T = TypeVar("T")
 
@@ -102,35 +99,3 @@ def select_groups(items: Iterable[T], shard: Shard | None, group: Callable[[T], 
     path, or the frame folder's), and a shard takes whole sequences.
     """
     return select(items, shard, key=group)
-
-
-def source_key(path: Path, root: str | os.PathLike | None) -> str:
-    """The partition key of a source: its path relative to the SOURCES folder it came from, POSIX style."""
-    if root is not None:
-        try:
-            return path.relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path.as_posix()
-
-
-def keyed_sources(items: Iterable[str | os.PathLike], recursive: bool = False,
-                  stdin=None) -> Iterator[tuple[Path, str]]:
-    """``(path, key)`` for every source, in the order of :func:`io.iter_sources`."""
-    for item in items:
-        root = Path(item) if str(item) != "-" and Path(item).is_dir() else None
-        for path in io.iter_sources([item], recursive=recursive, stdin=stdin):
-            yield path, source_key(path, root)
-
-
-def named_sources(items: Iterable[str | os.PathLike], recursive: bool = False, shard: Shard | None = None,
-                  stdin=None) -> Iterator[tuple[Path, str]]:
-    """``(path, stem)`` for this shard's sources, stems allocated over the full list.
-
-    Lazy: sources are listed as they are found; only the stem counts are kept.
-    """
-    stems = io.StemAllocator()
-    for path, key in keyed_sources(items, recursive=recursive, stdin=stdin):
-        stem = stems(path)  # every source takes its name, owned or not
-        if shard is None or shard.owns(key):
-            yield path, stem

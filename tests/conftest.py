@@ -39,3 +39,21 @@ def save_png(path, array, mode=None) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
     return str(path)
+
+
+def source_records(manifest) -> list[dict]:
+    """The per-source lines of a manifest (each run also writes one ``"record": "run"`` line first)."""
+    import json
+    from pathlib import Path
+
+    lines = Path(manifest).read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r.get("record") != "run"]
+
+
+def run_records(manifest) -> list[dict]:
+    """The run lines of a manifest: command, settings, references."""
+    import json
+    from pathlib import Path
+
+    lines = Path(manifest).read_text(encoding="utf-8").splitlines()
+    return [r for r in map(json.loads, lines) if r.get("record") == "run"]

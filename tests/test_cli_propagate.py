@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from tests.conftest import save_png, textured_scene
+from tests.conftest import save_png, textured_scene, source_records
 
 runner = CliRunner()
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -48,7 +48,7 @@ def test_propagate_writes_every_output_named_by_stem(demo, tmp_path):
         assert set(np.unique(trimap)) <= {0, 128, 255}
         assert heat.mode == "RGB" and heat.size == (160, 120)
         assert _iou(mask > 127, truth) > 0.6, stem
-    lines = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    lines = source_records(out / "manifest.jsonl")
     assert [l["stem"] for l in lines] == ["frame0", "frame1", "frame2"]
     assert all(l["status"] == "done" and l["error"] is None for l in lines)
 
@@ -82,7 +82,7 @@ def test_bad_source_fails_alone_with_nonzero_exit(demo, tmp_path):
     assert res.exit_code == 1
     assert "a_broken.png" in res.output
     assert (out / "masks" / "b_good.png").exists()
-    records = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    records = source_records(out / "manifest.jsonl")
     assert {r["stem"]: r["status"] for r in records} == {"a_broken": "failed", "b_good": "done"}
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from icm_cli.cli import app
 from icm_cli.predict.temporal import TemporalContext
 from icm_cli.geometry import WorkingGeometry
-from tests.conftest import save_png, textured_scene
+from tests.conftest import save_png, textured_scene, source_records
 
 runner = CliRunner()
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -43,7 +43,7 @@ def test_video_processes_frames_in_name_order_and_writes_every_mask(tmp_path):
     res = _run(["--video", str(tmp_path / "frames"), "--ref", str(tmp_path / "ref.png"),
                 "--mask", str(tmp_path / "ref_mask.png"), "-o", str(out), "--memory", "2"])
     assert res.exit_code == 0, res.output
-    records = [json.loads(l) for l in (out / "manifest.jsonl").read_text().splitlines()]
+    records = source_records(out / "manifest.jsonl")
     assert [r["stem"] for r in records] == sorted(truths)
     for stem, truth in truths.items():
         mask = np.asarray(Image.open(out / "masks" / f"{stem}.png")) > 127

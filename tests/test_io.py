@@ -111,33 +111,6 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
         io.read_image(tmp_path / "big.png", max_pixels=5000)
 
 
-def test_iter_sources_sorts_folders_filters_suffixes_and_reads_stdin(tmp_path):
-    for name in ["b.png", "a.jpg", "c.txt", "sub/d.png"]:
-        p = tmp_path / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"x")
-    assert [p.name for p in io.iter_sources([tmp_path])] == ["a.jpg", "b.png"]
-    assert [p.name for p in io.iter_sources([tmp_path], recursive=True)] == ["a.jpg", "b.png", "d.png"]
-    stdin = pyio.StringIO("x/one.png\n\n  y/two.jpg \n")
-    assert [str(p) for p in io.iter_sources(["-"], stdin=stdin)] == ["x/one.png", "y/two.jpg"]
-
-
-def test_recursive_walk_survives_symlink_loops(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "x.png").write_bytes(b"x")
-    os.symlink(tmp_path, tmp_path / "a" / "loop")
-    found = list(io.iter_sources([tmp_path], recursive=True))
-    assert [p.name for p in found] == ["x.png"]
-
-
-def test_stems_are_safe_and_unique():
-    assert io.safe_stem("/x/../evil/..name.png") == "name"
-    assert "/" not in io.safe_stem("a\\b.png")
-    alloc = io.StemAllocator()
-    assert [alloc(p) for p in ["d1/frame.png", "d2/frame.jpg", "d3/frame.png", "other.png"]] == \
-        ["frame", "frame~2", "frame~3", "other"]
-
-
 def test_write_image_atomic_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "out" / "m.png"
     io.write_image_atomic(target, np.full((3, 4), 255, np.uint8))

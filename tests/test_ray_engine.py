@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_png, textured_scene
+from tests.conftest import save_png, source_records, textured_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -105,9 +105,9 @@ def test_ray_engine_writes_the_local_engines_bytes_and_a_bad_file_fails_alone(im
 
     def records(out):  # the first record per input: the rerun appended "skipped" ones to out_ray
         first = {}
-        for line in (out / "manifest.jsonl").read_text().splitlines():
-            r = json.loads(line)
-            first.setdefault(r["input"], (r["stem"], r["status"], r["error"], sorted(r["outputs"])))
+        for r in source_records(out / "manifest.jsonl"):
+            rel = os.path.relpath(r["input"], images)  # inputs are recorded absolute
+            first.setdefault(rel, (r["stem"], r["status"], r["error"], sorted(r["outputs"])))
         return first
 
     local_records, ray_records = records(images / "out_local"), records(images / "out_ray")

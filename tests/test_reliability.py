@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 
 from icm_cli import io
 from icm_cli.cli import app
-from tests.conftest import save_png, textured_scene
+from tests.conftest import save_png, source_records, textured_scene
 
 runner = CliRunner()
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -141,15 +141,15 @@ def _corpus() -> list[Case]:
         Case("with space.png", _png_bytes(_scene(17)), "ok"),
         Case(b"caf\xe9.png", _png_bytes(_scene(18)), "ok", out="caf_"),
         Case(b"bad\xff.png", b"junk with a name that is not UTF-8", "fail", "not an image"),
-        Case("..png", _png_bytes(_scene(19)), "ok", out="_"),
+        Case("..png", _png_bytes(_scene(19)), "ignored"),  # a hidden file, like .DS_Store: never a source
         Case("a\\..\\b.png", _png_bytes(_scene(20)), "ok", out="a_.._b"),
         Case("dup.jpg", _jpeg_bytes(_scene(21)), "ok", out="dup"),
         Case("dup.png", _png_bytes(_scene(22)), "ok", out="dup~2"),
         Case("self_loop.png", _symlink("self_loop.png"), "fail", "link"),
         Case("dangling.png", _symlink("nowhere/missing.png"), "fail", "link"),
         Case("loop", _symlink("."), "ignored"),  # recursive walk: the folder is visited once
-        Case("sub/a/frame.png", _png_bytes(_scene(23)), "ok", out="frame"),
-        Case("sub/b/frame.png", _png_bytes(_scene(24)), "ok", out="frame~2"),
+        Case("sub/a/frame.png", _png_bytes(_scene(23)), "ok", out="sub/a/frame"),  # -r mirrors sub-folders
+        Case("sub/b/frame.png", _png_bytes(_scene(24)), "ok", out="sub/b/frame"),
     ]
 
 
@@ -171,7 +171,7 @@ def build_corpus(folder: Path) -> list[Case]:
 
 
 def _records(manifest: Path) -> list[dict]:
-    return [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+    return source_records(manifest)
 
 
 def _error_lines(output: str, path: str) -> list[str]:
@@ -256,7 +256,7 @@ def test_propagate_corpus_case(corpus_runs, case):
         assert Path(record["outputs"][kind]) == path
         with Image.open(path) as img:
             assert img.size == case.size and img.mode == mode
-        assert path.resolve().parent == (out / kind).resolve()  # never outside its folder
+        assert (out / kind).resolve() in path.resolve().parents  # never outside its folder
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -431,7 +431,7 @@ def test_output_names_never_escape_and_duplicates_never_overwrite(reference, tmp
                               "--no-edges", *FAST], input=listing)
     assert res.exit_code == 1, res.output
     records = {r["input"]: r for r in _records(out / "manifest.jsonl")}  # failures are recorded first
-    inputs = listing.splitlines()
+    inputs = [os.path.normpath(os.path.abspath(line)) for line in listing.splitlines()]  # recorded absolute
     assert [records[i]["stem"] for i in inputs] == ["frame", "frame~2", "_", "x_.._.._y", "dir", "missing"]
     assert [records[i]["status"] for i in inputs] == ["done"] * 4 + ["failed"] * 2
     assert "folder" in records[inputs[4]]["error"] and "not found" in records[inputs[5]]["error"]
@@ -580,7 +580,7 @@ def test_unexpected_error_is_one_line_and_exit_3_unless_debug(tmp_path, monkeypa
     def boom(*args, **kwargs):
         raise ZeroDivisionError("simulated bug")
 
-    monkeypatch.setattr(io, "iter_sources", boom)
+    monkeypatch.setattr("icm_cli.sources.SourceFinder.__iter__", boom)
     res = runner.invoke(app, ["trimap", str(masks), "-o", str(tmp_path / "out"), "--quiet"])
     assert res.exit_code == 3, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
@@ -591,7 +591,7 @@ def test_unexpected_error_is_one_line_and_exit_3_unless_debug(tmp_path, monkeypa
 
 
 def test_unexpected_error_on_one_item_fails_that_item_only(tmp_path, monkeypatch):
-    from icm_cli.commands import trimap as trimap_cmd
+    from icm_cli.predict import fullres as trimap_cmd  # where `icm trimap` takes its trimap function from
 
     masks = tmp_path / "masks"
     for name in ("a", "b", "c"):
@@ -615,7 +615,7 @@ def test_unexpected_error_on_one_item_fails_that_item_only(tmp_path, monkeypatch
 
 
 def test_keyboard_interrupt_in_trimap_is_one_line_exit_130(tmp_path, monkeypatch):
-    from icm_cli.commands import trimap as trimap_cmd
+    from icm_cli.predict import fullres as trimap_cmd
 
     masks = tmp_path / "masks"
     for name in ("a", "b", "c"):
@@ -643,12 +643,12 @@ def test_keyboard_interrupt_in_trimap_is_one_line_exit_130(tmp_path, monkeypatch
 # ------------------------------------------------------- manifest and temp files
 
 def test_manifest_with_a_torn_last_line_is_repaired_on_reopen(tmp_path):
-    from icm_cli.pipeline import Manifest
+    from icm_cli.runner.manifest import ManifestWriter, SourceRecord
 
     path = tmp_path / "manifest.jsonl"
     path.write_text('{"input": "a.png", "status": "done"}\n{"input": "b.png", "sta', encoding="utf-8")
-    manifest = Manifest(path)
-    manifest.write({"input": os.fsdecode(b"caf\xe9.png"), "status": "done"})
+    manifest = ManifestWriter(path)
+    manifest.write(SourceRecord(input=os.fsdecode(b"caf\xe9.png"), stem="caf_", status="done"))
     manifest.close()
     records = _records(path)
     assert [r["input"] for r in records] == ["a.png", os.fsdecode(b"caf\xe9.png")]
@@ -661,10 +661,10 @@ def test_stale_temp_files_of_dead_processes_are_removed_and_live_ones_kept(tmp_p
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
     io.write_image_atomic(tmp_path / "done.png", np.zeros((2, 2), np.uint8))
-    stale = tmp_path / f".x.png.{io.temp_tag(dead_pid)}.abc.tmp"
-    live = tmp_path / f".y.png.{io.temp_tag(os.getpid())}.abc.tmp"
-    foreign = tmp_path / f".z.png.{io.temp_tag(dead_pid, host='elsewhere')}.abc.tmp"  # judged by age only
-    old = tmp_path / f".w.png.{io.temp_tag(os.getpid(), host='elsewhere')}.abc.tmp"
+    stale = tmp_path / f".{io.temp_tag(dead_pid)}-abc.tmp"
+    live = tmp_path / f".{io.temp_tag(os.getpid())}-abd.tmp"
+    foreign = tmp_path / f".{io.temp_tag(dead_pid, host='elsewhere')}-abc.tmp"  # judged by age only
+    old = tmp_path / f".w.png.{io.temp_tag(os.getpid(), host='elsewhere')}.abc.tmp"  # an older version's name
     other = tmp_path / ".notes.tmp"  # not ours
     for p in (stale, live, foreign, old, other):
         p.write_bytes(b"partial")
@@ -684,13 +684,16 @@ def test_outputs_get_the_usual_file_mode_not_the_temp_files_0600(tmp_path):
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 def test_a_manifest_that_cannot_be_written_stops_the_run(tmp_path):
-    from icm_cli.pipeline import Item, Manifest, OutputPlan, PropagateRun
+    from icm_cli.runner.batch import BatchRunner
+    from icm_cli.runner.manifest import ManifestWriter
+    from icm_cli.runner.outputs import OutputPlan
+    from icm_cli.sources import Source
 
-    manifest = Manifest(tmp_path / "manifest.jsonl")
+    manifest = ManifestWriter(tmp_path / "manifest.jsonl")
     manifest._fh.close()
     manifest._fh = open("/dev/full", "w", encoding="utf-8")  # every flush: ENOSPC
-    run = PropagateRun(None, OutputPlan(tmp_path), manifest)
-    run._fail(Item(Path("a.png"), "a"), "a.png: broken")
+    run = BatchRunner(OutputPlan(tmp_path), manifest)
+    run.fail(Source(Path("a.png"), "a.png", "a", "a"), "a.png: broken")
     assert run.halt.is_set() and "manifest" in run.outcome.stopped
     assert run.outcome.exit_code == 1
     manifest.close()

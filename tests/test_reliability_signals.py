@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from tests.conftest import save_png, textured_scene
+from tests.conftest import save_png, textured_scene, source_records
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -28,7 +28,7 @@ FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
 runner = CliRunner()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ROOT = Path(__file__).resolve().parents[1]
-TEMP_NAME = re.compile(r"^\..+\.icm-[A-Za-z0-9]*-\d+\.[^.]*\.tmp$")
+TEMP_NAME = re.compile(r"^\.icm-[0-9a-f]+-\d+-[A-Za-z0-9_]+\.tmp$")
 
 
 def _icm(*args: str, **kwargs) -> subprocess.Popen:
@@ -79,7 +79,7 @@ def test_sigint_mid_batch_stops_cleanly_and_a_rerun_finishes(tmp_path):
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0] and "rerun" in lines[0], stderr
     assert "Traceback" not in stderr
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    records = source_records(out / "manifest.jsonl")
     assert records and all(r["status"] == "done" for r in records)
     for record in records:  # every recorded output is complete
         for path in record["outputs"].values():
@@ -93,8 +93,7 @@ def test_sigint_mid_batch_stops_cleanly_and_a_rerun_finishes(tmp_path):
     rerun = runner.invoke(app, args, input="\n".join(sources) + "\n")  # in-process: torch is imported already
     assert rerun.exit_code == 0, rerun.output
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"s{i:02d}.png" for i in range(len(sources))]
-    later = [json.loads(line) for line in
-             (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()[len(records):]]
+    later = source_records(out / "manifest.jsonl")[len(records):]
     statuses = {r["stem"]: r["status"] for r in later}
     assert {s for s, st in statuses.items() if st == "skipped"} >= done_first
     assert all(statuses[s] == "done" for s in statuses if s not in done_first)

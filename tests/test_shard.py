@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from icm_cli.shard import Shard, keyed_sources, named_sources, parse_shard, select, select_groups, shard_of
-from tests.conftest import save_png, textured_scene
+from icm_cli.shard import Shard, parse_shard, select, select_groups, shard_of
+from icm_cli.sources import find_sources
+from tests.conftest import save_png, source_records, textured_scene
 
 runner = CliRunner()
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -71,15 +72,16 @@ def test_stems_are_allocated_over_the_full_list_before_partitioning(tmp_path):
             (tmp_path / folder).mkdir(exist_ok=True)
             (tmp_path / folder / f"{name}.png").write_bytes(b"")
     roots = [str(tmp_path / f) for f in ("a", "b", "c")]
-    whole = list(named_sources(roots))
-    assert [s for _, s in whole][:5] == ["w", "x", "y", "z", "w~2"]
+    whole = find_sources(roots)[0]
+    assert [s.stem for s in whole][:5] == ["w", "x", "y", "z", "w~2"]
     for count in (2, 3, 5):
-        parts = [list(named_sources(roots, shard=Shard(i, count))) for i in range(1, count + 1)]
-        assert sorted(p for part in parts for p in part) == sorted(whole)
+        parts = [list(select(whole, Shard(i, count), key=lambda s: s.key)) for i in range(1, count + 1)]
+        assert sorted((str(p.path), p.stem) for part in parts for p in part) == \
+            sorted((str(p.path), p.stem) for p in whole)
     # The key is the path relative to its SOURCES folder: where the folder is mounted does not matter.
     mounted = tmp_path / "mnt" / "elsewhere"
     shutil.copytree(tmp_path / "a", mounted)
-    assert [k for _, k in keyed_sources([roots[0]])] == [k for _, k in keyed_sources([str(mounted)])] == \
+    assert [s.key for s in find_sources([roots[0]])[0]] == [s.key for s in find_sources([str(mounted)])[0]] == \
         ["w.png", "x.png", "y.png", "z.png"]
 
 
@@ -113,7 +115,7 @@ def test_two_shards_write_what_one_run_writes_and_status_says_done(scenes, tmp_p
     assert tree(sharded) == tree(whole) and len(tree(whole)) == 18  # 6 sources x 3 kinds
     assert "masks/frame0~2.png" in tree(sharded)
     assert not (sharded / "manifest.jsonl").exists()
-    shard_lines = [(sharded / f"manifest.{i}-of-2.jsonl").read_text().splitlines() for i in (1, 2)]
+    shard_lines = [source_records(sharded / f"manifest.{i}-of-2.jsonl") for i in (1, 2)]
     assert all(shard_lines) and sum(map(len, shard_lines)) == 6  # both shards had work; none twice
 
     res = runner.invoke(app, ["status", str(sharded), *sources])

@@ -81,7 +81,13 @@ class EfficientNetLite(Backbone):
             net = EfficientNet.from_name(variant)
         state = load_state_dict(path)
         state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
-        missing, unexpected = net.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # tensors of other shapes: weights of another variant or network
+            first = str(exc).strip().splitlines()
+            detail = next((ln.strip() for ln in first if "size mismatch" in ln), first[0] if first else "")
+            raise WeightsError(f"{path}: does not match {variant} ({detail[:160]}); give weights of "
+                               f"{variant}, or the --backbone they belong to") from None
         missing = [k for k in missing if not k.startswith("_fc.")]
         if missing or unexpected:
             raise WeightsError(f"{path}: does not match {variant} "

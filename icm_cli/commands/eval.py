@@ -6,15 +6,12 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-import numpy as np
 import typer
-from rich.table import Table
 
-from icm_cli import io
-from icm_cli.commands._shared import find_by_stem
-from icm_cli.console import error_line, info_line, stdout
+from icm_cli import options as opts
+from icm_cli.config import DEFAULT_MAX_PIXELS
 
 KINDS = ("mask", "alpha")
 MASK_KEYS = ("J", "F")
@@ -30,32 +27,27 @@ class Pair:
     trimap: Optional[Path] = None
 
 
-def _name(rel: Path) -> str:
-    return rel.with_suffix("").as_posix()
+def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[Pair], list[str], list]:
+    """Pair every prediction with its ground truth (by name, sub-folders included); also list
+    ground truths nobody predicted, and folders that could not be read."""
+    from icm_cli.sources import find_named, find_sources, output_name
 
-
-def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[Pair], list[str]]:
-    """Pair every prediction with its ground truth; also list ground truths nobody predicted."""
     if pred.is_file():
-        target = gt if gt.is_file() else find_by_stem(gt, pred.stem)
-        return [Pair(pred.stem, ".", pred, target)], []
+        target = gt if gt.is_file() else find_named(gt, output_name(pred))
+        return [Pair(output_name(pred), ".", pred, target)], [], []
+    found, problems = find_sources([pred], recursive=recursive, mirror=True)
     pairs = []
-    seen = set()
-    for path in io.iter_sources([pred], recursive=recursive):
-        rel = path.relative_to(pred)
-        group = rel.parent.as_posix()
-        pairs.append(Pair(_name(rel), group, path, find_by_stem(gt / rel.parent, path.stem)))
-        seen.add(_name(rel))
-    unpredicted = []
-    for path in io.iter_sources([gt], recursive=recursive):
-        name = _name(path.relative_to(gt))
-        if name not in seen:
-            unpredicted.append(name)
-    return pairs, unpredicted
+    for source in found:
+        group = source.name.rsplit("/", 1)[0] if "/" in source.name else "."
+        pairs.append(Pair(source.name, group, source.path, find_named(gt, source.name)))
+    seen = {p.name for p in pairs}
+    truths, gt_problems = find_sources([gt], recursive=recursive, mirror=True)
+    unpredicted = [t.name for t in truths if t.name not in seen]
+    return pairs, unpredicted, problems + gt_problems
 
 
 def _score(pair: Pair, kind: str, max_pixels: int, tolerance: Optional[float]) -> dict:
-    from icm_cli import metrics
+    from icm_cli import io, metrics
 
     if kind == "mask":
         p = io.binary_mask(io.read_mask(pair.pred, max_pixels=max_pixels))
@@ -80,18 +72,22 @@ def _score(pair: Pair, kind: str, max_pixels: int, tolerance: Optional[float]) -
 
 
 def _stability(paths: list[str], max_pixels: int) -> float:
-    from icm_cli import metrics
+    from icm_cli import io, metrics
 
     return metrics.temporal_stability(io.binary_mask(io.read_mask(p, max_pixels=max_pixels)) for p in paths)
 
 
 def _check_size(pair: Pair, p_shape, g_shape) -> None:
+    from icm_cli import io
+
     if p_shape != g_shape:
         raise io.InputError(f"{pair.pred}: prediction is {p_shape[1]}x{p_shape[0]} but {pair.gt} is "
                             f"{g_shape[1]}x{g_shape[0]}")
 
 
 def _mean(rows: list[dict], keys) -> dict:
+    import numpy as np
+
     return {k: (float(np.mean([r[k] for r in rows])) if rows else None) for k in keys}
 
 
@@ -102,27 +98,40 @@ def _fmt(value: Optional[float], key: str) -> str:
 
 
 def eval_command(
-    pred: Path = typer.Argument(..., help="Predicted masks or alpha mattes: a folder or one file."),
-    gt: Path = typer.Argument(..., help="Ground truth: a folder (paired by stem, any image suffix) or one file."),
-    kind: str = typer.Option("mask", "--kind", "-k", help="mask: J (IoU) and boundary F; alpha: SAD, MSE, Grad, Conn."),
-    trimaps: Optional[Path] = typer.Option(None, "--trimaps", "-t",
-                                           help="alpha: score only the unknown band of these trimaps (folder, paired by stem)."),
-    stability: bool = typer.Option(False, "--stability",
-                                   help="mask: also the temporal stability of each sequence (mean IoU of consecutive "
-                                        "masks in name order), for the prediction and for the ground truth."),
-    recursive: bool = typer.Option(False, "--recursive", "-r",
-                                   help="Folders of sequence sub-folders: per-sequence means, then the mean over sequences (DAVIS)."),
-    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0,
-                                              help="mask: boundary match distance, pixels if >= 1 else share of the diagonal (default 0.008)."),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object (per image, per sequence, mean) instead of tables."),
-    max_pixels: int = typer.Option(io.DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No notes about unpredicted ground truth."),
+    pred: Annotated[Path, typer.Argument(metavar="PRED", show_default=False,
+                                         help="Predicted masks or alpha mattes: a folder or one file.")],
+    gt: Annotated[Path, typer.Argument(metavar="GT", show_default=False,
+                                       help="Ground truth: a folder (paired by name, any image suffix) or one file.")],
+    kind: Annotated[str, typer.Option("--kind", "-k", metavar="KIND",
+                                      help="mask: J (IoU) and boundary F; alpha: SAD, MSE, Grad, Conn.")] = "mask",
+    trimaps: Annotated[Optional[Path], typer.Option(
+        "--trimaps", "-t", metavar="DIR", show_default=False,
+        help="alpha: score only the unknown band of these trimaps (folder, paired by name).")] = None,
+    stability: Annotated[bool, typer.Option(
+        "--stability", help="mask: also each sequence's temporal stability (mean IoU of consecutive masks in "
+                            "name order), for the prediction and for the ground truth.")] = False,
+    recursive: Annotated[bool, typer.Option(
+        "--recursive", "-r",
+        help="Folders of sequence sub-folders: per-sequence means, then the mean over sequences (DAVIS).")] = False,
+    tolerance: Annotated[Optional[float], typer.Option(
+        "--tolerance", metavar="D", callback=opts.at_least(0, "--tolerance"), show_default=False,
+        help="mask: boundary match distance, pixels if >= 1 else share of the diagonal (default 0.008).")] = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Print one JSON object (per image, per sequence, mean) instead of tables.")] = False,
+    max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes about unpredicted ground truth.")] = False,
 ) -> None:
     """Score predictions against ground truth; missing or unreadable pairs are reported and make the exit code 1.
 
     Example: [bold]icm eval out/masks/ truth/ --kind mask[/]  or
     [bold]icm eval alpha/ gt/ --kind alpha --trimaps trimaps/ --json[/]
     """
+    from rich.table import Table
+
+    from icm_cli import io
+    from icm_cli.console import error_line, info_line, stdout
+    from icm_cli.sources import find_named
+
     if kind not in KINDS:
         error_line(f"--kind {kind!r} is not known; choose mask or alpha")
         raise typer.Exit(2)
@@ -141,19 +150,19 @@ def eval_command(
         raise typer.Exit(2)
 
     keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
-    pairs, unpredicted = _collect(pred, gt, recursive)
+    pairs, unpredicted, unreadable = _collect(pred, gt, recursive)
     rows: list[dict] = []
-    problems: list[dict] = []
+    problems: list[dict] = [{"name": None, "pred": str(p.path), "error": p.message} for p in unreadable]
     for pair in pairs:
         if pair.gt is None:
             problems.append({"name": pair.name, "pred": str(pair.pred),
-                             "error": f"{pair.pred}: no ground truth named {pair.pred.stem}.* in {gt / pair.group}"})
+                             "error": f"{pair.pred}: no ground truth named {pair.name}.* in {gt}"})
             continue
         if trimaps is not None:
-            pair.trimap = find_by_stem(trimaps / pair.group, pair.pred.stem)
+            pair.trimap = find_named(trimaps, pair.name)
             if pair.trimap is None:
                 problems.append({"name": pair.name, "pred": str(pair.pred),
-                                 "error": f"{pair.pred}: no trimap named {pair.pred.stem}.* in {trimaps / pair.group}"})
+                                 "error": f"{pair.pred}: no trimap named {pair.name}.* in {trimaps}"})
                 continue
         try:
             scores = _score(pair, kind, max_pixels, tolerance)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Annotated, List
 
 import typer
 
-from icm_cli import io
-from icm_cli.commands._shared import find_by_stem, process_files
-from icm_cli.console import error_line
-from icm_cli.matting import DEFAULT_METHOD, DEFAULT_SOLVE_PIXELS, METHODS
+from icm_cli import options as opts
+from icm_cli.config import DEFAULT_MATTE_METHOD as DEFAULT_METHOD
+from icm_cli.config import DEFAULT_MAX_PIXELS, DEFAULT_SOLVE_PIXELS
+from icm_cli.config import MATTE_METHODS as METHODS
 
 
 def _matte_one(path: Path, trimap_path: Path, method: str, solve_pixels: int, max_pixels: int,
                cutout: bool) -> dict:
     """Read one pair and return the uint8 outputs; raises InputError for the user's files."""
+    from icm_cli import io
     from icm_cli.matting import MattingError, alpha_to_u8, cutout_rgba, solve_alpha
 
     image = io.read_image(path, max_pixels=max_pixels)
@@ -37,46 +38,67 @@ def _matte_one(path: Path, trimap_path: Path, method: str, solve_pixels: int, ma
 
 
 def matte(
-    images: List[str] = typer.Argument(..., help="Images or folders of images."),
-    trimaps: Path = typer.Option(..., "--trimaps", "-t",
-                                 help="Folder of trimaps named like the images (<stem>.png or any image suffix); "
-                                      "0/128/255 or 0..1: black = background, white = object, between = unknown."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder; writes OUT/<stem>.png (alpha, 0-255)."),
-    method: str = typer.Option(DEFAULT_METHOD, "--method", "-m",
-                               help=f"Matting method: {', '.join(METHODS)} ({DEFAULT_METHOD} = shared-matting "
-                                    "prior smoothed by the closed-form Laplacian; cf = closed-form)."),
-    cutout: bool = typer.Option(False, "--cutout", help="Also write OUT/cutout/<stem>.png: RGBA with the background removed from edge colours."),
-    solve_pixels: int = typer.Option(DEFAULT_SOLVE_PIXELS, "--solve-pixels", min=1024,
-                                     help="Above this many pixels around the unknown band, solve downscaled and upsample edge-aware."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of IMAGES."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them)."),
-    max_pixels: int = typer.Option(io.DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (checked before decoding)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary unless something failed."),
+    images: Annotated[List[str], typer.Argument(metavar="IMAGES...", show_default=False,
+                                                help="Images or folders of images.")],
+    trimaps: Annotated[Path, typer.Option(
+        "--trimaps", "-t", metavar="DIR", rich_help_panel=opts.INPUTS, show_default=False,
+        help="Folder of trimaps named like the images (any image suffix; sub-folders with -r): "
+             "black = background, white = object, between = unknown.")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", metavar="OUT", rich_help_panel=opts.OUTPUTS, show_default=False,
+        help="Output folder; writes OUT/<name>.png (alpha, 0-255).")],
+    method: Annotated[str, typer.Option(
+        "--method", "-m", metavar="NAME", rich_help_panel=opts.QUALITY,
+        help=f"{', '.join(METHODS)}: {DEFAULT_METHOD} = shared-matting prior smoothed by the closed-form "
+             "Laplacian; cf = closed-form; the rest are pymatting's.")] = DEFAULT_METHOD,
+    cutout: Annotated[bool, typer.Option(
+        "--cutout", rich_help_panel=opts.OUTPUTS,
+        help="Also write OUT/cutout/<name>.png: RGBA with edge colours re-estimated.")] = False,
+    solve_pixels: Annotated[int, typer.Option(
+        "--solve-pixels", metavar="N", rich_help_panel=opts.QUALITY, callback=opts.at_least(1024, "--solve-pixels"),
+        help="Above this many pixels around the unknown band, solve downscaled and upsample edge-aware.")
+    ] = DEFAULT_SOLVE_PIXELS,
+    recursive: opts.Recursive = False,
+    include: opts.Include = [],
+    exclude: opts.Exclude = [],
+    overwrite: opts.Overwrite = False,
+    max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
+    quiet: opts.Quiet = False,
 ) -> None:
     """Solve an alpha matte for each image from its trimap.
 
     Example: [bold]icm matte photos/ --trimaps trimaps/ -o alpha/ --cutout[/]
     """
+    from icm_cli import io
+    from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
+    from icm_cli.console import error_line
+    from icm_cli.runner.files import process_files
+    from icm_cli.sources import find_named
+
     if method not in METHODS:
         error_line(f"--method {method!r} is not known; choose one of {', '.join(METHODS)}")
         raise typer.Exit(2)
     if not trimaps.is_dir():
         error_line(f"{trimaps}: --trimaps must be a folder of trimaps named like the images")
         raise typer.Exit(2)
-    sources = list(io.iter_sources(images, recursive=recursive))
-    def targets(stem: str) -> list[Path]:
-        return [output / f"{stem}.png"] + ([output / "cutout" / f"{stem}.png"] if cutout else [])
+    entries = sources_or_exit(images, recursive=recursive, include=include, exclude=exclude,
+                              avoid=[output, output / "cutout"])
+    output_folder_or_exit(output)
 
-    def work(path: Path, stem: str) -> None:
-        trimap_path = find_by_stem(trimaps, path.stem)
+    def targets(source) -> list[Path]:
+        return [output / f"{source.stem}.png"] + ([output / "cutout" / f"{source.stem}.png"] if cutout else [])
+
+    def work(source) -> None:
+        trimap_path = find_named(trimaps, source.name)
         if trimap_path is None:
-            raise io.InputError(f"{path}: no trimap named {path.stem}.png (or another image suffix) in {trimaps}")
-        result = _matte_one(path, trimap_path, method, solve_pixels, max_pixels, cutout)
-        io.write_image_atomic(output / f"{stem}.png", result["alpha"])
+            raise io.InputError(f"{source.path}: no trimap named {source.name}.png (or another image suffix) "
+                                f"in {trimaps}")
+        result = _matte_one(source.path, trimap_path, method, solve_pixels, max_pixels, cutout)
+        io.write_image_atomic(output / f"{source.stem}.png", result["alpha"])
         if cutout:
-            io.write_image_atomic(output / "cutout" / f"{stem}.png", result["cutout"])
+            io.write_image_atomic(output / "cutout" / f"{source.stem}.png", result["cutout"])
 
-    outcome = process_files(sources, targets, work, output=output, overwrite=overwrite, quiet=quiet,
-                            description="matte", total=len(sources))
+    outcome = process_files(entries, targets, work, output=output, overwrite=overwrite, quiet=quiet,
+                            description="matte", total=len(entries))
     outcome.summary("mattes", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

@@ -4,159 +4,131 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from icm_cli import io
-from icm_cli.commands._shared import build_propagator, load_references
-from icm_cli.console import error_line, progress_bar
+from icm_cli import options as opts
+from icm_cli.config import DEFAULT_MAX_PIXELS, OutputConfig, VideoConfig
+from icm_cli.console import BatchOutcome, error_line, invocation, progress_bar, status_spinner, warning_line
+
+D = opts.MODEL_DEFAULTS
 
 
 def propagate(
-    sources: List[str] = typer.Argument(None, help="Images, folders of images, or - to read paths from stdin."),
-    ref: List[str] = typer.Option([], "--ref", help="Reference image showing the object (repeat for several)."),
-    mask: List[str] = typer.Option([], "--mask", help="Mask of the object in the matching --ref (0/255, 0/1, palette, 16-bit, RGB)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output folder: OUT/masks, OUT/trimaps, OUT/heatmaps, OUT/manifest.jsonl."),
-    save: str = typer.Option("masks,trimaps,heatmaps", "--save", help="What to write: any of masks,trimaps,heatmaps,alpha,cutout."),
-    backbone: str = typer.Option("efficientnet-lite0", "--backbone", "-b", help="Feature backbone (see `icm backbones`)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Local weights file or folder for the backbone."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
-    batch_size: int = typer.Option(0, "--batch-size", min=0, help="Sources per forward pass; 0 = 1 on CPU, 8 on GPU."),
-    size: int = typer.Option(384, "--size", min=64, help="Working short side in pixels (bigger: finer masks, slower)."),
-    kernel: int = typer.Option(20, "--kernel", "-k", min=1, help="Trimap erosion/dilation kernel in pixels (20 gave the best alphas end to end on ~800 px images)."),
-    threshold: Optional[float] = typer.Option(None, "--threshold", min=0.0, max=1.0,
-                                              help="Fixed threshold on the object probability instead of the automatic (GrabCut) decision."),
-    edges: bool = typer.Option(True, "--edges/--no-edges", help="Refine edges with the image's colours (GrabCut)."),
-    fine_edges: bool = typer.Option(False, "--fine-edges", help="Run the edge refinement at full instead of half resolution: finer masks (DAVIS dev J +0.01), about 4x its time."),
-    head_steps: int = typer.Option(100, "--head-steps", min=0, help="Training steps of the per-run object head (0 = nearest neighbours only)."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of SOURCES."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sources whose outputs exist (default: skip them)."),
-    resize_masks: bool = typer.Option(False, "--resize-masks", help="Stretch a reference mask of another size to its image."),
-    max_pixels: int = typer.Option(io.DEFAULT_MAX_PIXELS, "--max-pixels", help="Refuse images with more pixels than this (checked before decoding)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary unless something failed."),
-    json_lines: bool = typer.Option(False, "--json", help="Print each manifest line to stdout as it is written."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only shard I of N (1-based); N runs given the same SOURCES cover each once. Manifest: OUT/manifest.I-of-N.jsonl."),
-    engine: str = typer.Option("local", "--engine", help='local (this process) or ray (a Ray cluster; pip install "icm-cli\\[ray]").'),
-    address: Optional[str] = typer.Option(None, "--address", help="--engine ray: cluster to join (auto, ray://host:10001); default: start a local one."),
-    workers: int = typer.Option(0, "--workers", min=0, help="--engine ray: prediction workers (0 = one per --gpus-per-worker share, else CPUs - 1)."),
-    video: Optional[Path] = typer.Option(None, "--video", help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames, or a video file (pip install \"icm-cli\\[video]\"). Each frame also uses what the last ones found."),
-    memory: int = typer.Option(0, "--memory", min=0, help="--video: earlier predicted frames that lend tokens to the context (0 measured best: memory drifts)."),
-    radius: int = typer.Option(6, "--radius", min=0, help="--video: search window, in feature cells (8 px at --size scale), around the previous mask; 0 = whole frame."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", min=0.0, help="--engine ray: GPUs per worker (a fraction shares one)."),
+    ctx: typer.Context,
+    sources: Annotated[Optional[List[str]], typer.Argument(
+        metavar="SOURCES...", show_default=False,
+        help="Images, folders of images, or - to read paths from stdin.")] = None,
+    ref: opts.Ref = [],
+    mask: opts.Mask = [],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", metavar="OUT", rich_help_panel=opts.OUTPUTS, show_default=False,
+        help="[red]Required.[/] Output folder: OUT/masks, OUT/trimaps, OUT/heatmaps, OUT/manifest.jsonl.")] = None,
+    video: Annotated[Optional[Path], typer.Option(
+        "--video", metavar="SEQ", rich_help_panel=opts.INPUTS, show_default=False,
+        help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames or a "
+             "video file (pip install \"icm-cli\\[video]\").")] = None,
+    recursive: opts.Recursive = False,
+    include: opts.Include = [],
+    exclude: opts.Exclude = [],
+    resize_masks: opts.ResizeMasks = False,
+    max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
+    save: Annotated[str, typer.Option(
+        "--save", metavar="KINDS", rich_help_panel=opts.OUTPUTS,
+        help="Comma-separated outputs: masks, trimaps, heatmaps, alpha (matte), cutout (RGBA).")] = "masks,trimaps,heatmaps",
+    kernel: Annotated[int, typer.Option(
+        "--kernel", "-k", metavar="PX", rich_help_panel=opts.OUTPUTS, callback=opts.at_least(1, "--kernel"),
+        help="Trimap band: erosion/dilation in pixels (20 gave the best alphas on ~800 px images).")] = 20,
+    overwrite: opts.Overwrite = False,
+    only_below: Annotated[Optional[float], typer.Option(
+        "--only-below", metavar="C", rich_help_panel=opts.OUTPUTS, callback=opts.in_unit_range("--only-below"),
+        show_default=False,
+        help="Redo only the results in OUT whose confidence is under C (see icm review); implies --overwrite "
+             "for them.")] = None,
+    backbone: opts.Backbone = D.backbone,
+    weights: opts.Weights = None,
+    device: opts.Device = D.device,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", metavar="N", rich_help_panel=opts.MODEL, callback=opts.at_least(0, "--batch-size"),
+        help="Sources per forward pass; 0 = 1 on CPU, 8 on GPU.")] = 0,
+    size: opts.Size = D.size,
+    head_steps: opts.HeadSteps = D.head_steps,
+    no_edges: Annotated[bool, typer.Option(
+        "--no-edges", rich_help_panel=opts.QUALITY,
+        help="Skip the colour-based edge refinement (GrabCut): faster, blockier masks.")] = False,
+    fine_edges: Annotated[bool, typer.Option(
+        "--fine-edges", rich_help_panel=opts.QUALITY,
+        help="Edge refinement at full instead of half resolution: finer masks, about 4x its time.")] = False,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", metavar="T", rich_help_panel=opts.QUALITY, callback=opts.in_unit_range("--threshold"),
+        show_default=False,
+        help="A fixed threshold on the object probability instead of the automatic decision.")] = None,
+    radius: opts.Radius = opts.VIDEO_DEFAULTS.radius,
+    memory: opts.Memory = opts.VIDEO_DEFAULTS.memory,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", metavar="I/N", rich_help_panel=opts.SCALE, show_default=False,
+        help="Only shard I of N (1-based): N runs over the same SOURCES cover each once. "
+             "Manifest: OUT/manifest.I-of-N.jsonl.")] = None,
+    engine: Annotated[str, typer.Option(
+        "--engine", metavar="NAME", rich_help_panel=opts.SCALE,
+        help='local (this process) or ray (a Ray cluster; pip install "icm-cli\\[ray]").')] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        "--address", metavar="ADDR", rich_help_panel=opts.SCALE, show_default=False,
+        help="--engine ray: the cluster to join (auto, ray://host:10001); default: a local one.")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", rich_help_panel=opts.SCALE, callback=opts.at_least(0, "--workers"),
+        help="--engine ray: prediction workers; 0 = one per GPU share, else CPUs - 1.")] = 0,
+    gpus_per_worker: Annotated[float, typer.Option(
+        "--gpus-per-worker", metavar="G", rich_help_panel=opts.SCALE, callback=opts.at_least(0, "--gpus-per-worker"),
+        help="--engine ray: GPUs per worker (a fraction shares one).")] = 0.0,
+    quiet: opts.Quiet = False,
+    json_lines: Annotated[bool, typer.Option(
+        "--json", rich_help_panel=opts.DISPLAY, help="Print each source's manifest record to stdout as a JSON line, as it is written.")] = False,
 ) -> None:
     """Find the object of the reference mask in every source; write masks, trimaps and heat maps.
 
-    Example: [bold]icm propagate --ref ref.png --mask ref_mask.png frames/ -o out/[/]
+    Example: [bold]icm propagate --ref ref.png --mask ref_mask.png photos/ -o out/[/]
     """
-    from icm_cli.backbones import WeightsError
-    from icm_cli.device import DeviceError
-    from icm_cli.pipeline import Manifest, OutputPlan, PropagateRun, parse_kinds
-    from icm_cli.shard import named_sources, parse_shard
+    from icm_cli.jobs import PropagateJob, UsageProblem
 
+    outcome = BatchOutcome()  # the clock starts now: loading the model counts in the reported time
+    if output is None:
+        error_line("missing -o/--output: the folder to write OUT/masks, OUT/trimaps, ... into")
+        raise typer.Exit(2)
     try:
-        kinds = parse_kinds(save)
-    except ValueError as exc:
+        job = PropagateJob.from_options(
+            sources=sources or [], video=video, refs=ref, masks=mask, output=output,
+            outputs=OutputConfig.parse(save, kernel),
+            model=opts.model_config(backbone, weights, device, size, head_steps, edges=not no_edges,
+                                    fine_edges=fine_edges, threshold=threshold),
+            video_config=VideoConfig(radius=radius, memory=memory),
+            recursive=recursive, include=include, exclude=exclude, resize_masks=resize_masks,
+            max_pixels=max_pixels, overwrite=overwrite, only_below=only_below, shard=shard, engine=engine,
+            address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+            command=invocation(ctx))
+    except (UsageProblem, ValueError) as exc:
         error_line(str(exc))
-        raise typer.Exit(2)
-    if video is not None and sources:
-        error_line("give either SOURCES or --video SEQUENCE, not both")
-        raise typer.Exit(2)
-    if video is not None and engine != "local":
-        error_line("--video runs frame after frame on the local engine; --engine ray takes SOURCES")
-        raise typer.Exit(2)
-    if video is None and not sources:
-        error_line("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
-        raise typer.Exit(2)
-    if video is not None and "masks" not in kinds:
-        kinds = ("masks",) + kinds  # a video run resumes from its written masks
-    if engine == "ray":  # imported only when chosen: the local path never loads Ray
-        from icm_cli.engines import ray_engine
-        try:
-            ray_engine.require_ray()
-        except ray_engine.RayEngineError as exc:
-            error_line(str(exc))
-            raise typer.Exit(2)
-    try:
-        shard_spec = parse_shard(shard) if shard is not None else None
-        if engine not in ("local", "ray"):
-            raise ValueError(f"--engine takes local or ray (got {engine!r})")
-        if engine == "local" and (address or workers or gpus_per_worker):
-            raise ValueError("--address, --workers and --gpus-per-worker need --engine ray")
-        io.ensure_output_folder(output)  # before the model loads: fail in a second, not a minute
-        references = load_references(ref, mask, max_pixels, resize_masks)
-        if engine == "local":
-            propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold, fine_edges)
-            propagator.set_references(references)
-        else:  # the workers build the model; a bad --backbone/--weights is reported here, once
-            from icm_cli.backbones import create_backbone
-            create_backbone(backbone, weights)
-    except (io.InputError, WeightsError, DeviceError, ValueError) as exc:
-        error_line(str(exc))
-        raise typer.Exit(2)
-
-    matte = None
-    if "alpha" in kinds or "cutout" in kinds:
-        from icm_cli.matting import solve_alpha
-        matte = solve_alpha
-    if batch_size == 0 and engine == "local":
-        batch_size = 1 if propagator.device.type == "cpu" else 8
-    plan = OutputPlan(output, kinds, kernel, overwrite)
-    plan.remove_stale_temp_files()
-    manifest_name = shard_spec.manifest_name if shard_spec else "manifest.jsonl"
-    try:
-        manifest = Manifest(output / manifest_name, echo=(lambda line: print(line, flush=True)) if json_lines else None)
-    except OSError as exc:
-        error_line(f"{output}: cannot write the output folder ({exc.strerror or exc})")
         raise typer.Exit(2)
     show = not quiet and sys.stdout.isatty()
-    if video is not None:
-        outcome = _run_video(video, propagator, plan, manifest, shard_spec, memory, radius, max_pixels, quiet,
-                             matte, show)
-        outcome.summary("frames", quiet=quiet or json_lines)
+    echo = (lambda line: print(line, flush=True)) if json_lines else None
+    if job.nothing_to_do:
+        job.record_all_skipped(outcome, echo)
+        outcome.summary("frames" if video else "images", quiet=quiet or json_lines)
         raise typer.Exit(outcome.exit_code)
-    named = named_sources(sources, recursive=recursive, shard=shard_spec)  # stems over the full list
-    with progress_bar(None, "propagate", enabled=show) as advance:
+    try:
+        with status_spinner("loading the model and building the reference context", enabled=show):
+            job.prepare()
+    except UsageProblem as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
+    for note in job.reference_notes():
+        warning_line(note)
+    with progress_bar(job.total, "propagate --video" if video else "propagate", enabled=show) as advance:
         try:
-            if engine == "ray":
-                model = dict(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps,
-                             edges=edges, threshold=threshold, fine_edges=fine_edges)
-                try:
-                    outcome = ray_engine.run_ray(
-                        named, dict(refs=ref, masks=mask, max_pixels=max_pixels, resize_masks=resize_masks), model,
-                        plan, manifest, batch_size=batch_size, max_pixels=max_pixels, matte=matte is not None,
-                        advance=advance, options=ray_engine.RayOptions(address, workers, gpus_per_worker))
-                except ray_engine.RayEngineError as exc:
-                    error_line(str(exc))
-                    raise typer.Exit(2)
-            else:
-                run = PropagateRun(propagator, plan, manifest, batch_size=batch_size, max_pixels=max_pixels,
-                                   advance=advance, quiet=quiet, matte=matte)
-                outcome = run.run(named)
-        finally:
-            manifest.close()
-    outcome.summary("images", quiet=quiet or json_lines)
-    raise typer.Exit(outcome.exit_code)
-
-
-def _run_video(sequence: Path, propagator, plan, manifest, shard_spec, memory: int, radius: int,
-               max_pixels: int, quiet: bool, matte, show: bool):
-    """One sequence, frame after frame; a shard that does not own it does nothing."""
-    from icm_cli.console import BatchOutcome
-    from icm_cli.predict.temporal import TemporalContext
-    from icm_cli.shard import select_groups
-    from icm_cli.video_run import VideoRun
-
-    if not list(select_groups([sequence], shard_spec, group=lambda p: p.name)):
-        manifest.close()
-        return BatchOutcome()
-    with progress_bar(None, "propagate --video", enabled=show) as advance:
-        run = VideoRun(propagator, plan, manifest, TemporalContext(radius=radius, memory=memory),
-                       max_pixels=max_pixels, advance=advance, quiet=quiet, matte=matte)
-        try:
-            return run.run(sequence)
-        except io.InputError as exc:
+            job.run(outcome, advance, echo)
+        except UsageProblem as exc:
             error_line(str(exc))
             raise typer.Exit(2)
-        finally:
-            manifest.close()
+    outcome.summary("frames" if video else "images", quiet=quiet or json_lines)
+    raise typer.Exit(outcome.exit_code)

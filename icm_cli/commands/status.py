@@ -1,63 +1,35 @@
 """`icm status OUT [SOURCES...]`: what a (possibly sharded) propagate run has done, failed or left.
 
 Reads every manifest in OUT (``manifest.jsonl`` and the shards'
-``manifest.I-of-N.jsonl``); for each input the latest record wins (by its
-``time``, then by file age and line order for records written before
-records carried one). Exit code: 0 when nothing failed or is pending, 1
-otherwise, 2 when OUT holds no manifest to read.
+``manifest.I-of-N.jsonl``) with :func:`icm_cli.runner.manifest.read_manifests`;
+for each input the latest record wins. Exit code: 0 when nothing failed or
+is pending, 1 otherwise, 2 when OUT holds no manifest to read.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
-from rich.markup import escape
 
-from icm_cli.console import error_line, stdout
+from icm_cli import options as opts
 
-_SHARD_MANIFEST = re.compile(r"^manifest\.\d+-of-\d+\.jsonl$")
 _SHOW = 20  # failures / pending inputs listed in the text report before "... and N more"
-
-
-def manifest_files(folder: Path) -> list[Path]:
-    """``manifest.jsonl`` and ``manifest.I-of-N.jsonl`` in ``folder``, oldest first."""
-    try:
-        found = [p for p in folder.iterdir()
-                 if p.is_file() and (p.name == "manifest.jsonl" or _SHARD_MANIFEST.match(p.name))]
-    except OSError:
-        return []
-    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
-
-
-def _when(record: dict) -> float:
-    try:
-        return datetime.fromisoformat(str(record["time"])).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return float("-inf")  # records without a time are older than any with one
-
-
-def _key(path: str) -> str:
-    return os.path.normpath(path)
 
 
 @dataclass
 class RunStatus:
-    """The merged state of OUT's manifests (restricted to SOURCES when they were given)."""
+    """OUT's merged manifests, restricted to SOURCES when they were given."""
 
-    manifests: list[str] = field(default_factory=list)
-    latest: dict[str, dict] = field(default_factory=dict)   # input -> latest record
-    pending: list[str] = field(default_factory=list)        # SOURCES with no record
-    unreadable_lines: int = 0
+    state: object                                           # ManifestState
+    latest: dict = field(default_factory=dict)               # input key -> SourceRecord
+    pending: list[str] = field(default_factory=list)         # SOURCES with no record
 
-    def with_status(self, status: str) -> list[dict]:
-        return [r for r in self.latest.values() if r.get("status") == status]
+    def with_status(self, status: str) -> list:
+        return [r for r in self.latest.values() if r.status == status]
 
     @property
     def counts(self) -> dict[str, int]:
@@ -69,87 +41,108 @@ class RunStatus:
         counts = self.counts
         return counts["failed"] == 0 and counts["pending"] == 0
 
+    def least_confident(self, n: int) -> list:
+        """The ``n`` done results with the lowest confidence (those without one are not ranked)."""
+        ranked = [r for r in self.with_status("done") if r.confidence is not None]
+        return sorted(ranked, key=lambda r: (r.confidence, r.input))[:n]
 
-def read_status(folder: Path, sources: Optional[list[Path]] = None) -> RunStatus:
-    """Merge the manifests of ``folder``; with ``sources``, judge exactly those inputs."""
-    state = RunStatus()
-    ordered = []
-    for rank, path in enumerate(manifest_files(folder)):
-        state.manifests.append(path.name)
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line_no, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    key = _key(str(record["input"]))
-                except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-                    state.unreadable_lines += 1
-                    continue
-                ordered.append(((_when(record), rank, line_no), key, record))
-    ordered.sort(key=lambda entry: entry[0])
-    latest = {key: record for _, key, record in ordered}
+
+def read_status(folder: Path, sources: Optional[list] = None) -> RunStatus:
+    """Merge the manifests of ``folder``; with ``sources`` (paths), judge exactly those inputs."""
+    from icm_cli.runner.manifest import input_key, read_manifests
+
+    state = read_manifests(folder)
     if sources is None:
-        state.latest = latest
-        return state
-    by_abspath = {os.path.abspath(k): k for k in latest}
+        return RunStatus(state, dict(state.latest))
+    status = RunStatus(state)
     for path in sources:
-        key = _key(str(path))
-        found = key if key in latest else by_abspath.get(os.path.abspath(key))
-        if found is None:
-            state.pending.append(str(path))
+        key = input_key(str(path))
+        if key in state.latest:
+            status.latest[key] = state.latest[key]
         else:
-            state.latest[found] = latest[found]
-    return state
+            status.pending.append(str(path))
+    return status
 
 
 def status(
-    output: Path = typer.Argument(..., help="The -o folder of `icm propagate` (one run or all its shards)."),
-    sources: List[str] = typer.Argument(None, help="The run's SOURCES, to count what is still pending (- reads paths from stdin)."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of SOURCES, as the run did."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the report."),
+    output: Annotated[Path, typer.Argument(metavar="OUT", show_default=False,
+                                           help="The -o folder of `icm propagate` (one run or all its shards).")],
+    sources: Annotated[Optional[List[str]], typer.Argument(
+        metavar="[SOURCES]...", show_default=False,
+        help="The run's SOURCES, to count what is still pending (- reads paths from stdin).")] = None,
+    recursive: opts.Recursive = False,
+    include: opts.Include = [],
+    exclude: opts.Exclude = [],
+    worst: Annotated[int, typer.Option(
+        "--worst", metavar="N", callback=opts.at_least(0, "--worst"),
+        help="Also list the N least confident results (the ones to check first).")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the report.")] = False,
 ) -> None:
     """Count done, failed, skipped and pending sources of a run from its manifests.
 
     Exit code 0 when nothing failed or is pending, 1 otherwise, 2 when OUT has no manifest.
 
-    Example: [bold]icm status out/ frames/[/]
+    Example: [bold]icm status out/ frames/ --worst 10[/]
     """
-    from icm_cli import io
+    from rich.markup import escape
 
-    listed = list(io.iter_sources(sources, recursive=recursive)) if sources else None
-    state = read_status(output, listed)
+    from icm_cli.console import error_line, stdout
+    from icm_cli.runner.outputs import OutputPlan
+    from icm_cli.sources import Source, SourceError, SourceFinder
+
+    listed = None
+    if sources:
+        try:
+            finder = SourceFinder(sources, recursive=recursive, include=include, exclude=exclude,
+                                  avoid=OutputPlan(output).written_folders)
+            listed = [e.path for e in finder if isinstance(e, Source)]
+        except SourceError as exc:
+            error_line(str(exc))
+            raise typer.Exit(2)
+    result = read_status(output, listed)
+    state = result.state
+    for problem in state.unreadable_files:
+        error_line(problem)
     if not state.manifests and listed is None:
-        error_line(f"{output}: no manifest.jsonl or manifest.I-of-N.jsonl here "
-                   "(give the -o folder of icm propagate)")
+        error_line(f"{output}: no manifest.jsonl or manifest.I-of-N.jsonl here (give the -o folder of icm propagate)")
         raise typer.Exit(2)
-    counts = state.counts
-    failures = [{"input": r.get("input"), "stem": r.get("stem"), "error": r.get("error")}
-                for r in state.with_status("failed")]
+    counts = result.counts
+    failures = [{"input": r.input, "stem": r.stem, "error": r.error} for r in result.with_status("failed")]
+    worst_records = result.least_confident(worst) if worst else []
+    empty = sum(1 for r in result.with_status("done") if r.empty)
     if json_out:
-        print(json.dumps({"output": str(output), "manifests": state.manifests, **counts,
-                          "complete": state.complete, "failures": failures, "pending_inputs": state.pending,
-                          "unreadable_lines": state.unreadable_lines}, ensure_ascii=False))
+        print(json.dumps({"output": str(output), "manifests": state.manifests, **counts, "empty": empty,
+                          "complete": result.complete and not state.unreadable_files, "failures": failures,
+                          "pending_inputs": result.pending, "unreadable_lines": state.unreadable_lines,
+                          "unreadable_manifests": state.unreadable_files,
+                          "least_confident": [{"input": r.input, "stem": r.stem, "confidence": r.confidence}
+                                              for r in worst_records]}, ensure_ascii=False))
     else:
         total = sum(counts.values())
         of = f" of {total} sources" if listed is not None else ""
-        stdout.print(escape(f"{output}: {counts['done']} done, {counts['skipped']} skipped (already there), "
-                            f"{counts['failed']} failed, {counts['pending']} pending{of} "
-                            f"({len(state.manifests)} manifest{'s' if len(state.manifests) != 1 else ''})"))
-        if failures:
-            stdout.print("[bold red]failed:[/]")
-            for f in failures[:_SHOW]:
-                reason = str(f["error"] or "no reason recorded")
-                line = reason if reason.startswith(str(f["input"])) else f"{f['input']}: {reason}"
-                stdout.print(f"  {escape(line)}")
-            if len(failures) > _SHOW:
-                stdout.print(f"  ... and {len(failures) - _SHOW} more (--json lists all)")
-        if state.pending:
-            stdout.print("[bold]pending:[/]")
-            for p in state.pending[:_SHOW]:
-                stdout.print(f"  {escape(p)}")
-            if len(state.pending) > _SHOW:
-                stdout.print(f"  ... and {len(state.pending) - _SHOW} more (--json lists all)")
+        n = len(state.manifests)
+        empty_note = f" ({empty} empty: object not found)" if empty else ""
+        stdout.print(escape(f"{output}: {counts['done']} done{empty_note}, {counts['skipped']} skipped (already "
+                            f"there), {counts['failed']} failed, {counts['pending']} pending{of} "
+                            f"({n} manifest{'s' if n != 1 else ''})"))
+        _listing(stdout, "failed", [f"{f['input']}: {f['error'] or 'no reason recorded'}"
+                                    if not str(f["error"] or "").startswith(str(f["input"])) else str(f["error"])
+                                    for f in failures], escape, style="bold red")
+        _listing(stdout, "pending", result.pending, escape)
+        if worst:
+            _listing(stdout, f"least confident ({len(worst_records)} of {worst} asked)",
+                     [f"{r.confidence:.3f}  {r.input}" for r in worst_records], escape, limit=worst)
         if state.unreadable_lines:
-            stdout.print(escape(f"{state.unreadable_lines} manifest line(s) could not be read (cut short?) and were ignored"))
-    raise typer.Exit(0 if state.complete else 1)
+            stdout.print(escape(f"{state.unreadable_lines} manifest line(s) could not be read (cut short?) "
+                                "and were ignored"))
+    raise typer.Exit(0 if result.complete and not state.unreadable_files else 1)
+
+
+def _listing(console, title: str, lines: list[str], escape, style: str = "bold", limit: int = _SHOW) -> None:
+    if not lines:
+        return
+    console.print(f"[{style}]{escape(title)}:[/]")
+    for line in lines[:limit]:
+        console.print(f"  {escape(line)}")
+    if len(lines) > limit:
+        console.print(f"  ... and {len(lines) - limit} more (--json lists all)")

@@ -27,6 +27,13 @@ def window_padding(kernel_size: int) -> tuple[int, int]:
     return (kernel_size - 1) // 2, kernel_size // 2
 
 
+def cap_kernel(kernel_size: int, size: tuple[int, int]) -> int:
+    """A window of ``2 * max(H, W) + 1`` already reaches the whole map from every pixel, so any
+    larger kernel gives the same result: capping it keeps ``--kernel 100000`` from allocating
+    gigabytes of padding (the band is simply the whole image)."""
+    return min(kernel_size, 2 * max(int(size[0]), int(size[1])) + 1)
+
+
 def dilate(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Grey-scale dilation: a ``kernel_size`` x ``kernel_size`` max filter.
 
@@ -46,6 +53,8 @@ def dilate(mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
     window see one pixel beyond its far edge.
     """
     require_4d(mask, "mask")
+    window_padding(kernel_size)  # validates it
+    kernel_size = cap_kernel(kernel_size, mask.shape[-2:])
     before, after = window_padding(kernel_size)
     values = mask.to(float_dtype(mask))
     if kernel_size == 1:

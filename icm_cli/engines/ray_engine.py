@@ -2,16 +2,18 @@
 
 Plan of one run::
 
-    driver:  list sources and their stems (shard.named_sources), skip the done ones
-             -> ray.data.from_items([{path, stem}])
+    driver:  the job's sources (names given over the full list); done ones are
+             recorded skipped by the driver's BatchRunner
+             -> ray.data.from_items([{path, key, name, stem}])
     tasks:   .map(_decode_row)            read each image where it is scheduled
-    actors:  .map_batches(PredictWorker)  each builds the backbone and the reference
-             context once (same settings and seed as the local run), predicts,
-             renders with PropagateRun and writes with io.write_image_atomic
-    driver:  iter_rows() -> manifest lines, outcome counts, progress
+    actors:  .map_batches(PredictWorker)  each builds a Predictor from the run's
+             ModelConfig and the reference context once (same settings and seed
+             as the local run) and runs its batch through a BatchRunner of its
+             own, which writes the files and keeps the records
+    driver:  iter_rows() -> BatchRunner.accept(record): manifest, counts, progress
 
-Outputs are byte-identical to the local engine's on CPU: the workers use the
-same ``PropagateRun`` render/write code, the same names and the same head
+Outputs are byte-identical to the local engine's on CPU: the workers run the
+same predictor, renderer and writer with the same names and the same head
 training seed. Sources and the output folder must be visible at the same
 paths on every node (a shared filesystem).
 
@@ -20,20 +22,24 @@ Ray is an optional extra (``pip install "icm-cli[ray]"``) and is imported only h
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
 from icm_cli import console, io
+from icm_cli.config import ModelConfig
 from icm_cli.console import BatchOutcome
-from icm_cli.pipeline import Item, Manifest, OutputPlan, PropagateRun
+from icm_cli.runner.batch import BatchRunner, Work
+from icm_cli.runner.manifest import RecordList, SourceRecord, record_json
+from icm_cli.runner.outputs import OutputPlan
+from icm_cli.sources import ListingProblem, Source
 
 # CPUs per decode task: reading is light and must never wait behind the actors. The
 # actors ask for tenths of a CPU, never this: operators with equal resource requests
@@ -47,7 +53,7 @@ class RayEngineError(Exception):
     """The Ray run could not start or broke down as a whole; the message is one line for people."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RayOptions:
     address: str | None = None     # None: start a local Ray instance (or reuse the one this process has)
     workers: int = 0               # prediction actors; 0 = one per GPU share, else one per CPU but one
@@ -80,68 +86,47 @@ def _decode_row(row: dict, max_pixels: int, cwd: str) -> dict:
         if error.startswith(full):  # name the file as the user did, as the local engine does
             error = row["path"] + error[len(full):]
     except Exception as exc:  # a decoder bug on one file must not stop the dataset
-        error = f"{row['path']}: {type(exc).__name__}: {exc}"
-    return {"path": row["path"], "stem": row["stem"], "image": image, "error": error,
-            "decode_s": time.perf_counter() - t0}
-
-
-class _Collect:
-    """Stands in for :class:`Manifest` on a worker: keeps the records for the driver."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def write(self, record: dict) -> None:
-        self.records.append(record)
-
-
-class _QuietOutcome(BatchOutcome):
-    """Counts without printing: the driver prints each failure once, from the manifest record."""
-
-    def fail(self, item: str, message: str, quiet: bool = False) -> None:
-        self.failed.append((item, message))
+        error = console.unexpected(exc, row["path"])
+    return {**row, "image": image, "error": error, "decode_s": time.perf_counter() - t0}
 
 
 class PredictWorker:
-    """Ray Data actor: backbone + reference context once, then batches of decoded sources.
+    """Ray Data actor: a Predictor and the reference context once, then batches of decoded sources.
 
-    ``references`` holds :func:`load_references`'s arguments (the files are
-    read on the worker, as the sources are), ``model`` :func:`build_propagator`'s,
-    ``plan`` the output root, kinds and kernel. Returns one JSON manifest
-    record per source.
+    ``model`` is the run's :class:`ModelConfig` (as is), ``references`` the
+    reference files (read on the worker, as the sources are), ``plan`` the
+    run's :class:`OutputPlan`. Returns one JSON manifest record per source.
     """
 
-    def __init__(self, references: dict, model: dict, plan: dict, batch_size: int, matte: bool,
+    def __init__(self, model: ModelConfig, references: dict, plan: OutputPlan, run_id: str, batch_size: int,
                  threads: int, cwd: str) -> None:
         import torch
 
-        from icm_cli.commands._shared import build_propagator, load_references
+        from icm_cli.predictor import Predictor
+        from icm_cli.references import load_references
 
         if os.path.isdir(cwd):  # relative SOURCES, references and OUT mean what they mean on the driver
             os.chdir(cwd)
         torch.set_num_threads(max(1, threads))
         torch.set_grad_enabled(False)
-        self.propagator = build_propagator(**model)
-        self.propagator.set_references(load_references(**references))
-        self.plan = OutputPlan(Path(plan["root"]), tuple(plan["kinds"]), plan["kernel"], overwrite=True)
-        self.batch_size = batch_size if batch_size > 0 else (1 if self.propagator.device.type == "cpu" else 8)
-        self.matte = None
-        if matte:
-            from icm_cli.matting import solve_alpha
-            self.matte = solve_alpha
+        self.predictor = Predictor(model)
+        self.predictor.set_references(load_references(**references))
+        self.plan = dataclasses.replace(plan, overwrite=True)  # the driver decided what to skip
+        self.run_id = run_id
+        self.batch_size = batch_size if batch_size > 0 else (1 if self.predictor.device.type == "cpu" else 8)
 
     def __call__(self, batch: dict) -> dict:
-        collect = _Collect()
-        run = PropagateRun(self.propagator, self.plan, collect, batch_size=self.batch_size, quiet=True,
-                           matte=self.matte)
-        run.outcome = _QuietOutcome()
-        items = []
-        for path, stem, image, error, decode_s in zip(batch["path"], batch["stem"], batch["image"],
-                                                      batch["error"], batch["decode_s"]):
-            items.append(Item(Path(str(path)), str(stem), image=None if error else np.asarray(image, np.uint8),
+        sink = RecordList()
+        runner = BatchRunner(self.plan, sink, run_id=self.run_id, outcome=BatchOutcome(report=False))
+        works = []
+        for path, key, name, stem, image, error, decode_s in zip(
+                batch["path"], batch["key"], batch["name"], batch["stem"], batch["image"], batch["error"],
+                batch["decode_s"]):
+            source = Source(Path(str(path)), str(key), str(name), str(stem))
+            works.append(Work(source, image=None if error else np.asarray(image, np.uint8),
                               error=str(error) or None, decode_s=float(decode_s)))
-        run.complete(items)
-        return {"record": np.array([json.dumps(r, ensure_ascii=False) for r in collect.records], dtype=object)}
+        runner.run_images(works, self.predictor, batch_size=self.batch_size)
+        return {"record": np.array([record_json(r) for r in sink.records], dtype=object)}
 
 
 # ------------------------------------------------------------------ driver side
@@ -192,38 +177,37 @@ def _pool(options: RayOptions) -> tuple[int, float, int]:
     return workers, cpus_each, 1
 
 
-def run_ray(sources: Iterable[tuple[Path, str]], references: dict, model: dict, plan: OutputPlan,
-            manifest: Manifest, *, options: RayOptions, batch_size: int = 0,
-            max_pixels: int = io.DEFAULT_MAX_PIXELS, matte: bool = False,
-            advance: Callable[[int], None] = lambda n=1: None) -> BatchOutcome:
-    """Run `icm propagate` on Ray; the manifest and outcome are as the local engine's.
+def run_ray(entries: Iterable[Source | ListingProblem], runner: BatchRunner, model: ModelConfig,
+            reference_files: tuple[list[str], list[str]], *, options: RayOptions, resize_masks: bool = False,
+            batch_size: int = 0) -> BatchOutcome:
+    """Run `icm propagate` on Ray; ``runner`` (the driver's) writes the manifest and counts.
 
-    ``sources`` are ``(path, stem)`` pairs (stems already allocated over the
-    full list); ``references`` holds :func:`load_references`'s keyword
-    arguments (``refs``, ``masks``, ``max_pixels``, ``resize_masks``; the
-    driver should have loaded them once to report problems before starting),
-    ``model`` :func:`build_propagator`'s.
-    Raises :class:`RayEngineError` when the run as a whole fails.
+    ``entries`` are the job's sources with their names; ``reference_files``
+    the ``--ref`` and ``--mask`` paths. Raises :class:`RayEngineError` when
+    the run as a whole fails.
     """
     require_ray()
+    import json
+
     import ray
     import ray.data
 
     # Skipping is decided here, as the local engine does, so workers only see real work.
-    driver = PropagateRun(None, plan, manifest, advance=advance, quiet=True)
     todo = []
-    for path, stem in sources:
-        if plan.done(stem):
-            driver.skip(Item(path, stem))
+    for entry in entries:
+        if isinstance(entry, ListingProblem):
+            runner.fail(entry, entry.message)
+        elif runner.plan.done(entry.stem):
+            runner.skip(entry)
         else:
-            todo.append({"path": str(path), "stem": stem})
-    outcome = driver.outcome
+            todo.append({"path": str(entry.path), "key": entry.key, "name": entry.name, "stem": entry.stem})
     if not todo:
-        return outcome
+        return runner.outcome
 
-    model = dict(model)
-    if model.get("device", "auto") == "auto":  # workers without a GPU share must not grab one
-        model["device"] = "cuda" if options.gpus_per_worker > 0 else "cpu"
+    if model.device == "auto":  # workers without a GPU share must not grab one
+        model = dataclasses.replace(model, device="cuda" if options.gpus_per_worker > 0 else "cpu")
+    refs, masks = reference_files
+    references = {"refs": refs, "masks": masks, "max_pixels": runner.max_pixels, "resize_masks": resize_masks}
     started = _connect(options.address)
     try:
         ctx = ray.data.DataContext.get_current()
@@ -236,13 +220,12 @@ def run_ray(sources: Iterable[tuple[Path, str]], references: dict, model: dict, 
         # Blocks of at most 64 sources, and a few per worker, so that decoding keeps up and spreads.
         blocks = min(len(todo), max(4 * workers, math.ceil(len(todo) / 64)))
         ds = ray.data.from_items(todo, override_num_blocks=blocks)
-        ds = ds.map(_decode_row, fn_kwargs={"max_pixels": max_pixels, "cwd": os.getcwd()}, num_cpus=DECODE_CPUS)
+        ds = ds.map(_decode_row, fn_kwargs={"max_pixels": runner.max_pixels, "cwd": os.getcwd()},
+                    num_cpus=DECODE_CPUS)
         ds = ds.map_batches(
             PredictWorker,
-            fn_constructor_kwargs={"references": references, "model": model,
-                                   "plan": {"root": str(plan.root), "kinds": list(plan.kinds),
-                                            "kernel": plan.kernel},
-                                   "batch_size": batch_size, "matte": matte, "threads": threads,
+            fn_constructor_kwargs={"model": model, "references": references, "plan": runner.plan,
+                                   "run_id": runner.run_id, "batch_size": batch_size, "threads": threads,
                                    "cwd": os.getcwd()},
             batch_size=max(1, batch_size) if batch_size else (8 if options.gpus_per_worker > 0 else 1),
             batch_format="numpy",
@@ -252,16 +235,12 @@ def run_ray(sources: Iterable[tuple[Path, str]], references: dict, model: dict, 
         )
         try:
             for row in ds.iter_rows():
-                record = json.loads(row["record"])
-                manifest.write(record)
-                if record["status"] == "failed":
-                    outcome.fail(record["input"], record["error"])
-                else:
-                    outcome.done += 1
-                advance(1)
+                runner.accept(SourceRecord.from_dict(json.loads(row["record"])))
+                if runner.halt.is_set():
+                    break
         except Exception as exc:
             raise RayEngineError(f"the Ray run stopped: {_first_line(exc)}") from None
     finally:
         if started:
             ray.shutdown()
-    return outcome
+    return runner.outcome

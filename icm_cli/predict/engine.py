@@ -118,9 +118,7 @@ class Propagator:
         the ``[1, 1, Hc, Wc]`` mask on the canvas, and the geometry."""
         geo = self.geometry_for(image.shape[-2], image.shape[-1])
         canvas = geo.to_canvas(image)
-        mask_canvas = F.pad(F.interpolate(mask, size=(geo.resized_h, geo.resized_w), mode="bilinear",
-                                          align_corners=False),
-                            (0, geo.padded_w - geo.resized_w, 0, geo.padded_h - geo.resized_h))
+        mask_canvas = geo.mask_to_canvas(mask, mode="bilinear")
         ft = self.features(canvas).ft[0]
         grid = tuple(ft.shape[-2:])
         area = mask_area_on_grid(mask_canvas.to(ft.device), grid)[0, 0]

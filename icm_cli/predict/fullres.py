@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from icm_cli.core import window_padding
+from icm_cli.core.morphology import cap_kernel
 
 cv2.setNumThreads(1)
 
@@ -107,6 +108,8 @@ def mask_to_trimap_u8(mask: np.ndarray, erode_kernel: int, dilate_kernel: int) -
 
 
 def _square_window(op, image: np.ndarray, kernel_size: int) -> np.ndarray:
+    window_padding(kernel_size)  # validates it
+    kernel_size = cap_kernel(kernel_size, image.shape[:2])
     before, _ = window_padding(kernel_size)
     kernel = np.ones((kernel_size, kernel_size), np.uint8)
     return op(image, kernel, anchor=(before, before), borderType=cv2.BORDER_REPLICATE)

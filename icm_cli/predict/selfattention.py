@@ -32,9 +32,7 @@ def refine_mask_with_attention(backbone: Backbone, image: np.ndarray, mask: np.n
     feats = backbone(canvas, with_attention=True)
     grid, attn = next(iter(feats.attn.items()))
     mask_t = torch.from_numpy((mask >= 0.5).astype(np.float32))[None, None]
-    mask_canvas = F.pad(F.interpolate(mask_t, size=(geo.resized_h, geo.resized_w), mode="area"),
-                        (0, geo.padded_w - geo.resized_w, 0, geo.padded_h - geo.resized_h))
-    coarse = F.adaptive_avg_pool2d(mask_canvas, grid)  # [1, 1, gh, gw] soft
+    coarse = F.adaptive_avg_pool2d(geo.mask_to_canvas(mask_t), grid)  # [1, 1, gh, gw] soft
     refined, converged = refine_mask_by_attention(coarse.to(attn.device, attn.dtype), attn, iterations, score_type)
     refined = refined.float().cpu()
     valid = geo.valid_mask(*grid)[None, None]

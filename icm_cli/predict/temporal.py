@@ -20,9 +20,7 @@ from icm_cli.predict.tokens import ReferenceTokens, pool_reference_tokens
 def mask_on_grid(mask: np.ndarray, geo: WorkingGeometry, grid: tuple[int, int]) -> torch.Tensor:
     """A full-size ``[H, W]`` bool mask -> ``[1, 1, h, w]`` object share of each canvas cell."""
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    m = F.interpolate(m, size=(geo.resized_h, geo.resized_w), mode="area")
-    m = F.pad(m, (0, geo.padded_w - geo.resized_w, 0, geo.padded_h - geo.resized_h))
-    return F.adaptive_avg_pool2d(m, grid)
+    return F.adaptive_avg_pool2d(geo.mask_to_canvas(m), grid)
 
 
 class TemporalContext:

@@ -1,0 +1,117 @@
+"""What a run is asked to do, as frozen, picklable values.
+
+Every command builds these from its options; the predictor, the batch runner
+and the Ray workers take them as they are. Each knob and its default is
+declared here once; the command-line options (:mod:`icm_cli.options`) read
+their defaults from these classes. Nothing here imports torch, so ``icm
+--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+#: Images with more pixels than this are refused before they are decoded
+#: (about 16k x 16k); ``--max-pixels`` changes it.
+DEFAULT_MAX_PIXELS = 260_000_000
+
+#: Methods :func:`icm_cli.matting.solve_alpha` accepts, default first.
+MATTE_METHODS = ("sm-cf", "cf", "lbdm", "knn", "rw", "lkm", "sm")
+DEFAULT_MATTE_METHOD = "sm-cf"
+
+#: Working pixels (height x width of the region solved) above which a matte's
+#: region is solved downscaled and the alpha upsampled with a guided filter.
+#: The closed-form Laplacian costs about 400 bytes per working pixel, so
+#: 1 MP keeps a solve under about 1.5 GB.
+DEFAULT_SOLVE_PIXELS = 1_000_000
+
+OUTPUT_KINDS = ("masks", "trimaps", "heatmaps", "alpha", "cutout")
+DEFAULT_KINDS = ("masks", "trimaps", "heatmaps")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """How masks are predicted: the backbone and every choice that changes a result.
+
+    Defaults were chosen by measurement on the dev data (README, benchmarks/quality.py).
+    """
+
+    backbone: str = "efficientnet-lite0"
+    weights: str | None = None        # local weights file or folder for the backbone
+    device: str = "auto"              # auto, cpu, cuda, cuda:N or mps
+    size: int = 384                   # working short side in pixels
+    head_steps: int = 100             # steps of the per-run object head; 0 = none
+    edges: bool = True                # GrabCut refinement of the uncertain band
+    fine_edges: bool = False          # ... at full instead of half resolution
+    threshold: float | None = None    # a fixed threshold instead of GrabCut's decision
+
+    def __post_init__(self) -> None:
+        if self.size < 64:
+            raise ValueError(f"--size must be at least 64 pixels (got {self.size})")
+        if self.head_steps < 0:
+            raise ValueError(f"--head-steps must be 0 or more (got {self.head_steps})")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"--threshold must be a number from 0 to 1 (got {self.threshold})")
+
+    def result_settings(self) -> dict:
+        """The settings that change what is written (not where, or how fast): recorded in the manifest."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+
+    def engine_settings(self):
+        """The engine's full :class:`~icm_cli.predict.engine.PropagateSettings` for this config."""
+        from icm_cli.predict.engine import PropagateSettings
+
+        settings = PropagateSettings(size=self.size, head_steps=self.head_steps)
+        if self.threshold is not None:
+            return dataclasses.replace(settings, grabcut=False, threshold=self.threshold)
+        if not self.edges:
+            return dataclasses.replace(settings, grabcut=False)
+        if self.fine_edges:
+            return dataclasses.replace(settings, grabcut_scale=1.0)
+        return settings
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """How a sequence carries what earlier frames found."""
+
+    radius: int = 6   # search window around the previous mask, in feature cells; 0 = whole frame
+    memory: int = 0   # earlier predicted frames lending tokens (0 measured best: memory drifts)
+
+    def __post_init__(self) -> None:
+        if self.radius < 0 or self.memory < 0:
+            raise ValueError("--radius and --memory must be 0 or more")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What is written per source: ``root/<kind>/<stem>.png`` for each kind."""
+
+    kinds: tuple[str, ...] = DEFAULT_KINDS
+    kernel: int = 20   # trimap erosion/dilation kernel in pixels
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in OUTPUT_KINDS]
+        if unknown or not self.kinds:
+            raise ValueError(f"--save takes a comma-separated list of {', '.join(OUTPUT_KINDS)}; "
+                             f"got {','.join(self.kinds) or 'nothing'}")
+        if self.kernel < 1:
+            raise ValueError(f"--kernel must be at least 1 pixel (got {self.kernel})")
+
+    @classmethod
+    def parse(cls, save: str, kernel: int = 20) -> "OutputConfig":
+        """``"masks,trimaps"`` -> ``OutputConfig(("masks", "trimaps"))``; unknown names raise ValueError."""
+        kinds = tuple(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
+        return cls(kinds, kernel)
+
+    def with_kind(self, kind: str) -> "OutputConfig":
+        return self if kind in self.kinds else dataclasses.replace(self, kinds=(kind,) + self.kinds)
+
+    @property
+    def needs_matte(self) -> bool:
+        return "alpha" in self.kinds or "cutout" in self.kinds
+
+    def result_settings(self) -> dict:
+        return {"kernel": self.kernel}

@@ -1,0 +1,267 @@
+"""icm as a library: set a reference once, then ask for masks.
+
+    from icm_cli import Predictor
+    predictor = Predictor()                        # EfficientNet-Lite0, CPU or GPU
+    predictor.set_reference("ref.jpg", "ref_mask.png")
+    result = predictor.predict("photo.jpg")        # result.mask [H, W] bool, result.probability [H, W]
+    video = predictor.video()                      # frame after frame, each near the last mask
+    for frame in frames:
+        mask = video.step(frame).mask
+
+Images may be paths, PIL images or ``[H, W, 3]`` uint8 arrays; masks paths,
+PIL images or ``[H, W]`` arrays (bool, 0/1, 0/255). Each public method has a
+twin the batch runner uses to overlap the backbone with the full-size
+finishing on two threads: :meth:`Predictor.predict_coarse` (the feature-grid
+probability) and :meth:`Predictor.finish` (full size).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from icm_cli.config import ModelConfig, VideoConfig
+from icm_cli.predict.engine import GridPrediction, Propagator, to_tensor
+from icm_cli.references import Reference, as_image, as_mask, check_reference
+
+
+@dataclass
+class Result:
+    """One source's prediction at its own size.
+
+    probability: ``[H, W]`` float32 in [0, 1]; mask: ``[H, W]`` bool;
+    confidence: how far this result can be trusted, 0..1, or None.
+    """
+
+    probability: np.ndarray
+    mask: np.ndarray
+    confidence: float | None = None
+
+    @property
+    def area(self) -> float:
+        """The object's share of the image, 0..1."""
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def empty(self) -> bool:
+        """No object pixel: the object was not found."""
+        return not bool(self.mask.any())
+
+    def trimap(self, kernel: int = 20, dilate: int | None = None) -> np.ndarray:
+        """``[H, W]`` uint8 0 / 128 / 255: the mask eroded by ``kernel`` is object, the band out to
+        its dilation (by ``dilate``, default ``kernel``) is unknown."""
+        from icm_cli.predict.fullres import mask_to_trimap_u8
+
+        return mask_to_trimap_u8(self.mask.astype(np.float32), kernel, dilate or kernel)
+
+
+@dataclass
+class AttentionMaps:
+    """Why a mask came out as it did, each map ``[H, W]`` float in [0, 1] at the source's size.
+
+    inter: ICM's cross-attention heat of the reference's ROI tokens; intra:
+    the same spread by the source's own self-attention; point: where one
+    reference location attends (when asked); result: the prediction itself.
+    """
+
+    inter: np.ndarray
+    intra: np.ndarray
+    result: Result
+    point: np.ndarray | None = None
+
+
+@dataclass
+class Encoded:
+    """A frame's backbone output, kept until the previous frame's mask is known."""
+
+    geometry: object
+    features: object
+
+
+class Predictor:
+    """In-context segmentation with one model: references in, masks out.
+
+    ``config`` says which backbone, device and settings (see
+    :class:`~icm_cli.config.ModelConfig`); keyword arguments override its
+    fields (``Predictor(device="cpu", size=480)``). Building loads the
+    backbone's weights; raises :class:`~icm_cli.backbones.WeightsError` or
+    :class:`~icm_cli.device.DeviceError` with a one-line reason.
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
+        from icm_cli.backbones import create_backbone
+        from icm_cli.device import default_dtype, resolve_device
+
+        config = config or ModelConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.engine = Propagator(create_backbone(config.backbone, config.weights), device=self.device,
+                                 dtype=default_dtype(self.device), settings=config.engine_settings())
+        self.references: list[Reference] = []
+
+    # ------------------------------------------------------------ references
+    def set_reference(self, image, mask) -> None:
+        """One labelled example: the image and the mask of the object in it."""
+        self.set_references([(image, mask)])
+
+    def set_references(self, pairs) -> None:
+        """Several labelled examples, pooled into one context: ``[(image, mask), ...]`` or
+        :class:`~icm_cli.references.Reference` objects. Raises ValueError / InputError for a bad pair."""
+        refs = []
+        for pair in pairs:
+            if isinstance(pair, Reference):
+                refs.append(pair)
+                continue
+            image, mask = pair
+            img, msk = as_image(image), as_mask(mask)
+            check_reference(img, msk, str(image) if isinstance(image, str) else "the reference",
+                            str(mask) if isinstance(mask, str) else "the mask")
+            refs.append(Reference(img, msk, image if isinstance(image, str) else None,
+                                  mask if isinstance(mask, str) else None))
+        if not refs:
+            raise ValueError("give at least one reference (image, mask) pair")
+        with torch.no_grad():
+            self.engine.set_references([(r.image, r.mask) for r in refs])
+        self.references = refs
+
+    def cell_pixels(self, reference: Reference) -> float:
+        """The side of one feature cell in ``reference``'s own pixels."""
+        geo = self.engine.geometry_for(*reference.image.shape[:2])
+        return self.engine.backbone.stride * reference.image.shape[0] / geo.resized_h
+
+    # ------------------------------------------------------------ images
+    def predict(self, image) -> Result:
+        """The object's mask in one image."""
+        img = as_image(image)
+        return self.finish(img, self.predict_coarse([img])[0])
+
+    def predict_batch(self, images) -> list[Result]:
+        """Masks for several images; those of one size share a forward pass."""
+        imgs = [as_image(i) for i in images]
+        out: list[Result | None] = [None] * len(imgs)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, img in enumerate(imgs):
+            by_shape.setdefault(img.shape, []).append(i)
+        for idx in by_shape.values():
+            for i, coarse in zip(idx, self.predict_coarse([imgs[i] for i in idx])):
+                out[i] = self.finish(imgs[i], coarse)
+        return out
+
+    def predict_coarse(self, images: list[np.ndarray]) -> list[GridPrediction]:
+        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass)."""
+        self._need_reference()
+        with torch.no_grad():
+            return self.engine.predict_grid(images)
+
+    def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
+        """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning); thread-safe."""
+        prob, mask = self.engine.finish(image, coarse)
+        return Result(probability=prob, mask=mask, confidence=None)
+
+    def _need_reference(self) -> None:
+        if self.engine.context is None:
+            raise RuntimeError("set_reference() must come before predict()")
+
+    # ------------------------------------------------------------ attention
+    def attention(self, image, point: tuple[int, int] | None = None) -> AttentionMaps:
+        """ICM's attention behind one prediction; ``point`` (x, y) in the first reference adds where it attends."""
+        self._need_reference()
+        img = as_image(image)
+        with torch.no_grad():
+            maps = self.engine.attention_maps([img])[0]
+            geo = maps["geometry"]
+            full = lambda grid: geo.to_original(grid)[0, 0].numpy()  # noqa: E731
+            point_map = None
+            if point is not None:
+                point_map = full(self._point_attention(point, maps["ft"]))
+            result = self.finish(img, maps["prediction"])
+            return AttentionMaps(inter=full(maps["inter"]), intra=full(maps["intra"]), result=result,
+                                 point=point_map)
+
+    def _point_attention(self, point: tuple[int, int], source_ft: torch.Tensor,
+                         temperature: float = 0.05) -> torch.Tensor:
+        """Softmax attention of one reference location over the source grid.
+
+        source_ft ``[1, C, h, w]``; returns ``[1, 1, h, w]`` scaled to peak 1.
+        """
+        ref_ft, geo = self.engine.reference_features[0]
+        x, y = point
+        if not (0 <= x < geo.orig_w and 0 <= y < geo.orig_h):
+            raise ValueError(f"--point {x},{y} lies outside the first reference ({geo.orig_w}x{geo.orig_h})")
+        gh, gw = ref_ft.shape[-2:]
+        row = min(gh - 1, int(y * geo.resized_h / geo.orig_h * gh / geo.padded_h))
+        col = min(gw - 1, int(x * geo.resized_w / geo.orig_w * gw / geo.padded_w))
+        token = ref_ft[:, row, col]  # [C]
+        logits = torch.einsum("c,bchw->bhw", token, source_ft) / temperature
+        att = logits.flatten(1).softmax(-1).reshape(logits.shape)[:, None]
+        return att / att.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+    # ------------------------------------------------------------ video
+    def video(self, config: VideoConfig | None = None, **overrides) -> "VideoPredictor":
+        """A predictor for the frames of one sequence, in order (see :class:`VideoPredictor`)."""
+        config = config or VideoConfig()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        return VideoPredictor(self, config)
+
+
+class VideoPredictor:
+    """Frames of one sequence in order: each is searched near where the object was in the last one.
+
+    :meth:`step` predicts a frame and remembers its mask for the next;
+    :meth:`observe` tells it a frame's true mask instead (a correction, or
+    the written masks of a resumed run). The twin API for the runner splits
+    a step: :meth:`encode` (the backbone, independent of earlier frames),
+    :meth:`predict_encoded`, :meth:`finish` and :meth:`observe_encoded`.
+    """
+
+    def __init__(self, predictor: Predictor, config: VideoConfig) -> None:
+        from icm_cli.predict.temporal import TemporalContext
+
+        self.predictor = predictor
+        self.config = config
+        self.temporal = TemporalContext(radius=config.radius, memory=config.memory)
+
+    def step(self, image) -> Result:
+        img = as_image(image)
+        encoded = self.encode(img)
+        result = self.finish(img, self.predict_encoded(encoded))
+        self.observe_encoded(encoded, result.mask)
+        return result
+
+    def observe(self, image, mask) -> None:
+        """Use ``mask`` as this frame's result for what follows."""
+        self.observe_encoded(self.encode(as_image(image)), as_mask(mask) >= 0.5)
+
+    def encode(self, image: np.ndarray) -> Encoded:
+        engine = self.predictor.engine
+        with torch.no_grad():
+            geo, feats = engine.source_features([image])
+        return Encoded(geo, feats)
+
+    def predict_encoded(self, encoded: Encoded) -> GridPrediction:
+        self.predictor._need_reference()
+        feats = encoded.features
+        with torch.no_grad():
+            return self.predictor.engine.predict_from_features(
+                feats.ft, encoded.geometry, feats.attn, prior=self.temporal.prior(tuple(feats.ft.shape[-2:])),
+                memory=self.temporal.memory_tokens())[0]
+
+    def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
+        return self.predictor.finish(image, coarse)
+
+    def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:
+        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu())
+
+    @property
+    def memory_frames(self) -> int:
+        """How many earlier frames the context keeps (the search window needs one)."""
+        return max(1, self.config.memory)
+
+
+__all__ = ["AttentionMaps", "Predictor", "Result", "VideoPredictor", "to_tensor"]

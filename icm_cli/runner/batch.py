@@ -1,0 +1,464 @@
+"""The one batch runner: every source of `icm propagate` (images, ``--video`` frames, Ray workers) goes through it.
+
+It owns what happens to a source, so each behaviour exists once:
+
+- outputs already there -> a ``skipped`` record (free resume);
+- a file that cannot be read, a model error, a failed write -> one error
+  line naming the file, a ``failed`` record, and the batch goes on;
+- a full disk (or an unwritable manifest) -> no new source starts, one
+  ``stopped`` line, exit 1;
+- Ctrl-C / SIGTERM -> no new source starts, what is predicted is written
+  and recorded, exit 130 / 143; a second one stops at once;
+- ``--json`` piped into a reader that goes away -> the run stops quietly
+  and every record of what was written stays true.
+
+Sources come in as :class:`~icm_cli.sources.Source` entries (decoded here
+on a background thread) or as :class:`Work` already decoded (Ray); the
+model is anything with the predictor's twin API (``predict_coarse`` +
+``finish``, and for sequences ``encode`` / ``predict_encoded`` /
+``observe_encoded``). Finishing (full-size refinement, rendering, PNG
+writing) runs on a writer thread while the backbone works on the next
+source; at most a few sources are in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from icm_cli import console, io
+from icm_cli.console import BatchOutcome
+from icm_cli.runner.manifest import RecordSink, RunRecord, SourceRecord, input_key
+from icm_cli.runner.outputs import OutputPlan
+from icm_cli.sources import ListingProblem, Source
+
+T = TypeVar("T")
+
+
+@dataclass
+class Work:
+    """One source on its way through the runner: its pixels, or why there are none."""
+
+    source: Source
+    image: np.ndarray | None = None
+    error: str | None = None
+    decode_s: float = 0.0
+    done: bool = False  # every output is there already
+
+
+class _Abandoned(Exception):
+    """A source dropped unrecorded because the batch stopped; a rerun does it."""
+
+
+def looks_like_mask(image: np.ndarray) -> bool:
+    """``[H, W, 3]`` uint8 that is grey and holds at most two values: most likely a mask, not a photo."""
+    if image.size == 0:
+        return False
+    flat = image[::4, ::4]
+    if not (np.array_equal(flat[..., 0], flat[..., 1]) and np.array_equal(flat[..., 1], flat[..., 2])):
+        return False
+    return np.unique(flat[..., 0]).size <= 2
+
+
+def prefetch(iterator: Iterable[T], depth: int, halt: threading.Event | None = None) -> Iterator[T]:
+    """Run ``iterator`` on a background thread, at most ``depth`` items ahead.
+
+    Once ``halt`` is set the consumer side ends within 0.1 s, even while the
+    iterator is blocked (a slow stdin); the thread is a daemon and is dropped.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    end = object()
+    stop = threading.Event()
+
+    def worker() -> None:
+        try:
+            for x in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(x, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # surfaced on the consumer side
+            q.put(exc)
+        q.put(end)
+
+    thread = threading.Thread(target=worker, daemon=True, name="icm-decode")
+    thread.start()
+    try:
+        while True:
+            try:
+                x = q.get(timeout=0.1)
+            except queue.Empty:
+                if halt is not None and halt.is_set():
+                    return
+                continue
+            if x is end:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        stop.set()
+
+
+def failure_message(exc: BaseException, path, model_step: bool = False) -> str:
+    """The one line a failed source gets, for any error (re-raised under ``icm --debug`` when unexpected).
+
+    A user-file problem (:class:`io.InputError`) keeps its own message; a
+    memory error says so; anything else names the file and the exception
+    (``model failed: ...`` for a model step).
+    """
+    if isinstance(exc, io.InputError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return f"{path}: out of memory"
+    if console.DEBUG:
+        raise exc
+    if model_step:
+        text = console.one_line(str(exc)).split(" | ")[0] or type(exc).__name__
+        return f"{path}: model failed: {text}"
+    return console.unexpected(exc, str(path))
+
+
+class BatchRunner:
+    """Runs sources through a model into an :class:`OutputPlan`, recording each in ``sink``.
+
+    ``progress(n)`` is told of each finished source; ``matte(image, trimap)``
+    solves alphas when the plan asks for them; ``max_pixels`` bounds decoding.
+    """
+
+    def __init__(self, plan: OutputPlan, sink: RecordSink, *, run_id: str | None = None,
+                 progress: Callable[[int], None] = lambda n=1: None, max_pixels: int = io.DEFAULT_MAX_PIXELS,
+                 matte: Callable | None = None, outcome: BatchOutcome | None = None) -> None:
+        self.plan = plan
+        self.sink = sink
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.progress = progress
+        self.max_pixels = max_pixels
+        self.matte = matte
+        self.outcome = outcome or BatchOutcome()
+        #: Set to stop taking new sources: by a signal, a full disk, or a closed stdout.
+        self.halt = threading.Event()
+        self._lock = threading.Lock()
+        #: Seconds spent in each stage, over all sources (benchmarks read these).
+        self.seconds = {"model": 0.0, "finish": 0.0}
+
+    # ------------------------------------------------------------ records
+    def begin(self, command: list[str], settings: dict, references: list[dict[str, str]]) -> None:
+        """Write the run's :class:`RunRecord` (the command, its result-changing settings, the references)."""
+        from icm_cli import __version__
+
+        self._record(RunRecord(run=self.run_id, command=list(command), cwd=os.getcwd(), version=__version__,
+                               settings=settings, references=references))
+
+    def _record(self, record: SourceRecord | RunRecord) -> None:
+        try:
+            self.sink.write(record)
+        except BrokenPipeError:
+            self._stdout_closed()
+        except io.OutputError as exc:
+            if not self.outcome.stopped:
+                console.error_line(str(exc))
+            self.stop(f"the manifest cannot be written ({io.fatal_write_error(exc) or 'write error'})")
+
+    def _stdout_closed(self) -> None:
+        """``--json`` output's reader went away: stop quietly; the manifest already holds the record."""
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        if hasattr(self.sink, "echo"):
+            self.sink.echo = None
+        self.outcome.stdout_closed = True
+        self.halt.set()
+
+    def _source_record(self, source: Source | ListingProblem, status: str, **fields) -> SourceRecord:
+        stem = source.stem if isinstance(source, Source) else None
+        return SourceRecord(input=input_key(str(source.path)), stem=stem, status=status, run=self.run_id, **fields)
+
+    def skip(self, source: Source) -> None:
+        """Record a source whose outputs are all there already."""
+        with self._lock:
+            self.outcome.skipped += 1
+        self._record(self._source_record(source, "skipped",
+                                         outputs={k: str(p.absolute()) for k, p in self.plan.paths(source.stem).items()}))
+        self.progress(1)
+
+    def fail(self, source: Source | ListingProblem, message: str) -> None:
+        """Record a failure: one line on stderr, a ``failed`` record; the batch goes on."""
+        message = console.one_line(message)
+        with self._lock:
+            self.outcome.fail(str(source.path), message)
+        self._record(self._source_record(source, "failed", error=message))
+        self.progress(1)
+
+    def succeed(self, source: Source, written: dict[str, Path], result, timing: dict[str, float]) -> None:
+        with self._lock:
+            self.outcome.done += 1
+            if result.empty:
+                self.outcome.empty += 1
+        self._record(self._source_record(
+            source, "done", outputs={k: str(p.absolute()) for k, p in written.items()},
+            timing={k: round(v, 4) for k, v in timing.items()},
+            confidence=None if result.confidence is None else round(float(result.confidence), 4),
+            empty=bool(result.empty), mask_area=round(float(result.area), 6)))
+        self.progress(1)
+
+    def accept(self, record: SourceRecord) -> None:
+        """A record made elsewhere (a Ray worker): counted, printed if failed, and written here."""
+        with self._lock:
+            if record.status == "failed":
+                self.outcome.fail(record.input, record.error or "failed")
+            elif record.status == "skipped":
+                self.outcome.skipped += 1
+            else:
+                self.outcome.done += 1
+                self.outcome.empty += bool(record.empty)
+        self._record(record)
+        self.progress(1)
+
+    def stop(self, reason: str) -> None:
+        """Stop the batch for a reason that would fail every later source too (a full disk)."""
+        if not self.outcome.stopped:
+            self.outcome.stopped = reason
+        self.halt.set()
+
+    # ------------------------------------------------------------ failure policy
+    def attempt(self, source: Source, step: Callable[[], T], model_step: bool = False) -> T | None:
+        """Run one step for ``source``; on an error record the failure and return None.
+
+        The one place errors of a source are judged: a user-file problem
+        (:class:`io.InputError`) fails it with its own message (a full disk
+        also stops the batch); anything else fails it with one line naming
+        the file (``model failed: ...`` for a model step), re-raised with
+        ``icm --debug``.
+        """
+        try:
+            return step()
+        except _Abandoned:
+            return None
+        except Exception as exc:
+            reason = io.fatal_write_error(exc)
+            if reason:  # a full disk fails every later source too: stop now, a rerun finishes
+                self.stop(f"cannot write to {self.plan.root} ({reason})")
+            self.fail(source, failure_message(exc, source.path, model_step))
+        return None
+
+    def _on_signal(self, signum, frame) -> None:
+        """First Ctrl-C / SIGTERM: finish what is predicted, record it, stop. Second: stop now."""
+        if self.outcome.interrupted:
+            raise KeyboardInterrupt
+        self.outcome.interrupted = signum
+        self.halt.set()
+
+    @contextmanager
+    def handling_signals(self) -> Iterator[None]:
+        """Route SIGINT and SIGTERM to the runner while inside (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):
+                pass
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    # ------------------------------------------------------------ one source's outputs
+    def _finish(self, work: Work, coarse, model) -> tuple:
+        """Writer thread: full-size result, rendering, atomic writes. Returns ``(result, written, finish_s)``."""
+        if self.outcome.stopped:  # the disk filled up meanwhile: leave this source to the rerun
+            raise _Abandoned
+        t0 = time.perf_counter()
+        result = model.finish(work.image, coarse)
+        arrays = self.plan.render(work.image, result, self.matte)
+        written = {}
+        for kind, path in self.plan.paths(work.source.stem).items():
+            try:
+                io.write_image_atomic(path, arrays[kind])
+            except io.OutputError as exc:
+                reason = io.fatal_write_error(exc)
+                if reason:  # stop at once: writes queued behind this one must not try the full disk too
+                    self.stop(f"cannot write to {self.plan.root} ({reason})")
+                raise
+            written[kind] = path
+        work.image = None  # written: let the pixels go
+        return result, written, time.perf_counter() - t0
+
+    def _settle(self, work: Work, future: Future, model_s: float):
+        """Wait for one source's finishing; record it done (returns the result) or failed (None)."""
+        outcome = self.attempt(work.source, future.result)
+        if outcome is None:
+            return None
+        result, written, finish_s = outcome
+        self.seconds["finish"] += finish_s
+        self.succeed(work.source, written, result,
+                     {"decode_s": work.decode_s, "model_s": model_s, "finish_s": finish_s})
+        return result
+
+    # ------------------------------------------------------------ decoding
+    def decode(self, source: Source) -> Work:
+        t0 = time.perf_counter()
+        try:
+            image = io.read_image(source.path, max_pixels=self.max_pixels)
+        except io.InputError as exc:
+            return Work(source, error=str(exc))
+        except MemoryError:
+            return Work(source, error=f"{source.path}: not enough memory to decode it")
+        except Exception as exc:  # a decoder bug must not end the batch
+            return Work(source, error=console.unexpected(exc, str(source.path)))
+        if looks_like_mask(image):
+            with self._lock:
+                self.outcome.mask_like.append(str(source.path))
+        return Work(source, image=image, decode_s=time.perf_counter() - t0)
+
+    def _prepared(self, entries: Iterable[Source | ListingProblem | Work]) -> Iterator[Work | ListingProblem]:
+        for entry in entries:
+            if isinstance(entry, Source):
+                yield Work(entry, done=True) if self.plan.done(entry.stem) else self.decode(entry)
+            else:
+                yield entry
+
+    # ------------------------------------------------------------ images
+    def _predict(self, batch: list[Work], model) -> list:
+        """Coarse predictions of same-size sources, None for a source the model failed on.
+
+        A batch that fails is retried one source at a time, so only the
+        source that broke the model is failed.
+        """
+        t0 = time.perf_counter()
+        try:
+            if len(batch) > 1:
+                try:
+                    return model.predict_coarse([w.image for w in batch])
+                except Exception:
+                    if console.DEBUG:
+                        raise
+            return [(self.attempt(w.source, lambda: model.predict_coarse([w.image]), model_step=True) or [None])[0]
+                    for w in batch]
+        finally:
+            self.seconds["model"] += time.perf_counter() - t0
+
+    def run_images(self, entries: Iterable[Source | ListingProblem | Work], model, batch_size: int = 1,
+                   prefetch_depth: int = 4) -> BatchOutcome:
+        """Sources in any order, batched by size; decoding ahead, finishing behind the model."""
+        batch_size = max(1, batch_size)
+        pending: deque[tuple[Work, Future, float]] = deque()
+        max_pending = 2 * batch_size + 2
+        batch: list[Work] = []
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icm-write") as writer:
+            def drain(limit: int) -> None:
+                while len(pending) > limit:
+                    self._settle(*pending.popleft())
+
+            def flush() -> None:
+                if not batch:
+                    return
+                t0 = time.perf_counter()
+                preds = self._predict(batch, model)
+                model_s = (time.perf_counter() - t0) / len(batch)
+                for work, pred in zip(batch, preds):
+                    if pred is not None:
+                        pending.append((work, writer.submit(self._finish, work, pred, model), model_s))
+                batch.clear()
+                drain(max_pending)
+
+            items = prefetch(self._prepared(entries), prefetch_depth, halt=self.halt)
+            try:
+                with self.handling_signals():
+                    for work in items:
+                        if self.halt.is_set():
+                            break
+                        if isinstance(work, ListingProblem):
+                            self.fail(work, work.message)
+                        elif work.done:
+                            self.skip(work.source)
+                        elif work.error is not None:
+                            self.fail(work.source, work.error)
+                        else:
+                            if batch and (work.image.shape != batch[0].image.shape or len(batch) >= batch_size):
+                                flush()
+                            batch.append(work)
+                            if len(batch) >= batch_size:
+                                flush()
+                    if not self.halt.is_set():
+                        flush()
+                    drain(0)  # what is predicted is written and recorded, even when stopping
+            except BaseException:  # a second Ctrl-C: drop queued writes, let the running one finish
+                for _, fut, _ in pending:
+                    fut.cancel()
+                raise
+            finally:
+                items.close()
+        return self.outcome
+
+    # ------------------------------------------------------------ sequences
+    def run_sequence(self, frames: Iterable[Work], model) -> BatchOutcome:
+        """Frames in order; each is predicted with what the written masks of the earlier ones say.
+
+        Frame t+1's backbone forward runs while frame t is finished on the
+        writer thread; its prediction waits for t's mask (``observe_encoded``).
+        """
+        pending: tuple[Work, Future, float, object] | None = None
+
+        def settle() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            work, future, model_s, encoded = pending
+            pending = None
+            result = self._settle(work, future, model_s)
+            if result is not None:
+                model.observe_encoded(encoded, result.mask)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icm-write") as writer:
+            items = prefetch(frames, 3, halt=self.halt)
+            try:
+                with self.handling_signals():
+                    for work in items:
+                        if self.halt.is_set():
+                            break
+                        if work.error is not None:
+                            settle()
+                            self.fail(work.source, work.error)
+                            continue
+                        t0 = time.perf_counter()
+                        encoded = self.attempt(work.source, lambda: model.encode(work.image), model_step=True)
+                        settle()  # frame t is written; its mask sets the window for this one
+                        if encoded is None:
+                            continue
+                        coarse = self.attempt(work.source, lambda: model.predict_encoded(encoded), model_step=True)
+                        model_s = time.perf_counter() - t0
+                        self.seconds["model"] += model_s
+                        if coarse is not None:
+                            pending = (work, writer.submit(self._finish, work, coarse, model), model_s, encoded)
+                    settle()
+            except BaseException:
+                if pending is not None:
+                    pending[1].cancel()
+                raise
+            finally:
+                items.close()
+        return self.outcome

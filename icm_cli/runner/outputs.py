@@ -1,0 +1,71 @@
+"""Where a source's outputs go and what they hold: ``root/<kind>/<stem>.png`` for each kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from icm_cli import io, render
+from icm_cli.config import OUTPUT_KINDS, OutputConfig
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The output folder of a propagate run and what is written per source."""
+
+    root: Path
+    config: OutputConfig = OutputConfig()
+    overwrite: bool = False
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.config.kinds
+
+    def paths(self, stem: str) -> dict[str, Path]:
+        return {kind: self.root / kind / f"{stem}.png" for kind in self.kinds}
+
+    def done(self, stem: str) -> bool:
+        """Every output of ``stem`` exists (and ``--overwrite`` was not given)."""
+        return not self.overwrite and all(p.exists() for p in self.paths(stem).values())
+
+    @property
+    def written_folders(self) -> list[Path]:
+        """Every folder this kind of run writes into: never read as sources."""
+        return [self.root / kind for kind in OUTPUT_KINDS]
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temporary files killed runs left in the output folders (:func:`io.remove_stale_temp_files`)."""
+        folders = {self.root, *(p.parent for p in self.root.glob("*/**/") if p.is_dir())}
+        folders.update(self.root / k for k in self.kinds)
+        return sum(io.remove_stale_temp_files(folder) for folder in folders)
+
+    def render(self, image: np.ndarray, result, matte: Callable | None = None) -> dict[str, np.ndarray]:
+        """All requested outputs of one source as uint8 arrays at its own size.
+
+        ``result`` is a :class:`~icm_cli.predictor.Result`; ``matte(image,
+        trimap) -> alpha`` is needed for the ``alpha`` and ``cutout`` kinds.
+        """
+        kinds = self.kinds
+        out: dict[str, np.ndarray] = {}
+        if "masks" in kinds:
+            out["masks"] = result.mask.astype(np.uint8) * 255
+        trimap = None
+        if any(k in kinds for k in ("trimaps", "alpha", "cutout")):
+            trimap = result.trimap(self.config.kernel)
+            if "trimaps" in kinds:
+                out["trimaps"] = trimap
+        if "heatmaps" in kinds:
+            out["heatmaps"] = render.overlay(image, result.probability)
+        if self.config.needs_matte:
+            if matte is None:
+                from icm_cli.matting import solve_alpha as matte
+            alpha = matte(image, trimap.astype(np.float32) / 255.0)
+            if "alpha" in kinds:
+                out["alpha"] = (np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)
+            if "cutout" in kinds:
+                from icm_cli.matting import cutout_rgba
+                out["cutout"] = cutout_rgba(image, alpha)
+        return out

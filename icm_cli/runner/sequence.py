@@ -1,0 +1,44 @@
+"""`icm propagate --video`: one sequence through the batch runner, resumable frame by frame.
+
+What a frame carries to the next (the search window, the memory) is rebuilt
+from the masks already written, so a rerun after an interruption resumes at
+the first unfinished frame with the same results as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from icm_cli import io
+from icm_cli.console import BatchOutcome
+from icm_cli.runner.batch import BatchRunner, Work
+from icm_cli.video import FrameSequence
+
+
+def resume_point(sequence: FrameSequence, runner: BatchRunner) -> int:
+    """Index of the first frame whose outputs are not all written (0 with ``--overwrite``)."""
+    index = 0
+    while (not sequence.counted or index < len(sequence)) and runner.plan.done(sequence.frame_source(index).stem):
+        index += 1
+    return index
+
+
+def _works(sequence: FrameSequence, start: int) -> Iterator[Work]:
+    for source, image in sequence.frames(start):
+        yield Work(source, error=image) if isinstance(image, str) else Work(source, image=image)
+
+
+def run_video(runner: BatchRunner, sequence: FrameSequence, model) -> BatchOutcome:
+    """Every frame of ``sequence`` in order, ``model`` a :class:`~icm_cli.predictor.VideoPredictor`."""
+    start = resume_point(sequence, runner)
+    for index in range(start):
+        runner.skip(sequence.frame_source(index))
+    if start:  # the frames before the resume point lend their written masks, as they did when written
+        first = max(0, start - model.memory_frames)
+        for index, (source, image) in enumerate(sequence.frames(first), start=first):
+            if index >= start:
+                break
+            mask_path = runner.plan.root / "masks" / f"{source.stem}.png"
+            if not isinstance(image, str) and mask_path.exists():
+                model.observe_encoded(model.encode(image), io.read_mask(mask_path) >= 0.5)
+    return runner.run_sequence(_works(sequence, start), model)
