@@ -62,26 +62,30 @@ def run_child(cmd: list[str], env: dict) -> tuple[float, float]:
 
 def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int) -> dict:
     import torch
-    from icm_cli import io
-    from icm_cli.commands._shared import build_propagator, load_references
-    from icm_cli.pipeline import Manifest, OutputPlan, PropagateRun
+    from icm_cli.config import ModelConfig
+    from icm_cli.predictor import Predictor
+    from icm_cli.references import load_references
+    from icm_cli.runner.batch import BatchRunner
+    from icm_cli.runner.manifest import ManifestWriter
+    from icm_cli.runner.outputs import OutputPlan
+    from icm_cli.sources import SourceFinder
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
-    prop = build_propagator("efficientnet-lite0", None, "cpu", 384)
+    predictor = Predictor(ModelConfig(device="cpu"))
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    prop.set_references(load_references([str(ref)], [str(mask)], io.DEFAULT_MAX_PIXELS))
+    predictor.set_references(load_references([str(ref)], [str(mask)]))
     ref_s = time.perf_counter() - t0
-    prop.backbone_seconds = 0.0
-    manifest = Manifest(out / "manifest.jsonl")
-    run = PropagateRun(prop, OutputPlan(out), manifest, batch_size=batch_size)
+    predictor.engine.backbone_seconds = 0.0
+    manifest = ManifestWriter(out / "manifest.jsonl")
+    runner = BatchRunner(OutputPlan(out), manifest)
     t0 = time.perf_counter()
-    outcome = run.run(io.iter_sources([frames]))
+    outcome = runner.run_images(list(SourceFinder([frames])), predictor, batch_size=batch_size)
     wall = time.perf_counter() - t0
     manifest.close()
     return {"load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,
-            "backbone_share": prop.backbone_seconds / wall, "stream_ips": outcome.done / wall}
+            "backbone_share": predictor.engine.backbone_seconds / wall, "stream_ips": outcome.done / wall}
 
 
 def main() -> int:

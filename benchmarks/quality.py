@@ -109,27 +109,27 @@ def run_icm_video(settings, backbone_name, memory, radius):
 
     import torch
     from icm_cli import io
-    from icm_cli.backbones import create_backbone
+    from icm_cli.config import ModelConfig, OutputConfig, VideoConfig
     from icm_cli.metrics import boundary_f
-    from icm_cli.pipeline import Manifest, OutputPlan
-    from icm_cli.predict.engine import Propagator
-    from icm_cli.predict.temporal import TemporalContext
-    from icm_cli.video_run import VideoRun
+    from icm_cli.predictor import Predictor
+    from icm_cli.runner.batch import BatchRunner
+    from icm_cli.runner.manifest import RecordList
+    from icm_cli.runner.outputs import OutputPlan
+    from icm_cli.runner.sequence import run_video
+    from icm_cli.video import FrameSequence
 
     torch.set_grad_enabled(False)
-    prop = Propagator(create_backbone(backbone_name), settings=settings)
+    predictor = Predictor(ModelConfig(backbone=backbone_name, device="cpu"), settings=settings)
     root = DATA / "davis2016-dev"
     results = {}
     for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
         frames = root / "JPEGImages" / seq
-        prop.set_references([(io.read_image(frames / "00000.jpg"), io.read_mask(root / "Annotations" / seq / "00000.png"))])
+        predictor.set_reference(frames / "00000.jpg", root / "Annotations" / seq / "00000.png")
         with tempfile.TemporaryDirectory() as tmp:
-            plan = OutputPlan(Path(tmp), ("masks",))
-            manifest = Manifest(Path(tmp) / "manifest.jsonl")
+            runner = BatchRunner(OutputPlan(Path(tmp), OutputConfig(("masks",))), RecordList())
             t0 = time.perf_counter()
-            VideoRun(prop, plan, manifest, TemporalContext(radius=radius, memory=memory)).run(frames)
+            run_video(runner, FrameSequence(frames), predictor.video(VideoConfig(radius=radius, memory=memory)))
             secs = time.perf_counter() - t0
-            manifest.close()
             ious, fs = [], []
             for gt_path in sorted((root / "Annotations" / seq).glob("*.png"))[1:]:
                 gt = io.read_mask(gt_path) >= 0.5

@@ -86,12 +86,15 @@ class Predictor:
 
     ``config`` says which backbone, device and settings (see
     :class:`~icm_cli.config.ModelConfig`); keyword arguments override its
-    fields (``Predictor(device="cpu", size=480)``). Building loads the
-    backbone's weights; raises :class:`~icm_cli.backbones.WeightsError` or
+    fields (``Predictor(device="cpu", size=480)``). ``settings`` (for
+    experiments, e.g. ``benchmarks/quality.py --set k=3``) replaces the
+    engine's :class:`~icm_cli.predict.engine.PropagateSettings` derived from
+    ``config``. Building loads the backbone's weights; raises
+    :class:`~icm_cli.backbones.WeightsError` or
     :class:`~icm_cli.device.DeviceError` with a one-line reason.
     """
 
-    def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
+    def __init__(self, config: ModelConfig | None = None, *, settings=None, **overrides) -> None:
         from icm_cli.backbones import create_backbone
         from icm_cli.device import default_dtype, resolve_device
 
@@ -101,7 +104,7 @@ class Predictor:
         self.config = config
         self.device = resolve_device(config.device)
         self.engine = Propagator(create_backbone(config.backbone, config.weights), device=self.device,
-                                 dtype=default_dtype(self.device), settings=config.engine_settings())
+                                 dtype=default_dtype(self.device), settings=settings or config.engine_settings())
         self.references: list[Reference] = []
 
     # ------------------------------------------------------------ references

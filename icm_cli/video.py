@@ -3,7 +3,7 @@
 A :class:`FrameSequence` checks its argument and lists its frames' names
 when it is built (before any model loads), then decodes frames on demand.
 Video files are decoded with PyAV (FFmpeg's libraries bundled in a PyPI
-wheel, no system install): ``pip install "icm-cli[video]"``.
+wheel, no system install): ``pip install av``, or ``".[video]"`` in the icm checkout.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from icm_cli.console import one_line as console_line
 from icm_cli.sources import NameAllocator, Source, SourceError, SourceFinder, output_name
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
-VIDEO_HINT = 'reading video files needs PyAV: pip install "icm-cli[video]"'
+VIDEO_HINT = 'reading video files needs PyAV: pip install av (or ".[video]" in the icm checkout)'
 
 
 def is_video_file(path: Path) -> bool:

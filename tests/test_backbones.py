@@ -313,10 +313,10 @@ def test_dinov2_without_transformers_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails as if not installed
     with pytest.raises(WeightsError) as exc:
         create_backbone("dinov2-small", weights=tmp_path)
-    assert 'pip install "icm-cli[dinov2]"' in _one_line(exc)
+    assert 'pip install transformers safetensors' in _one_line(exc)
     monkeypatch.setattr(dinov2, "transformers_installed", lambda: False)
     ok, why = get_spec("dinov2-small").status(None)
-    assert not ok and 'pip install "icm-cli[dinov2]"' in why
+    assert not ok and 'pip install transformers safetensors' in why
 
 
 # ------------------------------------------------------------ icm backbones

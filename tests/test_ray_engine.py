@@ -67,12 +67,12 @@ def test_engine_ray_without_ray_installed_is_one_line_with_the_install_command(i
         main()
     """, timeout=60, cwd=images)
     assert res.returncode == 2
-    assert res.stderr.strip() == 'error: the Ray engine needs Ray: pip install "icm-cli[ray]"'
+    assert res.stderr.strip() == 'error: the Ray engine needs Ray: pip install "ray[data]" (or ".[ray]" in the icm checkout)'
     assert not (images / "o").exists()
 
 
 def test_ray_engine_writes_the_local_engines_bytes_and_a_bad_file_fails_alone(images):
-    pytest.importorskip("ray", reason="the Ray engine is optional: pip install 'icm-cli[ray]'")
+    pytest.importorskip("ray", reason="the Ray engine is optional: pip install 'ray[data]'")
     res = _python(f"""
         import json, ray
         from typer.testing import CliRunner

@@ -1,6 +1,6 @@
 """DINOv2 ViT-S/B/L/G through Hugging Face ``transformers`` (optional extra).
 
-Install with ``pip install "icm-cli[dinov2]"``. ``transformers`` is imported
+Install with ``pip install transformers safetensors`` (``".[dinov2]"`` in the icm checkout). ``transformers`` is imported
 only when a DINOv2 backbone is built, never when ``icm`` starts.
 
 Where the weights come from (``weights`` / ``--weights``):
@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                      dict(_COMMON, hidden_size=1536, num_hidden_layers=40, num_attention_heads=24,
                           use_swiglu_ffn=True)),
 }
-PIP_HINT = 'pip install "icm-cli[dinov2]"'
+PIP_HINT = 'pip install transformers safetensors (or ".[dinov2]" in the icm checkout)'
 # Weight files of a save_pretrained folder, most preferred first.
 _FOLDER_FILES = ("model.safetensors", "model.safetensors.index.json",
                  "pytorch_model.bin", "pytorch_model.bin.index.json")

@@ -149,8 +149,14 @@ def eval_command(
         error_line(f"{trimaps}: --trimaps must be a folder")
         raise typer.Exit(2)
 
+    from icm_cli.sources import SourceError
+
     keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
-    pairs, unpredicted, unreadable = _collect(pred, gt, recursive)
+    try:
+        pairs, unpredicted, unreadable = _collect(pred, gt, recursive)
+    except SourceError as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
     rows: list[dict] = []
     problems: list[dict] = [{"name": None, "pred": str(p.path), "error": p.message} for p in unreadable]
     for pair in pairs:

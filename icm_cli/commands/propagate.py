@@ -28,7 +28,7 @@ def propagate(
     video: Annotated[Optional[Path], typer.Option(
         "--video", metavar="SEQ", rich_help_panel=opts.INPUTS, show_default=False,
         help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames or a "
-             "video file (pip install \"icm-cli\\[video]\").")] = None,
+             "video file (pip install av).")] = None,
     recursive: opts.Recursive = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
@@ -72,7 +72,7 @@ def propagate(
              "Manifest: OUT/manifest.I-of-N.jsonl.")] = None,
     engine: Annotated[str, typer.Option(
         "--engine", metavar="NAME", rich_help_panel=opts.SCALE,
-        help='local (this process) or ray (a Ray cluster; pip install "icm-cli\\[ray]").')] = "local",
+        help='local (this process) or ray (a Ray cluster; pip install "ray\\[data]").')] = "local",
     address: Annotated[Optional[str], typer.Option(
         "--address", metavar="ADDR", rich_help_panel=opts.SCALE, show_default=False,
         help="--engine ray: the cluster to join (auto, ray://host:10001); default: a local one.")] = None,

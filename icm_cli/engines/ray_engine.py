@@ -17,7 +17,8 @@ same predictor, renderer and writer with the same names and the same head
 training seed. Sources and the output folder must be visible at the same
 paths on every node (a shared filesystem).
 
-Ray is an optional extra (``pip install "icm-cli[ray]"``) and is imported only here.
+Ray is an optional extra (``pip install "ray[data]"``, or ``".[ray]"`` in the icm checkout) and is imported
+only here.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from icm_cli.sources import ListingProblem, Source
 # are fused by Ray Data, which would move decoding into the actors, serially.
 DECODE_CPUS = 0.25
 
-INSTALL_HINT = 'the Ray engine needs Ray: pip install "icm-cli[ray]"'
+INSTALL_HINT = 'the Ray engine needs Ray: pip install "ray[data]" (or ".[ray]" in the icm checkout)'
 
 
 class RayEngineError(Exception):
