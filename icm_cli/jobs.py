@@ -21,7 +21,7 @@ from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
-from icm_cli.sources import ListingProblem, Source, SourceError, SourceFinder, no_sources_hint
+from icm_cli.sources import Source, SourceError, SourceFinder, no_sources_hint
 
 
 class UsageProblem(Exception):

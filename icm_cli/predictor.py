@@ -157,7 +157,7 @@ class Predictor:
 
     def predict_coarse(self, images: list[np.ndarray]) -> list[GridPrediction]:
         """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass)."""
-        self._need_reference()
+        self.check_ready()
         with torch.no_grad():
             return self.engine.predict_grid(images)
 
@@ -166,14 +166,14 @@ class Predictor:
         prob, mask = self.engine.finish(image, coarse)
         return Result(probability=prob, mask=mask, confidence=None)
 
-    def _need_reference(self) -> None:
+    def check_ready(self) -> None:
         if self.engine.context is None:
             raise RuntimeError("set_reference() must come before predict()")
 
     # ------------------------------------------------------------ attention
     def attention(self, image, point: tuple[int, int] | None = None) -> AttentionMaps:
         """ICM's attention behind one prediction; ``point`` (x, y) in the first reference adds where it attends."""
-        self._need_reference()
+        self.check_ready()
         img = as_image(image)
         with torch.no_grad():
             maps = self.engine.attention_maps([img])[0]
@@ -248,7 +248,7 @@ class VideoPredictor:
         return Encoded(geo, feats)
 
     def predict_encoded(self, encoded: Encoded) -> GridPrediction:
-        self.predictor._need_reference()
+        self.predictor.check_ready()
         feats = encoded.features
         with torch.no_grad():
             return self.predictor.engine.predict_from_features(

@@ -41,6 +41,28 @@ def save_png(path, array, mode=None) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory):
+    """``ref.png``, ``ref_mask.png`` (0/255) and ``src/s0.png`` ... ``s2.png``: the object moved a little each time."""
+    root = tmp_path_factory.mktemp("scene")
+    img, mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
+    save_png(root / "ref.png", img)
+    save_png(root / "ref_mask.png", mask * 255)
+    for i in range(3):
+        s_img, _ = textured_scene(72, 96, (12 + 4 * i, 20 + 6 * i, 36, 40), seed=10 + i)
+        save_png(root / "src" / f"s{i}.png", s_img)
+    return root
+
+
+#: Settings that make a propagate run take a second on tiny test images.
+FAST = ["--head-steps", "10", "--size", "96", "--no-edges", "--quiet"]
+
+
+def propagate_args(scene, *args) -> list[str]:
+    """``icm propagate`` with the scene's reference, ``args`` and :data:`FAST`."""
+    return ["propagate", "--ref", str(scene / "ref.png"), "--mask", str(scene / "ref_mask.png"), *args, *FAST]
+
+
 def source_records(manifest) -> list[dict]:
     """The per-source lines of a manifest (each run also writes one ``"record": "run"`` line first)."""
     import json

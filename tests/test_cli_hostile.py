@@ -14,27 +14,18 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from tests.conftest import save_png, source_records, textured_scene
+from tests.conftest import FAST, propagate_args, save_png, source_records
 
 runner = CliRunner()
-FAST = ["--head-steps", "10", "--size", "96", "--no-edges", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    img, mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
-    save_png(root / "ref.png", img)
-    save_png(root / "ref_mask.png", mask * 255)
-    for i in range(3):
-        s_img, _ = textured_scene(72, 96, (12 + 4 * i, 20 + 6 * i, 36, 40), seed=10 + i)
-        save_png(root / "src" / f"s{i}.png", s_img)
-    return root
+def scene(small_scene):
+    return small_scene
 
 
 def _propagate(scene, *args, input=None):
-    return runner.invoke(app, ["propagate", "--ref", str(scene / "ref.png"), "--mask", str(scene / "ref_mask.png"),
-                               *args, *FAST], input=input)
+    return runner.invoke(app, propagate_args(scene, *args), input=input)
 
 
 def _lines(output: str) -> list[str]:
@@ -263,7 +254,7 @@ def test_float_rgb_tiffs_are_read_and_postscript_is_never_handed_to_ghostscript(
     src = tmp_path / "src"
     src.mkdir()
     rgb = np.asarray(Image.open(scene / "src" / "s0.png"), np.float32) / 255.0
-    tifffile.imwrite(src / "float_rgb.tif", rgb)
+    tifffile.imwrite(src / "float_rgb.tif", rgb, photometric="rgb")
     (src / "z_fake.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

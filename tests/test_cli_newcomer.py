@@ -15,28 +15,19 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from tests.conftest import run_records, save_png, source_records, textured_scene
+from tests.conftest import FAST, propagate_args, run_records, save_png, source_records
 
 runner = CliRunner()
-FAST = ["--head-steps", "10", "--size", "96", "--no-edges", "--quiet"]
 COMMANDS = ["propagate", "trimap", "refine", "matte", "inspect-attn", "eval", "status", "backbones"]
 
 
 @pytest.fixture(scope="module")
-def scene(tmp_path_factory):
-    root = tmp_path_factory.mktemp("newcomer")
-    img, mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
-    save_png(root / "ref.png", img)
-    save_png(root / "ref_mask.png", mask * 255)
-    for i in range(2):
-        s_img, _ = textured_scene(72, 96, (12 + 4 * i, 20 + 6 * i, 36, 40), seed=10 + i)
-        save_png(root / "src" / f"s{i}.png", s_img)
-    return root
+def scene(small_scene):
+    return small_scene
 
 
 def _propagate(scene, *args, input=None):
-    return runner.invoke(app, ["propagate", "--ref", str(scene / "ref.png"), "--mask", str(scene / "ref_mask.png"),
-                               *args, *FAST], input=input)
+    return runner.invoke(app, propagate_args(scene, *args), input=input)
 
 
 @pytest.fixture
@@ -115,8 +106,8 @@ def test_a_rerun_with_everything_done_exits_at_once_without_the_model(scene, tmp
     res = runner.invoke(app, ["propagate", "--ref", str(scene / "ref.png"), "--mask", str(scene / "ref_mask.png"),
                               str(scene / "src"), "-o", str(out), *FAST[:-1]])
     assert res.exit_code == 0, res.output
-    assert "0 images written, 2 skipped (already there)" in res.output
-    assert [r["status"] for r in source_records(out / "manifest.jsonl")] == ["done", "done", "skipped", "skipped"]
+    assert "0 images written, 3 skipped (already there)" in res.output
+    assert [r["status"] for r in source_records(out / "manifest.jsonl")] == ["done"] * 3 + ["skipped"] * 3
 
 
 def test_a_rerun_with_other_settings_says_so_instead_of_skipping(scene, tmp_path):
@@ -144,11 +135,11 @@ def test_empty_results_are_counted_and_flagged(scene, tmp_path):
                               str(scene / "src"), "-o", str(out), "--threshold", "1.0", "--head-steps", "0",
                               "--size", "96"])
     assert res.exit_code == 0, res.output
-    assert "2 images written (2 empty: object not found)" in res.output
+    assert "3 images written (3 empty: object not found)" in res.output
     records = source_records(out / "manifest.jsonl")
-    assert [(r["empty"], r["mask_area"]) for r in records] == [(True, 0.0), (True, 0.0)]
+    assert [(r["empty"], r["mask_area"]) for r in records] == [(True, 0.0)] * 3
     status = runner.invoke(app, ["status", str(out)])
-    assert "2 done (2 empty: object not found)" in status.output
+    assert "3 done (3 empty: object not found)" in status.output
 
 
 def test_doubtful_reference_masks_are_warned_about(scene, tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import io as pyio
-import json
 import os
 import struct
 import zlib

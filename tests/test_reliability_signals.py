@@ -5,7 +5,6 @@ These run the real `icm` in a subprocess and signal it while it works.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -107,6 +106,33 @@ def _blob_mask(rng: np.random.Generator, size: int) -> np.ndarray:
         m |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
     m ^= rng.random((size, size)) < 0.02  # speckle: PNGs that take a moment to encode
     return m.astype(np.uint8) * 255
+
+
+def test_sigterm_mid_video_stops_cleanly_and_a_rerun_resumes(tmp_path):
+    img, mask = textured_scene(64, 80, (14, 18, 34, 44), seed=1)
+    ref = save_png(tmp_path / "ref.png", img)
+    ref_mask = save_png(tmp_path / "ref_mask.png", mask * 255)
+    frames = tmp_path / "frames"
+    for i in range(40):
+        s_img, _ = textured_scene(64, 80, (14 + i % 6, 18 + i % 9, 34, 44), seed=30 + i)
+        save_png(frames / f"{i:05d}.png", s_img)
+    out = tmp_path / "out"
+    args = ["propagate", "--video", str(frames), "--ref", ref, "--mask", ref_mask, "-o", str(out), *FAST]
+    proc = _icm(*args)
+    _wait_for_files(out / "masks", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read()
+    assert code == 143, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    records = source_records(out / "manifest.jsonl")
+    assert records and all(r["status"] == "done" for r in records) and len(records) < 40
+    for record in records:
+        for path in record["outputs"].values():
+            _loads(Path(path))
+    rerun = runner.invoke(app, args)
+    assert rerun.exit_code == 0, rerun.output
+    assert len(list((out / "masks").iterdir())) == 40
 
 
 def test_kill_9_never_leaves_a_broken_output_and_a_rerun_finishes(tmp_path):
