@@ -89,6 +89,9 @@ def _register() -> None:
 
     app.command("matte")(matte_cmd.matte)
     app.command("eval")(eval_cmd.eval_command)
+    from icm_cli.commands import review as review_cmd
+
+    app.command("review")(review_cmd.review)
 
 
 _register()

@@ -108,6 +108,7 @@ def status(
     sources: List[str] = typer.Argument(None, help="The run's SOURCES, to count what is still pending (- reads paths from stdin)."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of SOURCES, as the run did."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the report."),
+    worst: int = typer.Option(0, "--worst", min=0, help="Also list the N least confident results (lowest first), to check or rerun them."),
 ) -> None:
     """Count done, failed, skipped and pending sources of a run from its manifests.
 
@@ -126,10 +127,15 @@ def status(
     counts = state.counts
     failures = [{"input": r.get("input"), "stem": r.get("stem"), "error": r.get("error")}
                 for r in state.with_status("failed")]
+    worst_rows = None
+    if worst:
+        from icm_cli.review.manifest import worst_results
+        worst_rows = worst_results(output, worst, list(state.latest) if listed is not None else None)
     if json_out:
         print(json.dumps({"output": str(output), "manifests": state.manifests, **counts,
                           "complete": state.complete, "failures": failures, "pending_inputs": state.pending,
-                          "unreadable_lines": state.unreadable_lines}, ensure_ascii=False))
+                          "unreadable_lines": state.unreadable_lines,
+                          **({"worst": worst_rows} if worst_rows is not None else {})}, ensure_ascii=False))
     else:
         total = sum(counts.values())
         of = f" of {total} sources" if listed is not None else ""
@@ -152,4 +158,10 @@ def status(
                 stdout.print(f"  ... and {len(state.pending) - _SHOW} more (--json lists all)")
         if state.unreadable_lines:
             stdout.print(escape(f"{state.unreadable_lines} manifest line(s) could not be read (cut short?) and were ignored"))
+        if worst_rows is not None:
+            from icm_cli.review.manifest import worst_lines
+            stdout.print(f"[bold]least confident {len(worst_rows)}:[/]" if worst_rows else
+                         "least confident: no result has a confidence yet")
+            for line in worst_lines(worst_rows):
+                stdout.print(f"  {escape(line)}")
     raise typer.Exit(0 if state.complete else 1)
