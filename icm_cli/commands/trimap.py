@@ -10,7 +10,6 @@ import typer
 from icm_cli import io
 from icm_cli.commands._shared import process_files
 from icm_cli.console import error_line
-from icm_cli.predict.fullres import mask_to_trimap_u8
 
 
 def trimap(
@@ -36,6 +35,8 @@ def trimap(
         error_line(str(exc))
         raise typer.Exit(2)
     io.remove_stale_temp_files(output)
+    from icm_cli.predict.fullres import mask_to_trimap_u8  # here, not at import: it brings torch, which other commands skip
+
     def work(path: Path, stem: str) -> None:
         mask = io.read_mask(path, max_pixels=max_pixels)
         io.write_image_atomic(output / f"{stem}.png", mask_to_trimap_u8(mask, erode_k, dilate_k))
