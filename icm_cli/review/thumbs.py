@@ -88,26 +88,67 @@ def _fit(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+_TRANSPOSING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _displayed(img: Image.Image) -> Image.Image:
+    """The image as displayed: EXIF rotation applied (no copy when there is none)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block must not cost the picture
+        return img
+    return ImageOps.exif_transpose(img) if orientation not in (None, 1) else img
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _shrink(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (array.shape[1], array.shape[0]) == size:
+        return array
+    return cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+
+
 def _read_small(path: str) -> np.ndarray:
     """An image decoded near thumbnail size (JPEG DCT scaling), displayed orientation, RGB uint8."""
     with Image.open(path) as img:
-        img.draft("RGB", (max(BOX), max(BOX)))  # JPEG: decode at 1/2..1/8 scale; others: no-op
+        w, h = img.size
+        try:
+            swap = img.getexif().get(0x0112, 1) in _TRANSPOSING
+        except Exception:
+            swap = False
+        fw, fh = _fit(h, w) if swap else _fit(w, h)
+        img.draft("RGB", (fh, fw) if swap else (fw, fh))  # JPEG: decode at 1/2..1/8 scale; others: no-op
         img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        img = img.convert("RGB")
-        img.thumbnail(_fit(*img.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        return np.asarray(img)
+        picture = np.asarray(_rgb(_displayed(img)))
+    return _shrink(np.ascontiguousarray(picture), _fit(picture.shape[1], picture.shape[0]))
+
+
+def _read_heat_small(path: str) -> np.ndarray:
+    """A heat map PNG (plain RGB, written by icm) at thumbnail size; OpenCV decodes PNG about 1.5x faster than PIL."""
+    data = np.fromfile(path, np.uint8)  # any file name, undecodable bytes included
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if bgr is None:
+        return _read_small(path)  # not a plain PNG: PIL reads it or says why not
+    return _shrink(np.ascontiguousarray(bgr[..., ::-1]), _fit(bgr.shape[1], bgr.shape[0]))
 
 
 def _read_mask_small(path: str, size: tuple[int, int]) -> np.ndarray:
     """A mask (any format icm reads) as ``[h, w]`` bool at ``size`` (width, height)."""
     from icm_cli import io
 
-    mask = io.read_mask(path)
-    return cv2.resize(mask, size, interpolation=cv2.INTER_AREA) >= 0.5
+    with Image.open(path) as img:
+        if img.mode == "L":  # icm's own 0/255 masks: no float copy of the full image
+            img.load()
+            return _shrink(np.asarray(_displayed(img)), size) >= 128
+    mask = io.read_mask(path)  # 0/1, palette, 16-bit, RGB masks (references)
+    return _shrink(mask, size) >= 0.5
 
 
 def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -159,14 +200,14 @@ def make(job: Job, folder: Path, expect_source: bool = True) -> Thumbs:
             size = (base.shape[1], base.shape[0]) if base is not None else None
             if size is None:
                 with Image.open(job.mask) as probe:
-                    size = _fit(*ImageOps.exif_transpose(probe).size)
+                    size = _fit(*_displayed(probe).size)
             mask = _read_mask_small(job.mask, size)
         except Exception as exc:
             out.problems.append(f"{job.mask}: {_reason(exc)}")
     heat = None
     if job.heat:
         try:
-            heat = _read_small(job.heat)
+            heat = _read_heat_small(job.heat)
         except Exception as exc:
             out.problems.append(f"{job.heat}: {_reason(exc)}")
     if base is None and mask is not None:  # source gone: the mask alone, on dark grey
