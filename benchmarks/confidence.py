@@ -1,7 +1,7 @@
 """Does the confidence rank results like their true quality? Spearman(confidence, IoU) per dev set.
 
-    python benchmarks/confidence.py [--sets davis,cows,perseg,demo] [--stride 5]
-                                    [--dump rows.json] [--from rows.json]
+    python benchmarks/confidence.py [--sets davis,cows,perseg,demo] [--stride 5] [--video]
+                                    [--set head_steps=0] [--dump rows.json] [--from rows.json]
 
 Runs the engine with its default settings on the dev sets of
 benchmarks/quality.py (DAVIS-2016 dev every ``--stride``-th frame with frame 0
@@ -9,7 +9,8 @@ as the reference, MSRC cows each cow against the others, PerSeg, and the
 bundled demo), computes every signal of :mod:`icm_cli.predict.confidence`
 and the IoU of each result, and prints per set the Spearman rank correlation
 of the confidence and of each signal alone with the IoU, then the
-alternative formulas that were compared. ``--dump`` keeps the per-image rows
+alternative formulas that were compared. ``--video`` adds DAVIS run as
+``propagate --video`` does (every frame in order, every ``--stride``-th scored). ``--dump`` keeps the per-image rows
 so formulas can be compared again with ``--from`` without running the model.
 The DAVIS figure pools all sequences (the ranking must hold across
 sequences, as in a folder of mixed results); the mean of the per-sequence
@@ -32,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the dev sets' case generators)
 
-SIGNALS = ("self_iou", "crisp", "grabcut", "nearest_mask", "head_mask", "nearest_head", "intra", "area", "peak")
+from icm_cli.predict.confidence import SIGNALS  # noqa: E402
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:
@@ -93,15 +94,52 @@ def collect(set_name: str, cases, settings) -> list[dict]:
     return rows
 
 
-def _geo(rows, names, weights=None):
+def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
+    """DAVIS as `propagate --video` runs it (frame 0 = reference, a search window from the last mask);
+    every frame is predicted in order, every ``stride``-th is scored."""
+    import torch
+    from icm_cli import io
+    from icm_cli.backbones import create_backbone
+    from icm_cli.predict.confidence import assess, reference_area_share
+    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.temporal import TemporalContext
+
+    torch.set_grad_enabled(False)
+    prop = Propagator(create_backbone("efficientnet-lite0"), settings=settings)
+    root = quality.DATA / "davis2016-dev"
+    rows = []
+    for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
+        frames = sorted((root / "JPEGImages" / seq).glob("*.jpg"))
+        prop.set_references([(io.read_image(frames[0]), io.read_mask(root / "Annotations" / seq / "00000.png"))])
+        ref_area = reference_area_share(prop.context)
+        temporal = TemporalContext(radius=radius)
+        for index, frame in enumerate(frames):
+            image = io.read_image(frame)
+            geo, feats = prop.source_features([image])
+            pred = prop.predict_from_features(feats.ft, geo, feats.attn,
+                                              prior=temporal.prior(tuple(feats.ft.shape[-2:])))[0]
+            prob, mask = prop.finish(image, pred)
+            temporal.update(mask, geo, feats.ft.cpu())
+            if index == 0 or index % stride:
+                continue
+            gt = io.read_mask(root / "Annotations" / seq / f"{frame.stem}.png") >= 0.5
+            t0 = time.perf_counter()
+            result = assess(prob, mask, pred, ref_area)
+            rows.append({"set": "davis-video", "case": seq, "image": str(frame), "iou": quality._iou(mask, gt),
+                         "confidence": result.confidence, "seconds": time.perf_counter() - t0, **result.signals})
+        print(f"  davis-video/{seq}", file=sys.stderr, flush=True)
+    return rows
+
+
+def _geo(rows, weights: dict[str, float], drop: tuple[str, ...] = ()) -> np.ndarray:
+    """Weighted geometric mean of signals per row (NaN signals left out; empty masks capped at 0.1)."""
     out = []
     for r in rows:
         total = w_sum = 0.0
-        for i, n in enumerate(names):
-            v = r.get(n)
-            if v is None or v != v:
+        for name, w in weights.items():
+            v = r.get(name)
+            if name in drop or v is None or v != v:
                 continue
-            w = 1.0 if weights is None else weights[i]
             total += w * math.log(max(v, 1e-4))
             w_sum += w
         c = math.exp(total / w_sum) if w_sum else 0.0
@@ -109,21 +147,19 @@ def _geo(rows, names, weights=None):
     return np.array(out)
 
 
-def _mean(rows, names):
-    return np.array([np.nanmean([r[n] for n in names]) for r in rows])
-
-
-#: The formulas compared (name -> per-row scores); "confidence" is what icm ships.
+#: The formulas compared (label -> per-row scores). The first is what icm ships.
 FORMULAS = {
-    "shipped (icm_cli.predict.confidence.combine)": lambda rows: np.array([r["confidence"] for r in rows]),
-    "self_iou alone": lambda rows: np.array([r["self_iou"] for r in rows]),
-    "geo(self_iou, crisp)": lambda rows: _geo(rows, ["self_iou", "crisp"]),
-    "geo(self_iou, nearest_mask, head_mask)": lambda rows: _geo(rows, ["self_iou", "nearest_mask", "head_mask"]),
-    "geo(self_iou, crisp, nearest_mask, head_mask, grabcut)": lambda rows: _geo(
-        rows, ["self_iou", "crisp", "nearest_mask", "head_mask", "grabcut"]),
-    "geo(all but peak)": lambda rows: _geo(rows, [s for s in SIGNALS if s != "peak"]),
-    "mean(self_iou, crisp, nearest_mask, head_mask, grabcut)": lambda rows: _mean(
-        rows, ["self_iou", "crisp", "nearest_mask", "head_mask", "grabcut"]),
+    "shipped: geo(grabcut, border, nearest_mask^0.25)": lambda rows: np.array([r["confidence"] for r in rows]),
+    "  the same without grabcut (as with --no-edges)": lambda rows: _geo(
+        rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25}, drop=("grabcut",)),
+    "geo(grabcut, border)": lambda rows: _geo(rows, {"grabcut": 1, "border": 1}),
+    "geo(grabcut, border, nearest_mask^.25, head_mask^.25)": lambda rows: _geo(
+        rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25, "head_mask": 0.25}),
+    "geo(grabcut, border, nearest_mask^.25, area^.25)": lambda rows: _geo(
+        rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25, "area": 0.25}),
+    "geo(self_iou, crisp, grabcut, nearest_mask, head_mask) (first draft)": lambda rows: _geo(
+        rows, {"self_iou": 1, "crisp": 1, "grabcut": 1, "nearest_mask": 1, "head_mask": 1}),
+    "geo(all signals)": lambda rows: _geo(rows, {s: 1 for s in SIGNALS}),
 }
 
 
@@ -147,7 +183,7 @@ def report(rows: list[dict]) -> None:
               f"over {len(per_seq)} sequences")
     print("\nFormulas compared, Spearman with IoU per set:")
     for label, fn in FORMULAS.items():
-        line = f"  {label:58s}"
+        line = f"  {label:70s}"
         for s in sets:
             sub = [r for r in rows if r["set"] == s]
             line += f" {s} {spearman(fn(sub), iou[s]):6.3f}"
@@ -162,15 +198,15 @@ def main() -> int:
     ap.add_argument("--sets", default="davis,cows,perseg,demo")
     ap.add_argument("--stride", type=int, default=5, help="score every Nth DAVIS frame")
     ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--video", action="store_true", help="also DAVIS as --video (every frame predicted in order)")
     ap.add_argument("--dump", type=Path, help="write the per-image rows (JSON) here")
     ap.add_argument("--from", dest="from_", type=Path, help="read rows written by --dump instead of running the model")
     args = ap.parse_args()
     if args.from_:
         rows = json.loads(args.from_.read_text())
-        if "shipped (icm_cli.predict.confidence.combine)" in FORMULAS:
-            from icm_cli.predict.confidence import combine
-            for r in rows:  # re-score with the formula as it is now
-                r["confidence"] = combine(r)
+        from icm_cli.predict.confidence import combine
+        for r in rows:  # re-score with the formula as it is now
+            r["confidence"] = combine(r)
         report(rows)
         return 0
     quality.FRAME_STRIDE = args.stride
@@ -190,6 +226,10 @@ def main() -> int:
         t0 = time.perf_counter()
         rows += collect(s, quality.SETS[s](), settings)
         print(f"{s}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    if args.video and "davis" in args.sets.split(",") and quality.DATA.is_dir():
+        t0 = time.perf_counter()
+        rows += collect_video(settings, args.stride)
+        print(f"davis-video: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     if args.dump:
         args.dump.write_text(json.dumps(rows))
     if rows:

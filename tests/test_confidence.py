@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from icm_cli.geometry import WorkingGeometry
-from icm_cli.predict.confidence import (EMPTY_CEILING, assess, combine, confidence_signals, grid_to_image,
+from icm_cli.predict.confidence import (EMPTY_CEILING, WEIGHTS, assess, combine, confidence_signals, grid_to_image,
                                         reference_area_share, result_confidence)
 from icm_cli.predict.engine import GridPrediction
 
@@ -65,11 +65,26 @@ def test_a_perfect_match_scores_high_and_above_a_half_wrong_one():
     assert half_wrong.signals["grabcut"] == pytest.approx(0.5, abs=0.03)
 
 
-def test_lukewarm_probabilities_score_below_decisive_ones():
+def test_lukewarm_probabilities_are_less_crisp_and_a_mask_grabcut_moved_scores_lower():
     decisive = _case(_crisp(OBJECT), OBJECT)
     lukewarm = _case(np.where(OBJECT, 0.6, 0.4), OBJECT)
-    assert lukewarm.confidence < decisive.confidence - 0.3
     assert lukewarm.signals["crisp"] < 0.5 < decisive.signals["crisp"]
+    # GrabCut re-labels lukewarm regions by colour: where it moves the mask off the probability, trust drops.
+    moved = _case(np.where(OBJECT, 0.6, 0.4), _disc(60, 85, 30))
+    assert moved.signals["grabcut"] < 0.7
+    assert moved.confidence < decisive.confidence - 0.15
+
+
+def test_a_mask_spread_along_the_frame_scores_low():
+    truth = _crisp(OBJECT)
+    hillside = OBJECT.copy()
+    hillside[:30, :] = True  # the object plus a band of background across the top of the frame
+    prob = np.where(hillside, 0.995, 0.005)
+    # Everything agrees with this mask (the map is confidently wrong); only its contact with the frame tells.
+    wrong = _case(prob, hillside, nearest=prob, head=prob)
+    right = _case(truth, OBJECT, nearest=truth, head=truth)
+    assert wrong.signals["grabcut"] > 0.95 and wrong.signals["border"] < 0.8
+    assert wrong.confidence < right.confidence - 0.1
 
 
 def test_matchers_that_disagree_with_the_mask_lower_the_confidence():
@@ -119,9 +134,10 @@ def test_area_far_from_the_references_lowers_the_area_signal():
 
 
 def test_combine_skips_nan_and_is_bounded():
-    assert combine({"self_iou": 1.0, "crisp": float("nan")}) == pytest.approx(1.0)
+    assert combine({"grabcut": 1.0, "border": float("nan")}) == pytest.approx(1.0)
+    assert combine({"grabcut": 0.25, "border": 1.0, "nearest_mask": 1.0}) == pytest.approx(0.25 ** (1 / 2.25))
     assert combine({}) == 0.0
-    assert 0.0 <= combine({k: 0.0 for k in ("self_iou", "crisp", "grabcut", "nearest_mask", "head_mask")}) < 0.01
+    assert 0.0 <= combine({k: 0.0 for k in WEIGHTS}) < 0.01
 
 
 def test_grid_to_image_matches_the_geometry_mapping():
