@@ -51,6 +51,7 @@ def test_latest_record_wins_across_manifests_and_skipped_keeps_the_confidence(tm
     by_stem = {r["stem"]: r for r in res.records}
     assert by_stem["a"]["confidence"] == 0.8 and by_stem["a"]["run"] == "run0002"
     assert by_stem["b"]["status"] == "skipped" and by_stem["b"]["confidence"] == 0.9  # inherited from the done run
+    assert by_stem["b"]["made_by"] == "run0001"
     assert "confidence" not in by_stem["c"]
     assert res.counts == {"done": 2, "skipped": 1, "failed": 0}
 
@@ -199,3 +200,27 @@ def test_status_worst_lists_the_least_confident(tmp_path):
     assert "0.12" in lines[0] and "0.35" in lines[1] and "frame2" in lines[1]
     data = json.loads(runner.invoke(app, ["status", str(out), "--worst", "3", "--json"]).stdout)
     assert [w["confidence"] for w in data["worst"]] == [0.12, 0.35, 0.5]
+
+
+def test_review_after_the_fix_loop_shows_both_runs_and_who_made_each_result(tmp_path):
+    out, src = tmp_path / "out", tmp_path / "src"
+    ref = reference(tmp_path)
+    fixed = (src / "b.jpg", out / "masks" / "b.png")
+    first = [run_record(out, [ref]), write_result(out, src, "a", 0.9, second=1, seed=1),
+             write_result(out, src, "b", 0.2, second=2, seed=2), write_result(out, src, "c", 0.4, second=3, seed=3)]
+    second = [run_record(out, [ref, fixed], run="run0002", second=10, extra=["--overwrite", "--only-below", "0.5"]),
+              {**first[1], "status": "skipped", "confidence": None, "run": "run0002", "time": iso(11)},
+              write_result(out, src, "b", 0.95, second=12, run="run0002", seed=2),
+              write_result(out, src, "c", 0.85, second=13, run="run0002", seed=3)]
+    write_manifest(out / "manifest.jsonl", first + second)
+    assert inputs_below(read_results(out).records, 0.5) == []  # nothing left to rerun
+    res = runner.invoke(app, ["review", str(out)])
+    assert res.exit_code == 0, res.output
+    page = (out / "review.html").read_text(encoding="utf-8")
+    cards = {c["data-name"]: c for c in _cards(page)}
+    assert [c["data-name"] for c in _cards(page)] == ["c", "a", "b"]
+    assert cards["a"]["data-conf"] == "0.9000"  # skipped in run 2, made (and scored) by run 1
+    for name, run in (("a", "run 1"), ("b", "run 2"), ("c", "run 2")):
+        card = page[page.index(f'data-name="{name}"'):]
+        assert f'class="tag t-run" title="the run that made this result">{run}<' in card[:card.index("</article>")]
+    assert page.count('<pre class="cmd">') == 2 and "--only-below 0.5" in page

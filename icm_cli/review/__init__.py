@@ -140,8 +140,9 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
         jobs.append((job, rec.get("status") != "failed"))
         status = rec.get("status") if rec.get("status") in ("done", "skipped", "failed") else "unknown"
         label = None
-        if len(results.runs) > 1 and rec.get("run") in run_index:
-            label = pagemod.run_label(run_index[rec.get("run")])
+        maker = rec.get("made_by", rec.get("run"))
+        if len(results.runs) > 1 and maker in run_index:
+            label = pagemod.run_label(run_index[maker])
         area = rec.get("mask_area")
         cards.append(pagemod.Card(
             ident=job.ident, name=str(rec.get("stem") or Path(str(rec.get("input"))).name), status=status,

@@ -138,8 +138,11 @@ def read_results(folder: str | os.PathLike) -> Results:
         status = record.get("status")
         if status == "done":
             made_by[key] = record
-        elif status == "skipped" and confidence_of(record) is None and key in made_by:
-            record = {**record, **{k: made_by[key].get(k) for k in _INHERITED if k in made_by[key]}}
+        elif status == "skipped" and key in made_by:
+            inherited = {k: made_by[key].get(k) for k in _INHERITED if k in made_by[key]}
+            if confidence_of(record) is not None:
+                inherited = {}
+            record = {**record, **inherited, "made_by": made_by[key].get("run")}
         res.sources[key] = record
     return res
 
