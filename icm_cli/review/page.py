@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from icm_cli.review.manifest import confidence_of
-
 
 def text(value) -> str:
     """Any value as HTML-escaped text (quotes too); undecodable bytes shown as U+FFFD."""
@@ -93,9 +91,10 @@ def _conf_class(conf: float | None, threshold: float) -> str:
     return "c-high"
 
 
-def _img(src: str | None, size, alt: str, page_dir: Path, cls: str) -> str:
+def _img(src: str | None, size, alt: str, page_dir: Path, cls: str, missing: str = "") -> str:
+    """A lazily loaded thumbnail, or a grey box saying ``missing``."""
     if not src:
-        return f'<div class="ph {cls}">{text(alt)}</div>'
+        return f'<div class="ph {cls}">{text(missing or alt)}</div>'
     w, h = size or (320, 240)
     return (f'<img class="{cls}" src="{href(src, page_dir)}" width="{w}" height="{h}" loading="lazy" '
             f'decoding="async" alt="{text(alt)}">')
@@ -111,12 +110,18 @@ def _card(c: Card, page_dir: Path, threshold: float, position: int) -> str:
         tags.append('<span class="tag t-empty" title="the mask holds no pixel">empty</span>')
     if c.run_label:
         tags.append(f'<span class="tag t-run" title="the run that made this result">{text(c.run_label)}</span>')
-    overlay = _img(c.overlay, c.size, "no picture" if c.status != "failed" else "not readable", page_dir, "ov")
-    heat = _img(c.heat, c.size, "no heat map", page_dir, "hm")
-    if c.source_path and c.overlay:
-        overlay = f'<a href="{href(c.source_path, page_dir)}" target="_blank" title="open the source">{overlay}</a>'
-    if c.heat and "heatmaps" in c.outputs:
-        heat = f'<a href="{href(c.outputs["heatmaps"], page_dir)}" target="_blank" title="open the heat map">{heat}</a>'
+    if not c.overlay and not c.heat:  # nothing to show (a failed source): one slim box, not two empty frames
+        why = "the source could not be read" if c.status == "failed" else "no source, mask or heat map found"
+        pics = f'<div class="ph wide">{text(why)}</div>'
+    else:
+        overlay = _img(c.overlay, c.size, f"{c.name}: the source with its mask", page_dir, "ov", "no picture")
+        heat = _img(c.heat, c.size, f"{c.name}: heat map", page_dir, "hm", "no heat map")
+        if c.source_path and c.overlay:
+            overlay = f'<a href="{href(c.source_path, page_dir)}" target="_blank" title="open the source">{overlay}</a>'
+        if c.heat and "heatmaps" in c.outputs:
+            heat = (f'<a href="{href(c.outputs["heatmaps"], page_dir)}" target="_blank" '
+                    f'title="open the heat map">{heat}</a>')
+        pics = overlay + heat
     links = []
     if c.source_path:
         links.append(f'<a href="{href(c.source_path, page_dir)}" target="_blank">source</a>')
@@ -130,7 +135,7 @@ def _card(c: Card, page_dir: Path, threshold: float, position: int) -> str:
     return (
         f'<article class="card s-{text(c.status)} lvl-{_conf_class(c.confidence, threshold)}" id="r-{c.ident}" data-conf="{conf}" data-name="{text(c.name)}" '
         f'data-status="{text(c.status)}" data-pos="{position}" data-input="{text(c.input)}">'
-        f'<div class="pics">{overlay}{heat}</div>'
+        f'<div class="pics">{pics}</div>'
         f'<div class="meta"><div class="top"><span class="conf {_conf_class(c.confidence, threshold)}" '
         f'title="confidence">{shown}</span><span class="name" title="{text(c.input)}">{text(c.name)}</span>'
         f'{"".join(tags)}<label class="flag" title="flag this result as wrong"><input type="checkbox"> flag</label></div>'
@@ -162,7 +167,7 @@ def _runs(runs: list[RunView], page_dir: Path) -> str:
     for i, r in enumerate(reversed(runs)):
         refs = []
         for image, mask, thumb, size in r.references:
-            pic = _img(thumb, size, "reference not readable", page_dir, "ref")
+            pic = _img(thumb, size, "reference with its mask", page_dir, "ref", "reference not readable")
             refs.append(f'<figure><a href="{href(image, page_dir)}" target="_blank">{pic}</a>'
                         f'<figcaption title="{text(image)} + {text(mask)}">{text(Path(image).name)}<br>'
                         f'<a href="{href(mask, page_dir)}" target="_blank">{text(Path(mask).name)}</a></figcaption></figure>')
@@ -250,10 +255,6 @@ def command_line(record: dict) -> str:
     return str(cmd or "")
 
 
-def card_confidence(record: dict) -> float | None:
-    return confidence_of(record)
-
-
 _CSS = """
 :root{--bg:#f3f4f6;--fg:#16181d;--card:#fff;--muted:#6b7280;--line:#e2e4e9;--low:#c81e1e;--mid:#b45309;
 --high:#15803d;--none:#6b7280;--thumb:200px;--accent:#2457d6}
@@ -299,6 +300,7 @@ contain-intrinsic-size:auto calc(0.75*var(--thumb) + 80px);border-left:5px solid
 .pics{display:flex;gap:4px}
 .pics a{display:block;line-height:0}
 .pics img,.pics .ph{width:var(--thumb);height:auto;max-height:calc(0.75*var(--thumb));object-fit:contain;background:#0003;border-radius:4px}
+.pics .ph.wide{width:100%;height:48px}
 .pics .ph{height:calc(0.56*var(--thumb));display:flex;align-items:center;justify-content:center;color:var(--muted);font-size:12px;line-height:1.2}
 .meta{margin-top:6px}
 .top{display:flex;gap:8px;align-items:center;flex-wrap:wrap}
