@@ -224,3 +224,16 @@ def test_review_after_the_fix_loop_shows_both_runs_and_who_made_each_result(tmp_
         card = page[page.index(f'data-name="{name}"'):]
         assert f'class="tag t-run" title="the run that made this result">{run}<' in card[:card.index("</article>")]
     assert page.count('<pre class="cmd">') == 2 and "--only-below 0.5" in page
+
+
+def test_rerun_below_gives_absolute_inputs_for_only_below(tmp_path, monkeypatch):
+    out, src = tmp_path / "out", tmp_path / "src"
+    ref = reference(tmp_path)
+    rel = write_result(out, src, "rel", 0.1, second=2)
+    rel["input"] = "src/rel.jpg"  # recorded relative to the run's cwd (tmp_path)
+    write_manifest(out / "manifest.jsonl", [run_record(out, [ref]), write_result(out, src, "low", 0.3, second=1),
+                                            rel, write_result(out, src, "high", 0.8, second=3)])
+    monkeypatch.chdir(out)  # not where the run was started
+    from icm_cli.review.manifest import rerun_below
+    assert rerun_below(out, 0.5) == {str(src / "low.jpg"), str(src / "rel.jpg")}
+    assert rerun_below(out, 0.05) == set()

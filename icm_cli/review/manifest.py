@@ -219,3 +219,24 @@ def worst_lines(rows: list[dict]) -> list[str]:
     """``status --worst`` as text: one line per result, ``confidence  stem  input``."""
     width = max((len(str(r["stem"])) for r in rows), default=0)
     return [f"{r['confidence']:.2f}  {str(r['stem']):{width}s}  {r['input']}" for r in rows]
+
+
+def absolute_input(record: dict, runs: Iterable[dict] = ()) -> str:
+    """A record's input as an absolute, normalised path: relative inputs (older records) are taken
+    against their run's ``cwd`` when the run record says it, else against the current directory."""
+    path = str(record.get("input", ""))
+    if not os.path.isabs(path):
+        cwd = next((r.get("cwd") for r in runs if r.get("run") == record.get("run") and r.get("cwd")), None)
+        path = os.path.join(cwd, path) if cwd else os.path.abspath(path)
+    return os.path.normpath(path)
+
+
+def rerun_below(folder: str | os.PathLike, threshold: float, include_unknown: bool = False) -> set[str]:
+    """For ``propagate --overwrite --only-below T``: the absolute inputs of OUT's results below ``threshold``.
+
+    A source given to the rerun is recomputed when ``os.path.normpath(os.path.abspath(source))``
+    is in this set (or when its outputs do not exist yet); the others are left as they are.
+    """
+    res = read_results(folder)
+    chosen = set(inputs_below(res.records, threshold, include_unknown))
+    return {absolute_input(r, res.runs) for r in res.records if str(r.get("input")) in chosen}
