@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -65,14 +67,18 @@ def make_results(root: Path, n: int, width: int, height: int) -> Path:
     return out
 
 
-def timed_review(out: Path, workers: int) -> tuple[float, str]:
+def timed_review(out: Path, workers: int) -> tuple[str, str]:
+    """Wall seconds and CPU seconds (user + system) of one `icm review` process, and its summary line."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "icm_cli", "review", str(out), "--workers", str(workers)],
                           cwd=ROOT, capture_output=True, text=True)
     secs = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"icm review failed ({done.returncode}): {done.stderr}")
-    return secs, done.stdout.strip()
+    return f"{secs:6.2f}s wall, {cpu:6.2f}s CPU", done.stdout.strip()
 
 
 def main() -> int:
@@ -92,13 +98,14 @@ def main() -> int:
             print(f"made {args.n} synthetic results at {width}x{height} in {time.perf_counter() - t0:.0f}s")
         shutil.rmtree(out / ".review", ignore_errors=True)
         first, line = timed_review(out, args.workers)
-        print(f"first run (all thumbnails made): {first:.2f}s   {line}")
+        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"first run (all thumbnails made): {first}   {line}")
         again, line = timed_review(out, args.workers)
-        print(f"rerun (all reused):              {again:.2f}s   {line}")
+        print(f"rerun (all reused):              {again}   {line}")
         for mask in sorted((out / "masks").glob("*.png"))[:10]:
             mask.touch()
         fixed, line = timed_review(out, args.workers)
-        print(f"rerun after 10 masks changed:    {fixed:.2f}s   {line}")
+        print(f"rerun after 10 masks changed:    {fixed}   {line}")
         page = out / "review.html"
         print(f"page: {page} ({page.stat().st_size / 1e6:.2f} MB), thumbnails "
               f"{sum(p.stat().st_size for p in (out / '.review' / 'thumbs').glob('*.jpg')) / 1e6:.1f} MB")

@@ -237,3 +237,22 @@ def test_rerun_below_gives_absolute_inputs_for_only_below(tmp_path, monkeypatch)
     from icm_cli.review.manifest import rerun_below
     assert rerun_below(out, 0.5) == {str(src / "low.jpg"), str(src / "rel.jpg")}
     assert rerun_below(out, 0.05) == set()
+
+
+def test_review_of_a_resumed_video_run_shows_every_frame(tmp_path):
+    frames = tmp_path / "frames"
+    for i in range(3):
+        save_png(frames / f"{i:03d}.png", textured_scene(64, 80, (20, 10 + 10 * i, 30, 36), seed=40 + i)[0])
+    img, mask = textured_scene(64, 80, (20, 10, 30, 36), seed=40)
+    ref, ref_mask = save_png(tmp_path / "ref.png", img), save_png(tmp_path / "ref_mask.png", mask * 255)
+    out = tmp_path / "out"
+    args = ["propagate", "--video", str(frames), "--ref", ref, "--mask", ref_mask, "-o", str(out),
+            "--head-steps", "20", "--size", "128", "--quiet"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, args).exit_code == 0  # the rerun skips every frame (recorded with the folder as input)
+    res = runner.invoke(app, ["review", str(out)])
+    assert res.exit_code == 0, res.output
+    page = (out / "review.html").read_text(encoding="utf-8")
+    assert sorted(c["data-name"] for c in _cards(page)) == ["000", "001", "002"]
+    assert len(re.findall(r'<img class="ov"', page)) == 3 and len(re.findall(r'<img class="hm"', page)) == 3
+    assert page.count('title="open the source"') == 3  # each frame found in the folder the skips name

@@ -71,6 +71,23 @@ def _outputs(record: dict, out: Path, cwd: str | None) -> dict[str, str]:
     return found
 
 
+def _source_file(path: str | None, stem) -> str | None:
+    """The image file a record's input names; for a frame folder (what a resumed ``--video`` run records
+    for the frames it skipped) the frame of that stem in it; None when there is no such file."""
+    from icm_cli.io import IMAGE_SUFFIXES
+
+    if not path:
+        return None
+    if os.path.isfile(path):
+        return path
+    if os.path.isdir(path) and isinstance(stem, str) and stem and "/" not in stem:
+        for suffix in sorted(IMAGE_SUFFIXES):
+            for candidate in (f"{stem}{suffix}", f"{stem}{suffix.upper()}"):
+                if os.path.isfile(os.path.join(path, candidate)):
+                    return os.path.join(path, candidate)
+    return None
+
+
 def _utc(text: str | None) -> str:
     if not text:
         return ""
@@ -135,8 +152,8 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
         source = _resolve(str(rec.get("input")), cwd) if rec.get("input") is not None else None
         outputs = _outputs(rec, out, cwd)
         key = "result:" + str(rec.get("stem") or rec.get("input"))
-        job = Job(key, source=source if source and os.path.isfile(source) else None,
-                  mask=outputs.get("masks"), heat=outputs.get("heatmaps"))
+        job = Job(key, source=_source_file(source, rec.get("stem")), mask=outputs.get("masks"),
+                  heat=outputs.get("heatmaps"))
         jobs.append((job, rec.get("status") != "failed"))
         status = rec.get("status") if rec.get("status") in ("done", "skipped", "failed") else "unknown"
         label = None
