@@ -15,7 +15,7 @@ _SHOW_PROBLEMS = 5
 
 def review(
     output: Path = typer.Argument(..., help="The -o folder of `icm propagate` (one run, its reruns and shards)."),
-    page: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file to write [default: OUT/review.html]."),
+    page: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file to write (default: OUT/review.html)."),
     sort: str = typer.Option("confidence", "--sort", help="confidence (failed first, then least confident; no confidence last) or name."),
     limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Show only the first N results in that order."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Confidence under which a result counts as low (colours, counts)."),
