@@ -131,35 +131,36 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
     return rows
 
 
-def _geo(rows, weights: dict[str, float], drop: tuple[str, ...] = ()) -> np.ndarray:
-    """Weighted geometric mean of signals per row (NaN signals left out; empty masks capped at 0.1)."""
+def _product(rows, weights: dict[str, float], drop: tuple[str, ...] = ()) -> np.ndarray:
+    """Weighted product of signals per row (NaN signals count as 1; empty masks capped at 0.1).
+
+    A geometric mean of the same signals is a monotone function of it: the same Spearman.
+    """
     out = []
     for r in rows:
-        total = w_sum = 0.0
+        c = 1.0
         for name, w in weights.items():
             v = r.get(name)
             if name in drop or v is None or v != v:
                 continue
-            total += w * math.log(max(v, 1e-4))
-            w_sum += w
-        c = math.exp(total / w_sum) if w_sum else 0.0
+            c *= max(v, 0.0) ** w
         out.append(min(c, 0.1) if r.get("mask_area", 1.0) == 0 else c)
     return np.array(out)
 
 
 #: The formulas compared (label -> per-row scores). The first is what icm ships.
 FORMULAS = {
-    "shipped: geo(grabcut, border, nearest_mask^0.25)": lambda rows: np.array([r["confidence"] for r in rows]),
-    "  the same without grabcut (as with --no-edges)": lambda rows: _geo(
+    "shipped: grabcut * border * nearest_mask^0.25": lambda rows: np.array([r["confidence"] for r in rows]),
+    "  the same without grabcut (as with --no-edges)": lambda rows: _product(
         rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25}, drop=("grabcut",)),
-    "geo(grabcut, border)": lambda rows: _geo(rows, {"grabcut": 1, "border": 1}),
-    "geo(grabcut, border, nearest_mask^.25, head_mask^.25)": lambda rows: _geo(
+    "grabcut * border": lambda rows: _product(rows, {"grabcut": 1, "border": 1}),
+    "grabcut * border * (nearest_mask * head_mask)^0.25": lambda rows: _product(
         rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25, "head_mask": 0.25}),
-    "geo(grabcut, border, nearest_mask^.25, area^.25)": lambda rows: _geo(
+    "grabcut * border * (nearest_mask * area)^0.25": lambda rows: _product(
         rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25, "area": 0.25}),
-    "geo(self_iou, crisp, grabcut, nearest_mask, head_mask) (first draft)": lambda rows: _geo(
+    "self_iou * crisp * grabcut * nearest_mask * head_mask (first draft)": lambda rows: _product(
         rows, {"self_iou": 1, "crisp": 1, "grabcut": 1, "nearest_mask": 1, "head_mask": 1}),
-    "geo(all signals)": lambda rows: _geo(rows, {s: 1 for s in SIGNALS}),
+    "product of all signals": lambda rows: _product(rows, {s: 1 for s in SIGNALS}),
 }
 
 
@@ -188,6 +189,13 @@ def report(rows: list[dict]) -> None:
             sub = [r for r in rows if r["set"] == s]
             line += f" {s} {spearman(fn(sub), iou[s]):6.3f}"
         print(line)
+    print("\nScale: mean confidence beside mean IoU; results under 0.5 by confidence and by IoU:")
+    for s in sets:
+        sub = [r for r in rows if r["set"] == s]
+        conf = np.array([r["confidence"] for r in sub])
+        bad, low = iou[s] < 0.5, conf < 0.5
+        print(f"  {s:12s} mean confidence {conf.mean():.2f}, mean IoU {iou[s].mean():.2f}; confidence < 0.5: "
+              f"{low.sum()}, IoU < 0.5: {bad.sum()}, both: {(bad & low).sum()}")
     secs = [r["seconds"] for r in rows if "seconds" in r]
     if secs:
         print(f"\nconfidence cost: median {1000 * np.median(secs):.1f} ms, max {1000 * max(secs):.1f} ms per image")

@@ -135,7 +135,7 @@ def test_area_far_from_the_references_lowers_the_area_signal():
 
 def test_combine_skips_nan_and_is_bounded():
     assert combine({"grabcut": 1.0, "border": float("nan")}) == pytest.approx(1.0)
-    assert combine({"grabcut": 0.25, "border": 1.0, "nearest_mask": 1.0}) == pytest.approx(0.25 ** (1 / 2.25))
+    assert combine({"grabcut": 0.5, "border": 0.5, "nearest_mask": 0.0625}) == pytest.approx(0.125)
     assert combine({}) == 0.0
     assert 0.0 <= combine({k: 0.0 for k in WEIGHTS}) < 0.01
 
