@@ -12,6 +12,14 @@ from icm_cli.commands._shared import process_files
 from icm_cli.console import error_line
 
 
+def mask_to_trimap_u8(mask, erode_kernel: int, dilate_kernel: int):
+    """:func:`icm_cli.predict.fullres.mask_to_trimap_u8`, imported on first use: it brings torch,
+    which every other command (status, review, --help) then starts without."""
+    from icm_cli.predict.fullres import mask_to_trimap_u8 as cut
+
+    return cut(mask, erode_kernel, dilate_kernel)
+
+
 def trimap(
     masks: List[str] = typer.Argument(..., help="Mask files or folders of masks (0/255, 0/1, 16-bit, palette or RGB)."),
     output: Path = typer.Option(..., "--output", "-o", help="Output folder; writes OUT/<stem>.png."),
@@ -35,7 +43,6 @@ def trimap(
         error_line(str(exc))
         raise typer.Exit(2)
     io.remove_stale_temp_files(output)
-    from icm_cli.predict.fullres import mask_to_trimap_u8  # here, not at import: it brings torch, which other commands skip
 
     def work(path: Path, stem: str) -> None:
         mask = io.read_mask(path, max_pixels=max_pixels)
