@@ -94,7 +94,8 @@ def _root(
 
 def _register() -> None:
     # Each command lives in its own module under icm_cli/commands; they import heavy things lazily.
-    from icm_cli.commands import backbones, eval as eval_cmd, inspect_attn, matte, propagate, refine, status, trimap
+    from icm_cli.commands import (backbones, eval as eval_cmd, inspect_attn, matte, propagate, refine, review,
+                                  status, trimap)
 
     app.command("propagate")(propagate.propagate)
     app.command("trimap")(trimap.trimap)
@@ -104,6 +105,7 @@ def _register() -> None:
     app.command("eval")(eval_cmd.eval_command)
     app.command("status")(status.status)
     app.command("backbones")(backbones.backbones)
+    app.command("review")(review.review)
 
 
 _register()

@@ -126,7 +126,7 @@ class PropagateJob:
         manifest_name = shard_spec.manifest_name if shard_spec else MANIFEST_NAME
         state = read_manifests(Path(output))
         if only_below is not None:
-            entries = _below(entries, state, only_below)
+            entries = _below(entries, state, only_below, OutputPlan(Path(output), outputs))
         job = cls(output=Path(output), plan=plan, model=model, video_config=video_config if video else None,
                   references=references, ref_files=(list(refs), list(masks)), entries=entries, sequence=sequence,
                   manifest_name=manifest_name, engine=engine, ray_options=ray_options, batch_size=batch_size,
@@ -255,6 +255,8 @@ def _shard_entries(entries, shard_spec):
     return list(kept) if isinstance(entries, list) else kept
 
 
-def _below(entries, state: ManifestState, threshold: float) -> list:
+def _below(entries, state: ManifestState, threshold: float, plan: OutputPlan) -> list:
+    """``--only-below``: the sources whose latest result is under ``threshold``, and those without outputs yet."""
     chosen = below_confidence(state, threshold)
-    return [e for e in entries if isinstance(e, Source) and input_key(str(e.path)) in chosen]
+    return [e for e in entries
+            if not isinstance(e, Source) or input_key(str(e.path)) in chosen or not plan.done(e.stem)]

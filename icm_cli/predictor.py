@@ -106,6 +106,7 @@ class Predictor:
         self.engine = Propagator(create_backbone(config.backbone, config.weights), device=self.device,
                                  dtype=default_dtype(self.device), settings=settings or config.engine_settings())
         self.references: list[Reference] = []
+        self._reference_area: float | None = None  # the references' object share, for the confidence
 
     # ------------------------------------------------------------ references
     def set_reference(self, image, mask) -> None:
@@ -128,9 +129,12 @@ class Predictor:
                                   mask if isinstance(mask, str) else None))
         if not refs:
             raise ValueError("give at least one reference (image, mask) pair")
+        from icm_cli.predict.confidence import reference_area_share
+
         with torch.no_grad():
             self.engine.set_references([(r.image, r.mask) for r in refs])
         self.references = refs
+        self._reference_area = reference_area_share(self.engine.context)
 
     def cell_pixels(self, reference: Reference) -> float:
         """The side of one feature cell in ``reference``'s own pixels."""
@@ -162,9 +166,12 @@ class Predictor:
             return self.engine.predict_grid(images)
 
     def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
-        """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning); thread-safe."""
+        """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
+        from icm_cli.predict.confidence import assess
+
         prob, mask = self.engine.finish(image, coarse)
-        return Result(probability=prob, mask=mask, confidence=None)
+        quality = assess(prob, mask, coarse, self._reference_area)
+        return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
     def check_ready(self) -> None:
         if self.engine.context is None:

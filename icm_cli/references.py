@@ -107,7 +107,7 @@ def as_image(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return io.read_image(Path(image))
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

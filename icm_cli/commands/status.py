@@ -42,9 +42,10 @@ class RunStatus:
         return counts["failed"] == 0 and counts["pending"] == 0
 
     def least_confident(self, n: int) -> list:
-        """The ``n`` done results with the lowest confidence (those without one are not ranked)."""
-        ranked = [r for r in self.with_status("done") if r.confidence is not None]
-        return sorted(ranked, key=lambda r: (r.confidence, r.input))[:n]
+        """The ``n`` results with the lowest confidence (those without one are not ranked)."""
+        from icm_cli.runner.manifest import least_confident
+
+        return least_confident(self.latest.values(), n)
 
 
 def read_status(folder: Path, sources: Optional[list] = None) -> RunStatus:
@@ -115,8 +116,8 @@ def status(
                           "complete": result.complete and not state.unreadable_files, "failures": failures,
                           "pending_inputs": result.pending, "unreadable_lines": state.unreadable_lines,
                           "unreadable_manifests": state.unreadable_files,
-                          "least_confident": [{"input": r.input, "stem": r.stem, "confidence": r.confidence}
-                                              for r in worst_records]}, ensure_ascii=False))
+                          "worst": [{"input": r.input, "stem": r.stem, "status": r.status,
+                                     "confidence": r.confidence} for r in worst_records]}, ensure_ascii=False))
     else:
         total = sum(counts.values())
         of = f" of {total} sources" if listed is not None else ""
@@ -130,8 +131,10 @@ def status(
                                     for f in failures], escape, style="bold red")
         _listing(stdout, "pending", result.pending, escape)
         if worst:
+            width = max((len(str(r.stem)) for r in worst_records), default=0)
             _listing(stdout, f"least confident ({len(worst_records)} of {worst} asked)",
-                     [f"{r.confidence:.3f}  {r.input}" for r in worst_records], escape, limit=worst)
+                     [f"{r.confidence:.2f}  {str(r.stem):{width}s}  {r.input}" for r in worst_records], escape,
+                     limit=worst)
         if state.unreadable_lines:
             stdout.print(escape(f"{state.unreadable_lines} manifest line(s) could not be read (cut short?) "
                                 "and were ignored"))

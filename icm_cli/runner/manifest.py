@@ -36,6 +36,13 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _unit_or_none(value) -> float | None:
+    """A number in [0, 1] (clamped), or None for anything that is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return None
+    return min(max(float(value), 0.0), 1.0)
+
+
 @dataclass
 class SourceRecord:
     """What happened to one source.
@@ -61,10 +68,17 @@ class SourceRecord:
     run: str | None = None
     time: str = ""
     record: str = "source"
+    #: Set by the reader: the run whose ``done`` record made the outputs (a skip inherits its
+    #: confidence, empty and mask_area from it). Never written by a run.
+    made_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
+        self.confidence = _unit_or_none(self.confidence)
+        if not isinstance(self.empty, bool):
+            self.empty = None
+        self.mask_area = _unit_or_none(self.mask_area)
 
     @classmethod
     def from_dict(cls, data: dict) -> "SourceRecord":
@@ -109,6 +123,7 @@ class RunRecord:
 def record_json(record: SourceRecord | RunRecord) -> str:
     """One manifest line (without the newline); valid UTF-8 JSON whatever the file names hold."""
     data = dataclasses.asdict(record)
+    data.pop("made_by", None)  # the reader's, not the run's
     data["time"] = data.get("time") or utc_now()
     line = json.dumps(data, ensure_ascii=False)
     try:
@@ -220,7 +235,7 @@ def manifest_files(folder: Path) -> list[Path]:
 def _when(record: SourceRecord) -> float:
     try:
         return datetime.fromisoformat(str(record.time)).timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return float("-inf")  # records without a time are older than any with one
 
 
@@ -243,8 +258,18 @@ class ManifestState:
     def last_run(self) -> RunRecord | None:
         return self.runs[-1] if self.runs else None
 
+    def run(self, run_id: str | None) -> RunRecord | None:
+        return next((r for r in self.runs if r.run == run_id), None)
+
     def records(self, status: str | None = None) -> list[SourceRecord]:
         return [r for r in self.latest.values() if status is None or r.status == status]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for r in self.latest.values():
+            counts[r.status] += 1
+        return counts
 
 
 def read_manifests(folder: Path) -> ManifestState:
@@ -252,9 +277,14 @@ def read_manifests(folder: Path) -> ManifestState:
 
     For each input the record with the latest ``time`` wins (file age, then
     line order, break ties and order records written before times existed).
+    Inputs recorded relative (older versions) are taken against their run's
+    folder when a run record names it. A ``skipped`` record without a
+    confidence inherits ``confidence``, ``empty`` and ``mask_area`` from the
+    latest earlier ``done`` record of its input, which made those outputs
+    (``made_by`` names that run).
     """
     state = ManifestState()
-    ordered: list[tuple[tuple, str, SourceRecord]] = []
+    ordered: list[tuple[tuple, SourceRecord]] = []
     runs: list[tuple[tuple, RunRecord]] = []
     for rank, path in enumerate(manifest_files(folder)):
         state.manifests.append(path.name)
@@ -268,19 +298,41 @@ def read_manifests(folder: Path) -> ManifestState:
                 continue
             try:
                 data = json.loads(line)
-                if isinstance(data, dict) and data.get("record") == "run":
+                kind = data.get("record", "source") if isinstance(data, dict) else None
+                if kind == "run":
                     run = RunRecord.from_dict(data)
                     runs.append(((run.time or "", rank, line_no), run))
                     continue
+                if kind not in ("source", None):
+                    continue  # a record kind this version does not know: not an error
                 record = SourceRecord.from_dict(data)
             except (ValueError, TypeError, RecursionError):  # a torn or foreign line
                 state.unreadable_lines += 1
                 continue
-            ordered.append(((_when(record), rank, line_no), input_key(record.input), record))
-    ordered.sort(key=lambda entry: entry[0])
-    state.latest = {key: record for _, key, record in ordered}
+            ordered.append(((_when(record), rank, line_no), record))
     state.runs = [run for _, run in sorted(runs, key=lambda entry: entry[0])]
+    cwd_of = {r.run: r.cwd for r in state.runs if r.cwd}
+    made: dict[str, SourceRecord] = {}
+    for _, record in sorted(ordered, key=lambda entry: entry[0]):
+        if not os.path.isabs(record.input) and record.run in cwd_of:
+            record.input = os.path.join(cwd_of[record.run], record.input)
+        key = input_key(record.input)
+        if record.status == "done":
+            record.made_by = record.run
+            made[key] = record
+        elif record.status == "skipped" and key in made:
+            maker = made[key]
+            record.made_by = maker.run
+            if record.confidence is None:
+                record.confidence, record.empty, record.mask_area = maker.confidence, maker.empty, maker.mask_area
+        state.latest[key] = record
     return state
+
+
+def least_confident(records, n: int) -> list[SourceRecord]:
+    """The ``n`` results (done or skipped, with a confidence) of lowest confidence, lowest first."""
+    scored = [r for r in records if r.status in ("done", "skipped") and r.confidence is not None]
+    return sorted(scored, key=lambda r: (r.confidence, r.stem or "", r.input))[:max(n, 0)]
 
 
 def settings_changes(before: dict, now: dict, prefix: str = "") -> list[str]:
@@ -299,6 +351,7 @@ def settings_changes(before: dict, now: dict, prefix: str = "") -> list[str]:
 
 
 def below_confidence(state: ManifestState, threshold: float) -> set[str]:
-    """Inputs (:func:`input_key`) whose latest result is done with a confidence under ``threshold``."""
+    """Inputs (:func:`input_key`) whose latest result (done, or skipped and made earlier) has a
+    confidence under ``threshold``: what ``propagate --only-below`` recomputes."""
     return {key for key, r in state.latest.items()
-            if r.status == "done" and r.confidence is not None and r.confidence < threshold}
+            if r.status in ("done", "skipped") and r.confidence is not None and r.confidence < threshold}

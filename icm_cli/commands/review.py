@@ -1,0 +1,54 @@
+"""`icm review OUT`: one HTML contact sheet of a propagate run, least confident results first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from icm_cli.console import error_line, stderr, stdout
+
+_SHOW_PROBLEMS = 5
+
+
+def review(
+    output: Path = typer.Argument(..., help="The -o folder of `icm propagate` (one run, its reruns and shards)."),
+    page: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file to write (default: OUT/review.html)."),
+    sort: str = typer.Option("confidence", "--sort", help="confidence (failed first, then least confident; no confidence last) or name."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Show only the first N results in that order."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Confidence under which a result counts as low (colours, counts)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Threads making thumbnails (0 = one per CPU, at most 8)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line unless something went wrong."),
+) -> None:
+    """Write a static HTML page to check a run's results by eye: per source its mask over the
+    image, the heat map, the confidence, status and errors, least confident first.
+
+    Thumbnails go to OUT/.review/thumbs and are reused while their files are unchanged.
+    The page needs no server and no network. Exit code 0 when every picture could be made,
+    1 when some files named by the manifest were missing or unreadable, 2 when OUT has no
+    manifest or the page cannot be written.
+
+    Example: [bold]icm review out/ && xdg-open out/review.html[/]
+    """
+    from icm_cli.review import ReviewError, build_review
+
+    try:
+        report = build_review(output, page, sort=sort, limit=limit, threshold=threshold, workers=workers)
+    except ReviewError as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
+    for problem in report.problems[:_SHOW_PROBLEMS]:
+        error_line(problem)
+    if len(report.problems) > _SHOW_PROBLEMS:
+        stderr.print(escape(f"... and {len(report.problems) - _SHOW_PROBLEMS} more files that could not be shown"))
+    if not quiet or report.problems:
+        c = report.counts
+        shown = f"{report.shown} of {report.total}" if report.shown < report.total else f"{report.total}"
+        unknown = f", {report.unknown} without a confidence" if report.unknown else ""
+        stdout.print(escape(
+            f"{report.page}: {shown} results ({c['done']} done, {c['skipped']} skipped, {c['failed']} failed; "
+            f"{report.below} below {threshold:g}{unknown}); thumbnails {report.made} made, {report.reused} reused "
+            f"in {report.seconds:.1f}s"))
+    raise typer.Exit(1 if report.problems else 0)

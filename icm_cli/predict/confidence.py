@@ -1,0 +1,253 @@
+"""How much to trust one propagated mask: a confidence in [0, 1] from what the prediction already has.
+
+Nothing here is learned and nothing runs the model again: the signals are
+read off the coarse prediction (:class:`~icm_cli.predict.engine.GridPrediction`),
+the full-size probability and the final mask, on a small analysis raster
+(about a quarter of the working size), so one result costs a few
+milliseconds whatever the image size.
+
+Signals (each in [0, 1], higher = more trustworthy; see :func:`confidence_signals`):
+
+- ``self_iou`` -- the IoU the mask would have if the fused probability were
+  the truth: ``sum(p * m) / (sum(m) + sum(p * (1 - m)))``. It is low when the
+  mask holds lukewarm pixels or leaves probable object out.
+- ``crisp`` -- the share of the object-or-uncertain area that is not
+  uncertain (0.25 < p < 0.75): decisive maps are usually right ones.
+- ``grabcut`` -- IoU of the final mask with the thresholded probability:
+  GrabCut moving the mask a lot means colour and features disagree.
+- ``nearest_mask`` / ``head_mask`` -- the soft IoU of the final mask with the
+  nearest-neighbour and with the object-head map alone: two matchers that
+  both back the mask are rarely both wrong.
+- ``nearest_head`` -- the soft IoU of the two matchers with each other.
+- ``intra`` -- the share of ICM's intra heat (the attention spread from where
+  the reference tokens landed) that falls inside the mask.
+- ``area`` -- the mask's object share against the reference's,
+  ``exp(-(ln ratio / ln 4)^2)``: 1 for the same share, 0.37 at 4x or 1/4.
+- ``peak`` -- the 99th percentile of the probability: is anything clearly object?
+- ``border`` -- the share of the image's outer edge the mask does *not*
+  cover. Regions that run along the frame are mostly background (the
+  "boundary prior" of salient-object detection: Wei et al. 2012, Zhu et al.
+  2014); a mask that spread into sky, ground or a hillside touches the edges.
+
+:func:`combine` turns them into the confidence,
+``grabcut * border * nearest_mask ** 0.25`` (why these: on it).
+Parts a prediction lacks (a learned decoder may replace ``"nearest"``) are
+left out of the combination, never guessed; an empty mask scores at most
+0.1, so it is always among the first results a person looks at.
+
+The reference's object share, for ``reference_area``: the mean of
+``Propagator.context.tokens.cell_targets`` (the mask's area fraction in each
+valid reference cell, over every reference); :func:`reference_area_share`
+reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: Every signal :func:`confidence_signals` reports.
+SIGNALS = ("self_iou", "crisp", "grabcut", "nearest_mask", "head_mask", "nearest_head", "intra", "area", "peak",
+           "border")
+
+#: Signals :func:`combine` uses, with their weights (see :func:`combine` for why these).
+WEIGHTS = {"grabcut": 1.0, "border": 1.0, "nearest_mask": 0.25}
+
+#: Longest side of the analysis raster, in pixels.
+ANALYSIS_SIDE = 192
+
+#: The most an empty mask can score.
+EMPTY_CEILING = 0.1
+
+
+@dataclass
+class Assessment:
+    """The confidence of one result and what it was made of.
+
+    ``confidence`` in [0, 1]; ``empty``: the mask holds no pixel;
+    ``mask_area``: the object's share of the image; ``signals``: every
+    signal of :func:`confidence_signals` (NaN where a part was missing).
+    """
+
+    confidence: float
+    empty: bool
+    mask_area: float
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def record_fields(self) -> dict:
+        """The manifest fields of a source record: ``confidence``, ``empty``, ``mask_area``."""
+        return {"confidence": round(self.confidence, 4), "empty": self.empty,
+                "mask_area": round(self.mask_area, 6)}
+
+
+def reference_area_share(context) -> float | None:
+    """The references' object share of their image area, from a ``ReferenceContext``.
+
+    ``context.tokens.cell_targets`` ``[Nc]`` is the mask's area fraction in
+    each valid cell of every reference; their mean is the object's share.
+    None when there is no context or no cell.
+    """
+    targets = getattr(getattr(context, "tokens", None), "cell_targets", None)
+    if targets is None or targets.numel() == 0:
+        return None
+    return float(targets.float().mean())
+
+
+def _analysis_size(height: int, width: int, side: int = ANALYSIS_SIDE) -> tuple[int, int]:
+    scale = min(1.0, side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _shrink(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[H, W]`` array -> ``[h, w]`` float32 area average (strided first when far larger)."""
+    h, w = size
+    step = max(1, min(array.shape[0] // (4 * h), array.shape[1] // (4 * w)))
+    a = array[::step, ::step].astype(np.float32, copy=False)
+    if a.shape == (h, w):
+        return a
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def grid_to_image(grid_map: torch.Tensor, geometry, size: tuple[int, int]) -> np.ndarray:
+    """A ``[1, 1, gh, gw]`` map over the working canvas -> ``[h, w]`` float32 over the image at ``size``.
+
+    The same mapping as ``WorkingGeometry.to_original`` (padding cells cut
+    at their exact extent), to a small size instead of the original one.
+    """
+    gh, gw = grid_map.shape[-2:]
+    vh, vw = geometry.valid_cells(gh, gw)
+    ext_h = geometry.resized_h * gh / geometry.padded_h
+    ext_w = geometry.resized_w * gw / geometry.padded_w
+    h, w = size
+    th, tw = max(h, round(h * vh / ext_h)), max(w, round(w * vw / ext_w))
+    crop = grid_map[..., :vh, :vw].float()
+    up = F.interpolate(crop.reshape(1, 1, vh, vw), size=(th, tw), mode="bilinear", align_corners=False)
+    return up[0, 0, :h, :w].numpy()
+
+
+def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.maximum(a, b).sum()
+    return float(np.minimum(a, b).sum() / union) if union > 0 else float("nan")
+
+
+def confidence_signals(prob: np.ndarray, mask: np.ndarray, prediction=None,
+                       reference_area: float | None = None) -> dict[str, float]:
+    """Every signal of the module docstring for one result.
+
+    prob: ``[H, W]`` float object probability at the source's size (what
+    ``Propagator.finish`` returns); mask: ``[H, W]`` bool final mask;
+    prediction: the ``GridPrediction`` it came from (``parts`` with any of
+    ``"nearest"``, ``"head"``, ``"intra"`` as ``[1, 1, h, w]`` grid maps, and
+    ``geometry``), or None; reference_area: the references' object share
+    (:func:`reference_area_share`) or None. Returns ``{name: value}`` with
+    values in [0, 1], NaN where the input needed is missing.
+    """
+    if prob.shape != mask.shape:
+        raise ValueError(f"prob {prob.shape} and mask {mask.shape} must have the same size")
+    size = _analysis_size(*mask.shape)
+    m = _shrink(mask, size) >= 0.5
+    p = np.clip(_shrink(prob, size), 0.0, 1.0)
+    mf = m.astype(np.float32)
+    out = {k: float("nan") for k in SIGNALS}
+    area = float(mask.mean()) if mask.size else 0.0
+    out["mask_area"] = area
+    out["peak"] = float(np.quantile(p, 0.99)) if p.size else float("nan")
+
+    denom = mf.sum() + (p * (1.0 - mf)).sum()
+    out["self_iou"] = float((p * mf).sum() / denom) if denom > 0 else float("nan")
+    uncertain = (p > 0.25) & (p < 0.75)
+    relevant = uncertain | (p >= 0.5) | m
+    out["crisp"] = 1.0 - float(uncertain.sum() / relevant.sum()) if relevant.any() else float("nan")
+    thresholded = p >= 0.5
+    union = (thresholded | m).sum()
+    out["grabcut"] = float((thresholded & m).sum() / union) if union else float("nan")
+    if m.any():
+        edge = np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]])
+        out["border"] = 1.0 - float(edge.mean())
+
+    parts = getattr(prediction, "parts", None) or {}
+    geometry = getattr(prediction, "geometry", None)
+    maps = {}
+    if geometry is not None:
+        for name in ("nearest", "head", "intra"):
+            part = parts.get(name)
+            if isinstance(part, torch.Tensor) and part.dim() == 4:
+                maps[name] = np.clip(grid_to_image(part, geometry, size), 0.0, 1.0)
+    if "nearest" in maps:
+        out["nearest_mask"] = _soft_iou(maps["nearest"], mf)
+    if "head" in maps:
+        out["head_mask"] = _soft_iou(maps["head"], mf)
+    if "nearest" in maps and "head" in maps:
+        out["nearest_head"] = _soft_iou(maps["nearest"], maps["head"])
+    if "intra" in maps:
+        heat = maps["intra"]
+        total = heat.sum()
+        out["intra"] = float((heat * mf).sum() / total) if total > 0 else float("nan")
+    if reference_area is not None and reference_area > 0 and area > 0:
+        ratio = math.log(area / reference_area) / math.log(4.0)
+        out["area"] = math.exp(-ratio * ratio)
+    elif reference_area is not None and area == 0:
+        out["area"] = 0.0
+    return out
+
+
+def combine(signals: dict[str, float]) -> float:
+    """The confidence: ``grabcut * border * nearest_mask ** 0.25`` (the weighted product of :data:`WEIGHTS`).
+
+    Why these (measured with benchmarks/confidence.py on the dev sets; the
+    README lists the figures):
+
+    - ``grabcut``, the stability of the mask when the image's own colours
+      get a say, is the strongest single signal on every set: where the
+      features are unsure or wrong, GrabCut moves the boundary a lot.
+    - ``border`` catches what nothing else does, a probability map that is
+      confidently wrong: on category-level data (a new cow on a dark
+      hillside) the matchers, the head and GrabCut all agree on a mask that
+      includes the hill. Such masks run along the frame; objects mostly do not.
+    - ``nearest_mask`` at a quarter weight breaks ties among the many results
+      both signals above call fine, and keeps a ranking where GrabCut is off
+      (``--no-edges``/``--threshold``: ``grabcut`` is then about 1 everywhere).
+      It needs no object head, so ``--head-steps 0`` and a head replaced by a
+      decoder change nothing.
+
+    Signals that agree with the probability map (``self_iou``, ``crisp``,
+    ``head_mask``, ``intra``) rank DAVIS well but invert on category-level
+    data, where a right mask of a different-looking instance is lukewarm and
+    a wrong one crisp; they are reported, not used. A product, so that each
+    signal can veto ("all of these must hold"); it is not normalised (a
+    geometric mean would rank the same), which keeps its scale near the IoU
+    it predicts: on DAVIS dev the mean confidence is 0.66 for a mean IoU of
+    0.69, and 0.5 is a useful line for ``--only-below``. Signals that are NaN
+    (a part the prediction lacks) count as 1. An empty mask is capped at
+    :data:`EMPTY_CEILING`.
+    """
+    if not any(signals.get(name, float("nan")) == signals.get(name, float("nan")) for name in WEIGHTS):
+        return 0.0  # nothing to judge by
+    confidence = 1.0
+    for name, w in WEIGHTS.items():
+        value = signals.get(name, float("nan"))
+        if value != value:  # NaN: missing
+            continue
+        confidence *= max(float(value), 0.0) ** w
+    if signals.get("mask_area", 1.0) == 0.0:
+        confidence = min(confidence, EMPTY_CEILING)
+    return float(min(max(confidence, 0.0), 1.0))
+
+
+def assess(prob: np.ndarray, mask: np.ndarray, prediction=None,
+           reference_area: float | None = None) -> Assessment:
+    """Confidence, emptiness and object share of one result (see :func:`confidence_signals`)."""
+    signals = confidence_signals(prob, mask, prediction, reference_area)
+    return Assessment(confidence=combine(signals), empty=not bool(mask.any()),
+                      mask_area=signals["mask_area"], signals=signals)
+
+
+def result_confidence(prob: np.ndarray, mask: np.ndarray, prediction=None,
+                      reference_area: float | None = None) -> float:
+    """The confidence in [0, 1] of one result alone (:func:`assess` for the rest)."""
+    return assess(prob, mask, prediction, reference_area).confidence
