@@ -104,8 +104,8 @@ def _register() -> None:
     app.command("inspect-attn")(inspect_attn.inspect_attn)
     app.command("eval")(eval_cmd.eval_command)
     app.command("status")(status.status)
-    app.command("backbones")(backbones.backbones)
     app.command("review")(review.review)
+    app.command("backbones")(backbones.backbones)
 
 
 _register()

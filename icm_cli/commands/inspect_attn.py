@@ -26,7 +26,7 @@ def parse_point(text: str) -> tuple[int, int]:
 
 
 def inspect_attn(
-    sources: Annotated[List[str], typer.Argument(metavar="SOURCES...", show_default=False,
+    sources: Annotated[List[str], typer.Argument(metavar="SOURCES", show_default=False,
                                                  help="Images or folders of images to inspect.")],
     ref: opts.Ref = [],
     mask: opts.Mask = [],
@@ -53,8 +53,7 @@ def inspect_attn(
 ) -> None:
     """Show the attention behind each mask: reference | source | inter (cross-attention) | intra (after self-attention) | result.
 
-    Writes OUT/<name>.png (the montage) and OUT/<name>_inter.png, OUT/<name>_intra.png
-    (colour heat maps at the source's size); with --point also OUT/<name>_point.png.
+    Writes OUT/<name>.png (the montage) and OUT/<name>_inter.png, OUT/<name>_intra.png (colour heat maps at the source's size); with --point also OUT/<name>_point.png.
     """
     from icm_cli import io, render
     from icm_cli.backbones import WeightsError

@@ -38,7 +38,7 @@ def _matte_one(path: Path, trimap_path: Path, method: str, solve_pixels: int, ma
 
 
 def matte(
-    images: Annotated[List[str], typer.Argument(metavar="IMAGES...", show_default=False,
+    images: Annotated[List[str], typer.Argument(metavar="IMAGES", show_default=False,
                                                 help="Images or folders of images.")],
     trimaps: Annotated[Path, typer.Option(
         "--trimaps", "-t", metavar="DIR", rich_help_panel=opts.INPUTS, show_default=False,

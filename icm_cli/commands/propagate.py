@@ -18,7 +18,7 @@ D = opts.MODEL_DEFAULTS
 def propagate(
     ctx: typer.Context,
     sources: Annotated[Optional[List[str]], typer.Argument(
-        metavar="SOURCES...", show_default=False,
+        metavar="SOURCES", show_default=False,
         help="Images, folders of images, or - to read paths from stdin.")] = None,
     ref: opts.Ref = [],
     mask: opts.Mask = [],

@@ -15,7 +15,7 @@ D = opts.MODEL_DEFAULTS
 
 def refine(
     masks: Annotated[List[str], typer.Argument(
-        metavar="MASKS...", show_default=False,
+        metavar="MASKS", show_default=False,
         help="Coarse masks (files or folders), paired with the images by name.")],
     images: Annotated[Path, typer.Option(
         "--images", metavar="DIR", rich_help_panel=opts.INPUTS, show_default=False,

@@ -3,35 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from icm_cli.console import error_line, stderr, stdout
+from icm_cli import options as opts
 
 _SHOW_PROBLEMS = 5
 
 
 def review(
-    output: Path = typer.Argument(..., help="The -o folder of `icm propagate` (one run, its reruns and shards)."),
-    page: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file to write (default: OUT/review.html)."),
-    sort: str = typer.Option("confidence", "--sort", help="confidence (failed first, then least confident; no confidence last) or name."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=0, help="Show only the first N results in that order."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Confidence under which a result counts as low (colours, counts)."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Threads making thumbnails (0 = one per CPU, at most 8)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line unless something went wrong."),
+    output: Annotated[Path, typer.Argument(metavar="OUT", show_default=False,
+                                           help="The -o folder of `icm propagate` (one run, its reruns and shards).")],
+    page: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", metavar="HTML", show_default=False,
+        help="The HTML file to write (default: OUT/review.html).")] = None,
+    sort: Annotated[str, typer.Option(
+        "--sort", metavar="KEY",
+        help="confidence (failed first, then least confident; no confidence last) or name.")] = "confidence",
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", metavar="N", callback=opts.at_least(0, "--limit"), show_default=False,
+        help="Show only the first N results in that order.")] = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", metavar="C", callback=opts.in_unit_range("--threshold"),
+        help="Confidence under which a result counts as low (colours, counts).")] = 0.5,
+    workers: Annotated[int, typer.Option(
+        "--workers", metavar="N", callback=opts.at_least(0, "--workers"),
+        help="Threads making thumbnails (0 = one per CPU, at most 8).")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line unless something went wrong.")] = False,
 ) -> None:
-    """Write a static HTML page to check a run's results by eye: per source its mask over the
-    image, the heat map, the confidence, status and errors, least confident first.
+    """Write a static HTML page to check a run's results by eye: per source its mask over the image, the heat map, the confidence, status and errors, least confident first.
 
-    Thumbnails go to OUT/.review/thumbs and are reused while their files are unchanged.
-    The page needs no server and no network. Exit code 0 when every picture could be made,
-    1 when some files named by the manifest were missing or unreadable, 2 when OUT has no
-    manifest or the page cannot be written.
+    Thumbnails go to OUT/.review/thumbs and are reused while their files are unchanged. The page needs no server and no network. Exit code 0 when every picture could be made, 1 when some files named by the manifest were missing or unreadable, 2 when OUT has no manifest or the page cannot be written.
 
     Example: [bold]icm review out/ && xdg-open out/review.html[/]
     """
+    from rich.markup import escape
+
+    from icm_cli.console import error_line, stderr, stdout
     from icm_cli.review import ReviewError, build_review
 
     try:

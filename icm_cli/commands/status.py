@@ -69,7 +69,7 @@ def status(
     output: Annotated[Path, typer.Argument(metavar="OUT", show_default=False,
                                            help="The -o folder of `icm propagate` (one run or all its shards).")],
     sources: Annotated[Optional[List[str]], typer.Argument(
-        metavar="[SOURCES]...", show_default=False,
+        metavar="SOURCES", show_default=False,
         help="The run's SOURCES, to count what is still pending (- reads paths from stdin).")] = None,
     recursive: opts.Recursive = False,
     include: opts.Include = [],

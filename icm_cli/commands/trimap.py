@@ -13,7 +13,7 @@ from icm_cli.config import DEFAULT_MAX_PIXELS
 
 def trimap(
     masks: Annotated[List[str], typer.Argument(
-        metavar="MASKS...", show_default=False,
+        metavar="MASKS", show_default=False,
         help="Mask files or folders of masks (0/255, 0/1, 16-bit, palette or RGB).")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="OUT", rich_help_panel=opts.OUTPUTS, show_default=False,
