@@ -59,8 +59,9 @@ def _is_black_and_white(image: np.ndarray) -> bool:
 
 def build_propagator(backbone: str, weights: Optional[str], device: str, size: int,
                      head_steps: Optional[int] = None, edges: bool = True, threshold: Optional[float] = None,
-                     fine_edges: bool = False):
-    """Backbone + engine on the resolved device; raises one-line errors."""
+                     fine_edges: bool = False, decoder: Optional[str] = None):
+    """Backbone + engine on the resolved device; raises one-line errors.
+    ``decoder``: none | auto | builtin | FILE.safetensors (None: the engine's default)."""
     from icm_cli.backbones import create_backbone
     from icm_cli.device import default_dtype, resolve_device
     from icm_cli.predict.engine import PropagateSettings, Propagator
@@ -75,6 +76,8 @@ def build_propagator(backbone: str, weights: Optional[str], device: str, size: i
         settings = dataclasses.replace(settings, grabcut=False)
     if fine_edges:
         settings = dataclasses.replace(settings, grabcut_scale=1.0)
+    if decoder is not None:
+        settings = dataclasses.replace(settings, decoder=decoder)
     net = create_backbone(backbone, weights)
     return Propagator(net, device=dev, dtype=default_dtype(dev), settings=settings)
 

@@ -10,6 +10,7 @@ import typer
 from icm_cli import io, render
 from icm_cli.commands._shared import build_propagator, load_references
 from icm_cli.console import BatchOutcome, error_line, progress_bar
+from icm_cli.predict import DEFAULT_DECODER
 
 
 def parse_point(text: str) -> tuple[int, int]:
@@ -51,6 +52,7 @@ def inspect_attn(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     size: int = typer.Option(384, "--size", min=64, help="Working short side in pixels."),
     head_steps: int = typer.Option(100, "--head-steps", min=0, help="Training steps of the object head (as in propagate)."),
+    decoder: str = typer.Option(DEFAULT_DECODER, "--decoder", help="Learned mask decoder: auto (the built-in weights for efficientnet-lite0, see `icm backbones`), builtin, none (training-free), or a .safetensors file."),
     height: int = typer.Option(320, "--height", min=64, help="Height of each panel in the montage."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     resize_masks: bool = typer.Option(False, "--resize-masks", help="Stretch a reference mask of another size to its image."),
@@ -68,7 +70,7 @@ def inspect_attn(
     try:
         pt = parse_point(point) if point else None
         references = load_references(ref, mask, max_pixels, resize_masks)
-        propagator = build_propagator(backbone, weights, device, size, head_steps)
+        propagator = build_propagator(backbone, weights, device, size, head_steps, decoder=decoder)
         propagator.set_references(references)
     except (io.InputError, WeightsError, DeviceError, ValueError) as exc:
         error_line(str(exc))

@@ -11,6 +11,7 @@ import typer
 from icm_cli import io
 from icm_cli.commands._shared import build_propagator, load_references
 from icm_cli.console import error_line, progress_bar
+from icm_cli.predict import DEFAULT_DECODER
 
 
 def propagate(
@@ -30,6 +31,7 @@ def propagate(
     edges: bool = typer.Option(True, "--edges/--no-edges", help="Refine edges with the image's colours (GrabCut)."),
     fine_edges: bool = typer.Option(False, "--fine-edges", help="Run the edge refinement at full instead of half resolution: finer masks (DAVIS dev J +0.01), about 4x its time."),
     head_steps: int = typer.Option(100, "--head-steps", min=0, help="Training steps of the per-run object head (0 = nearest neighbours only)."),
+    decoder: str = typer.Option(DEFAULT_DECODER, "--decoder", help="Learned mask decoder: auto (the built-in weights for efficientnet-lite0, see `icm backbones`), builtin, none (training-free), or a .safetensors file."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders of SOURCES."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute sources whose outputs exist (default: skip them)."),
     resize_masks: bool = typer.Option(False, "--resize-masks", help="Stretch a reference mask of another size to its image."),
@@ -86,11 +88,16 @@ def propagate(
         io.ensure_output_folder(output)  # before the model loads: fail in a second, not a minute
         references = load_references(ref, mask, max_pixels, resize_masks)
         if engine == "local":
-            propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold, fine_edges)
+            propagator = build_propagator(backbone, weights, device, size, head_steps, edges, threshold, fine_edges,
+                                          decoder)
             propagator.set_references(references)
         else:  # the workers build the model; a bad --backbone/--weights is reported here, once
             from icm_cli.backbones import create_backbone
             create_backbone(backbone, weights)
+            from icm_cli.predict.decoder import load_decoder, resolve_decoder
+            decoder_path = resolve_decoder(decoder, backbone)
+            if decoder_path is not None:
+                load_decoder(decoder_path)
     except (io.InputError, WeightsError, DeviceError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
@@ -120,7 +127,7 @@ def propagate(
         try:
             if engine == "ray":
                 model = dict(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps,
-                             edges=edges, threshold=threshold, fine_edges=fine_edges)
+                             edges=edges, threshold=threshold, fine_edges=fine_edges, decoder=decoder)
                 try:
                     outcome = ray_engine.run_ray(
                         named, dict(refs=ref, masks=mask, max_pixels=max_pixels, resize_masks=resize_masks), model,
