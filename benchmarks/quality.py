@@ -240,7 +240,7 @@ def main() -> int:
     ap.add_argument("--cows-holdout", type=int, default=1, help="cows taken out of scoring per context (>= --cows-refs)")
     ap.add_argument("--video", action="store_true", help="DAVIS as video (--memory, --radius)")
     ap.add_argument("--memory", type=int, default=0)
-    ap.add_argument("--radius", type=int, default=3)
+    ap.add_argument("--radius", type=int, default=6, help="--video search window in cells (6 = the CLI default)")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
     global FRAME_STRIDE, COWS_REFS, COWS_HOLDOUT

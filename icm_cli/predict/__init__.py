@@ -2,4 +2,4 @@
 
 # What --decoder and PropagateSettings.decoder default to (here, not in
 # decoder.py, so the command line can show it without importing torch).
-DEFAULT_DECODER = "none"
+DEFAULT_DECODER = "auto"
