@@ -214,9 +214,10 @@ class Propagator:
         geo, feats = self.source_features(images)
         preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
         if self.collect_decoder_inputs:  # the decoder's fine levels, computed by the backbone anyway
+            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
             for i, pred in enumerate(preds):
-                for stride, level in feats.levels.items():
-                    pred.parts[f"level{stride}"] = level[i:i + 1]
+                for stride in strides:
+                    pred.parts[f"level{stride}"] = feats.levels[stride][i:i + 1]
         if keep_features:
             for i, pred in enumerate(preds):
                 pred.parts["ft"] = feats.ft[i:i + 1].cpu()
