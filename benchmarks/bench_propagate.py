@@ -7,6 +7,8 @@ Prints, measured in this one run:
   settings and for ../shared/baseline, and their ratio;
 - for icm in-process: the share of wall time inside the backbone forward,
   reference set-up time, and batch size 1 vs 8;
+- the learned decoder's own cost per image (when one is in use; ``--decoder``
+  passes a choice to icm, e.g. ``--decoder none`` for the training-free path);
 - peak resident memory of each subprocess.
 Frames come from ../shared/data/davis2016-dev (blackswan) when present,
 else synthetic 854x480 frames are generated.
@@ -60,7 +62,7 @@ def run_child(cmd: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024.0
 
 
-def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int) -> dict:
+def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int, decoder: str | None) -> dict:
     import torch
     from icm_cli.config import ModelConfig
     from icm_cli.predictor import Predictor
@@ -72,7 +74,7 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int) 
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
-    predictor = Predictor(ModelConfig(device="cpu"))
+    predictor = Predictor(ModelConfig(device="cpu", **({"decoder": decoder} if decoder else {})))
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.set_references(load_references([str(ref)], [str(mask)]))
@@ -84,8 +86,19 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int) 
     outcome = runner.run_images(list(SourceFinder([frames])), predictor, batch_size=batch_size)
     wall = time.perf_counter() - t0
     manifest.close()
-    return {"load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,
-            "backbone_share": predictor.engine.backbone_seconds / wall, "stream_ips": outcome.done / wall}
+    prop = predictor.engine
+    decoder_s = float("nan")
+    if prop.decoder is not None:  # the decoder alone, on a few frames
+        from icm_cli import io
+
+        images = [io.read_image(p) for p in sorted(frames.iterdir())[:8]]
+        preds = [prop.predict_grid([im])[0] for im in images]
+        t0 = time.perf_counter()
+        for im, pred in zip(images, preds):
+            prop.decode(im, pred)
+        decoder_s = (time.perf_counter() - t0) / len(images)
+    return {"decoder_s": decoder_s, "load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,
+            "backbone_share": prop.backbone_seconds / wall, "stream_ips": outcome.done / wall}
 
 
 def main() -> int:
@@ -93,6 +106,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--decoder", default=None, help="icm's --decoder (default: icm's default)")
     args = ap.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(SHARED / "baseline"))
     import torch
@@ -104,7 +118,8 @@ def main() -> int:
         print(f"{n} frames 854x480 from {'DAVIS blackswan' if 'shared' in str(ref) else 'synthetic scenes'}; "
               f"{args.threads} threads; torch {torch.__version__}")
         icm_cmd = [sys.executable, "-m", "icm_cli", "propagate", "--ref", str(ref), "--mask", str(mask),
-                   str(frames), "-o", str(tmp / "icm_out"), "--quiet", "--device", "cpu"]
+                   str(frames), "-o", str(tmp / "icm_out"), "--quiet", "--device", "cpu"] + \
+                  (["--decoder", args.decoder] if args.decoder else [])
         icm_wall, icm_rss = run_child(icm_cmd, env)
         rows = [("icm (default settings)", icm_wall, icm_rss)]
         if not args.skip_baseline and (SHARED / "baseline").is_dir():
@@ -120,10 +135,11 @@ def main() -> int:
             print(f"  icm / baseline images/s ratio: {(n / rows[0][1]) / (n / rows[1][1]):.2f}x")
         print("\nicm in-process breakdown:")
         for bs in (1, 8):
-            r = in_process(frames, ref, mask, tmp / f"inproc_{bs}", bs)
+            r = in_process(frames, ref, mask, tmp / f"inproc_{bs}", bs, args.decoder)
             print(f"  batch {bs}: model load {r['load_s']:.2f}s, reference set-up {r['reference_s']:.2f}s, "
                   f"stream {r['stream_s']:.2f}s = {r['stream_ips']:.2f} img/s, "
-                  f"backbone forward {100 * r['backbone_share']:.0f}% of stream wall time")
+                  f"backbone forward {100 * r['backbone_share']:.0f}% of stream wall time"
+                  + (f", decoder {1000 * r['decoder_s']:.0f} ms/image" if r['decoder_s'] == r['decoder_s'] else ""))
     return 0
 
 

@@ -1,11 +1,17 @@
-"""Quality on ../shared/data: DAVIS-2016 dev (J, F), MSRC cows dev (mIoU), PerSeg (mIoU).
+"""Quality on ../shared/data: DAVIS-2016 dev (J, F), MSRC cows dev (mIoU), PerSeg (mIoU), the demo.
 
-    python benchmarks/quality.py [--sets davis,cows,perseg] [--set key=value ...]
+    python benchmarks/quality.py [--sets davis,cows,perseg,demo] [--set key=value ...]
+    python benchmarks/quality.py --baseline --variant before:decoder=none --variant after:decoder=builtin
 
 Runs icm's engine with its default settings (or overrides such as
 ``--set head_steps=0``) and prints per-sequence / per-object figures and the
-means. With ``--baseline`` the yardstick in ../shared/baseline is run on the
-same data in the same run. Skips with a message when ../shared/data is absent.
+means: DAVIS over all 17 dev sequences and over the first five (blackswan,
+bmx-trees, dance-twirl, car-shadow, kite-surf; comparable with older
+figures). ``--variant NAME:k=v,k=v`` (repeatable) runs several settings in
+the same run on the same backbone features (each its own reference
+context), so their differences are not machine noise. With ``--baseline``
+the yardstick in ../shared/baseline is run on the same data in the same run.
+Skips with a message when ../shared/data is absent.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 FRAME_STRIDE = 1  # --stride N scores every Nth DAVIS frame (quick screening only)
+FIVE = ("blackswan", "bmx-trees", "dance-twirl", "car-shadow", "kite-surf")  # the older 5-sequence dev set
 
 
 def davis_cases():
@@ -72,35 +79,55 @@ def demo_cases():
 SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases, "demo": demo_cases}
 
 
-def run_icm(cases, settings, backbone_name):
+def run_icm(cases, variants, backbone_name):
+    """Score every variant (``{name: PropagateSettings}``) on the cases; one backbone forward
+    per target is shared by all variants of the same working size. Returns ``{variant: {case: figures}}``."""
     import torch
     from icm_cli import io
     from icm_cli.backbones import create_backbone
-    try:
-        from icm_cli.metrics import boundary_f
-    except ImportError:  # metrics module not built yet
-        boundary_f = None
+    from icm_cli.metrics import boundary_f
     from icm_cli.predict.engine import Propagator
 
     torch.set_grad_enabled(False)
-    prop = Propagator(create_backbone(backbone_name), settings=settings)
-    results = {}
-    for name, refs, targets in cases:
-        prop.set_references([(io.read_image(r), io.read_mask(m)) for r, m in refs])
-        inter = union = 0
-        ious, fs = [], []
+    net = create_backbone(backbone_name)
+    props = {name: Propagator(net, settings=st) for name, st in variants.items()}
+    sizes = {}
+    for name, st in variants.items():  # variants that share a working size share features
+        sizes.setdefault((st.size, st.min_size), []).append(name)
+    results = {name: {} for name in variants}
+    seconds = {name: 0.0 for name in variants}
+    for case, refs, targets in cases:
+        ref_pairs = [(io.read_image(r), io.read_mask(m)) for r, m in refs]
+        for name, prop in props.items():
+            t0 = time.perf_counter()
+            prop.set_references(ref_pairs)
+            seconds[name] += time.perf_counter() - t0
+        acc = {name: {"inter": 0, "union": 0, "ious": [], "fs": []} for name in variants}
         for img_path, gt_path in targets:
             image = io.read_image(img_path)
             gt = io.read_mask(gt_path) >= 0.5
-            pred = prop.predict_grid([image])[0]
-            _, mask = prop.finish(image, pred)
-            inter += np.logical_and(mask, gt).sum()
-            union += np.logical_or(mask, gt).sum()
-            ious.append(_iou(mask, gt))
-            fs.append(boundary_f(mask, gt)[2] if callable(boundary_f) else float("nan"))
-        results[name] = {"J": float(np.mean(ious)), "F": float(np.mean(fs)),
-                         "pooled_iou": float(inter / max(union, 1))}
-    return results
+            for group in sizes.values():
+                t0 = time.perf_counter()
+                geo, feats = props[group[0]].source_features([image], with_attention=True)
+                shared_s = (time.perf_counter() - t0) / len(group)
+                for name in group:
+                    prop = props[name]
+                    t0 = time.perf_counter()
+                    pred = prop.predict_from_features(feats.ft, geo, feats.attn)[0]
+                    if prop.collect_decoder_inputs:
+                        for stride, level in feats.levels.items():
+                            pred.parts[f"level{stride}"] = level
+                    _, mask = prop.finish(image, pred)
+                    seconds[name] += time.perf_counter() - t0 + shared_s
+                    a = acc[name]
+                    a["inter"] += np.logical_and(mask, gt).sum()
+                    a["union"] += np.logical_or(mask, gt).sum()
+                    a["ious"].append(_iou(mask, gt))
+                    a["fs"].append(boundary_f(mask, gt)[2])
+        for name, a in acc.items():
+            results[name][case] = {"J": float(np.mean(a["ious"])), "F": float(np.mean(a["fs"])),
+                                   "pooled_iou": float(a["inter"] / max(a["union"], 1))}
+    return results, seconds
 
 
 def run_icm_video(settings, backbone_name, memory, radius):
@@ -178,10 +205,34 @@ def summarise(set_name, results):
     return float(np.mean([r["J"] for r in results.values()]))
 
 
+def summary_line(set_name, results):
+    """The headline figures of one set: DAVIS J, F and the 5-sequence J; cows/demo J; PerSeg mIoU."""
+    if set_name == "perseg":
+        return f"mIoU {summarise(set_name, results):.3f}"
+    text = f"J {summarise(set_name, results):.3f}"
+    if "F" in next(iter(results.values()), {}):
+        text += f"  F {float(np.mean([r['F'] for r in results.values()])):.3f}"
+    five = [results[k]["J"] for k in FIVE if k in results]
+    if set_name == "davis" and len(five) == len(FIVE) and len(results) > len(FIVE):
+        text += f"  5-seq J {np.mean(five):.3f}"
+    return text
+
+
+def parse_settings(base, pairs):
+    """``["k=v", ...]`` -> a copy of ``base`` with those fields replaced (typed like the field)."""
+    for kv in pairs:
+        key, value = kv.split("=", 1)
+        typ = type(getattr(base, key))
+        base = dataclasses.replace(base, **{key: (value.lower() in ("1", "true", "yes")) if typ is bool else typ(value)})
+    return base
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="davis,cows,perseg")
+    ap.add_argument("--sets", default="davis,cows,perseg,demo")
     ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:key=value,key=value (repeatable): settings compared in the same run")
     ap.add_argument("--backbone", default="efficientnet-lite0")
     ap.add_argument("--baseline", action="store_true", help="also run ../shared/baseline in this run")
     ap.add_argument("--json", action="store_true")
@@ -189,7 +240,7 @@ def main() -> int:
     ap.add_argument("--cows-holdout", type=int, default=1, help="cows taken out of scoring per context (>= --cows-refs)")
     ap.add_argument("--video", action="store_true", help="DAVIS as video (--memory, --radius)")
     ap.add_argument("--memory", type=int, default=0)
-    ap.add_argument("--radius", type=int, default=3)
+    ap.add_argument("--radius", type=int, default=6, help="--video search window in cells (6 = the CLI default)")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
     global FRAME_STRIDE, COWS_REFS, COWS_HOLDOUT
@@ -200,37 +251,48 @@ def main() -> int:
         print(f"skipped: {DATA} not found (the shared evaluation data is not on this machine)")
         return 0
     from icm_cli.predict.engine import PropagateSettings
-    settings = PropagateSettings()
-    for kv in args.set:
-        key, value = kv.split("=", 1)
-        typ = type(getattr(settings, key))
-        settings = dataclasses.replace(settings, **{key: (value.lower() in ("1", "true", "yes")) if typ is bool else typ(value)})
+    settings = parse_settings(PropagateSettings(), args.set)
     print("settings:", dataclasses.asdict(settings))
+    variants = {"icm": settings}
+    if args.variant:
+        variants = {}
+        for spec in args.variant:
+            name, _, pairs = spec.partition(":")
+            variants[name] = parse_settings(settings, [p for p in pairs.split(",") if p])
+            changed = {k: v for k, v in dataclasses.asdict(variants[name]).items() if getattr(settings, k) != v}
+            print(f"variant {name}: {changed or 'as settings'}")
     report = {}
     if args.video:
+        if len(variants) > 1:
+            raise SystemExit("--video runs one setting; use --set")
         res = run_icm_video(settings, args.backbone, args.memory, args.radius)
-        print(f"\n== davis --video (memory {args.memory}, radius {args.radius}): mean J "
-              f"{np.mean([r['J'] for r in res.values()]):.3f}  mean F {np.mean([r['F'] for r in res.values()]):.3f}")
+        print(f"\n== davis --video (memory {args.memory}, radius {args.radius}): {summary_line('davis', res)}")
         for name, r in res.items():
             print(f"  {name:22s} J {r['J']:.3f}  F {r['F']:.3f}  {r['fps']:.2f} frames/s")
         return 0
     for set_name in args.sets.split(","):
-        t0 = time.perf_counter()
-        res = run_icm(SETS[set_name](), settings, args.backbone)
-        secs = time.perf_counter() - t0
-        row = {"icm": summarise(set_name, res), "icm_detail": res, "icm_seconds": secs}
+        res_by, secs_by = run_icm(SETS[set_name](), variants, args.backbone)
+        row = {name: {"summary": summarise(set_name, r), "detail": r, "seconds": secs_by[name]}
+               for name, r in res_by.items()}
+        bres = None
         if args.baseline:
             t0 = time.perf_counter()
             bres = run_baseline(SETS[set_name]())
-            row.update(baseline=summarise(set_name, bres), baseline_detail=bres,
-                       baseline_seconds=time.perf_counter() - t0)
+            row["baseline"] = {"summary": summarise(set_name, bres), "detail": bres,
+                               "seconds": time.perf_counter() - t0}
         report[set_name] = row
-        metric = "mIoU (PerSeg protocol)" if set_name == "perseg" else "mean J"
-        print(f"\n== {set_name}: icm {metric} {row['icm']:.3f}"
-              + (f"  baseline {row['baseline']:.3f}" if args.baseline else "") + f"  ({secs:.0f}s)")
-        for name, r in res.items():
-            extra = f"  baseline J {bres[name]['J']:.3f}" if args.baseline else ""
-            print(f"  {name:22s} J {r['J']:.3f}  F {r['F']:.3f}  pooled IoU {r['pooled_iou']:.3f}{extra}")
+        print(f"\n== {set_name}" + (f" (every {FRAME_STRIDE}th frame)" if set_name == "davis" and FRAME_STRIDE > 1 else ""))
+        for name, r in res_by.items():
+            print(f"  {name:12s} {summary_line(set_name, r)}  ({secs_by[name]:.0f}s)")
+        if bres is not None:
+            print(f"  {'baseline':12s} {summary_line(set_name, bres)}  ({row['baseline']['seconds']:.0f}s)")
+        names = list(res_by)
+        print(f"  {'':22s} " + " ".join(f"{n[:11]:>11s}" for n in names) + ("    baseline" if bres else ""))
+        for case in next(iter(res_by.values())):
+            cells = " ".join(f"{res_by[n][case]['J']:.3f}/{res_by[n][case]['F']:.2f}" for n in names)
+            extra = f"  {bres[case]['J']:.3f}" if bres else ""
+            print(f"  {case:22s} {cells}{extra}" + ("   (pooled IoU " + " ".join(
+                f"{res_by[n][case]['pooled_iou']:.3f}" for n in names) + ")" if set_name == "perseg" else ""))
         sys.stdout.flush()
     if args.json:
         print(json.dumps(report))

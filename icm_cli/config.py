@@ -13,6 +13,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from icm_cli.predict import DEFAULT_DECODER
+
 #: Images with more pixels than this are refused before they are decoded
 #: (about 16k x 16k); ``--max-pixels`` changes it.
 DEFAULT_MAX_PIXELS = 260_000_000
@@ -46,6 +48,7 @@ class ModelConfig:
     edges: bool = True                # GrabCut refinement of the uncertain band
     fine_edges: bool = False          # ... at full instead of half resolution
     threshold: float | None = None    # a fixed threshold instead of GrabCut's decision
+    decoder: str = DEFAULT_DECODER    # learned mask decoder: auto, builtin, none or a .safetensors file
 
     def __post_init__(self) -> None:
         if self.size < 64:
@@ -63,7 +66,7 @@ class ModelConfig:
         """The engine's full :class:`~icm_cli.predict.engine.PropagateSettings` for this config."""
         from icm_cli.predict.engine import PropagateSettings
 
-        settings = PropagateSettings(size=self.size, head_steps=self.head_steps)
+        settings = PropagateSettings(size=self.size, head_steps=self.head_steps, decoder=self.decoder)
         if self.threshold is not None:
             return dataclasses.replace(settings, grabcut=False, threshold=self.threshold)
         if not self.edges:

@@ -183,9 +183,14 @@ class PropagateJob:
         from icm_cli.device import DeviceError
 
         try:
-            if self.engine == "ray":
+            if self.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
                 from icm_cli.backbones import create_backbone
-                create_backbone(self.model.backbone, self.model.weights)  # a bad --weights is reported here, once
+                from icm_cli.predict.decoder import load_decoder, resolve_decoder
+
+                create_backbone(self.model.backbone, self.model.weights)
+                decoder_path = resolve_decoder(self.model.decoder, self.model.backbone)
+                if decoder_path is not None:
+                    load_decoder(decoder_path)
                 return
             from icm_cli.predictor import Predictor
 

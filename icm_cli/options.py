@@ -94,6 +94,10 @@ Weights = Annotated[Optional[str], typer.Option(
     help="Local weights file or folder for the backbone.")]
 Device = Annotated[str, typer.Option(
     "--device", metavar="DEV", rich_help_panel=MODEL, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
+Decoder = Annotated[str, typer.Option(
+    "--decoder", metavar="NAME", rich_help_panel=MODEL,
+    help="Learned mask decoder: auto (the built-in weights for efficientnet-lite0), builtin, none "
+         "(training-free), or a .safetensors file (see `icm backbones`).")]
 Size = Annotated[int, typer.Option(
     "--size", metavar="PX", rich_help_panel=QUALITY, callback=at_least(64, "--size"),
     help="Working short side in pixels: larger is finer and slower.")]
@@ -115,9 +119,10 @@ Memory = Annotated[int, typer.Option(
 
 
 def model_config(backbone: str, weights: Optional[str], device: str, size: int, head_steps: int,
-                 **more) -> ModelConfig:
+                 decoder: str = MODEL_DEFAULTS.decoder, **more) -> ModelConfig:
     """The :class:`ModelConfig` of a command's model options (ValueError with a sentence if they clash)."""
-    return ModelConfig(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps, **more)
+    return ModelConfig(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps,
+                       decoder=decoder, **more)
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MODEL_DEFAULTS", "VIDEO_DEFAULTS"]

@@ -17,11 +17,16 @@ class Features:
           self-attention maps (each position's attention over all positions
           of the same image sums to 1).
     stride: input pixels per cell of ``ft``.
+    levels: ``{s: [B, C_s, H/s, W/s]}`` raw (not normalised) activations of
+          finer layers the backbone computes anyway, keyed by stride (the
+          EfficientNets give 2 and 4; empty where a backbone has none). The
+          learned decoder reads them for edges.
     """
 
     ft: torch.Tensor
     attn: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     stride: int = 8
+    levels: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -23,6 +23,13 @@ from icm_cli.backbones.base import (Backbone, Features, affinity_attention, imag
                                     l2_normalise)
 from icm_cli.backbones.weights import WeightsError, load_state_dict
 
+# Last block at stride 2 and at stride 4 (the same in every Lite variant's
+# first two stages): their raw outputs are the ``levels`` of Features.
+LEVEL_BLOCKS = {
+    "efficientnet-lite0": {2: 0, 4: 2},
+    "efficientnet-lite1": {2: 0, 4: 2},
+    "efficientnet-lite2": {2: 0, 4: 2},
+}
 # Block indices read for each variant: (first stride-8 block, last stride-16
 # block of the 112-channel stage, last stride-32 block before the 320 stage).
 TAPS = {
@@ -56,7 +63,8 @@ class EfficientNetLite(Backbone):
     """Multi-scale EfficientNet-Lite features on a stride-8 grid.
 
     ``forward``: ``[B, 3, H, W]`` RGB in [0, 1] (H, W multiples of 32) ->
-    ``Features(ft=[B, C, H/8, W/8], attn={(H/16, W/16): [B, H/16, W/16, H*W/256]})``.
+    ``Features(ft=[B, C, H/8, W/8], attn={(H/16, W/16): [B, H/16, W/16, H*W/256]},
+    levels={2: [B, 16, H/2, W/2], 4: [B, 24, H/4, W/4]})`` (Lite0 channel counts).
     """
 
     stride = 8
@@ -93,6 +101,7 @@ class EfficientNetLite(Backbone):
             raise WeightsError(f"{path}: does not match {variant} "
                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
         self.taps = TAPS[variant]
+        self.level_blocks = LEVEL_BLOCKS[variant]
         last = self.taps[-1]
         self.stem = torch.nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = torch.nn.ModuleList(net._blocks[: last + 1])
@@ -101,25 +110,36 @@ class EfficientNetLite(Backbone):
         self.weights_path = str(path)
         self.attention_temperature = attention_temperature
         with torch.no_grad():
-            dims = self._taps(torch.zeros(1, 3, 64, 64))
+            dims, levels = self._taps(torch.zeros(1, 3, 64, 64))
         self.tap_dims = tuple(d.shape[1] for d in dims)
+        self.level_dims = {s: t.shape[1] for s, t in levels.items()}
         self.feature_dim = sum(self.tap_dims)
         self.eval()
 
-    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _taps(self, x: torch.Tensor, upto: int | None = None) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Tapped block outputs and the stride-keyed ``levels``; ``upto`` stops after that block."""
         x = self.stem(imagenet_normalise(x))
-        outs = []
+        outs, levels = [], {}
+        by_block = {b: s for s, b in self.level_blocks.items()}
         for i, block in enumerate(self.blocks):
             x = block(x, drop_connect_rate=self.drop_connect_rate)
             if i in self.taps:
                 outs.append(x)
-        return outs
+            if i in by_block:
+                levels[by_block[i]] = x
+            if upto is not None and i >= upto:
+                break
+        return outs, levels
+
+    def levels(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Only the fine ``levels`` of ``[B, 3, H, W]`` images (the first blocks; cheap)."""
+        return self._taps(images, upto=max(self.level_blocks.values()))[1]
 
     def forward(self, images: torch.Tensor, with_attention: bool = True) -> Features:
         b, _, h, w = images.shape
         if h % self.multiple or w % self.multiple:
             raise ValueError(f"input sides must be multiples of {self.multiple}, got {h}x{w}")
-        taps = self._taps(images)
+        taps, levels = self._taps(images)
         grid = taps[0].shape[-2:]
         parts = [l2_normalise(taps[0].float())]
         for t in taps[1:]:
@@ -130,4 +150,4 @@ class EfficientNetLite(Backbone):
         if with_attention:
             coarse = l2_normalise(F.avg_pool2d(ft, 2))
             attn[tuple(coarse.shape[-2:])] = affinity_attention(coarse, self.attention_temperature)
-        return Features(ft=ft, attn=attn, stride=self.stride)
+        return Features(ft=ft, attn=attn, stride=self.stride, levels=levels)

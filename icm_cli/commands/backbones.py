@@ -14,9 +14,12 @@ from icm_cli.console import stdout
 
 def backbone_rows(weights: Optional[str] = None) -> list[dict]:
     """One dict per registered backbone: name, default, usable, detail,
-    feature_dim, stride, description. Looks at the disk only (no downloads,
-    no weights read, transformers not imported)."""
+    feature_dim, stride, description, decoder (what ``--decoder`` with its
+    default resolves to for it). Looks at the disk only (no downloads, no
+    weights read, transformers not imported)."""
     from icm_cli.backbones import DEFAULT_BACKBONE, get_spec, names
+    from icm_cli.predict import DEFAULT_DECODER
+    from icm_cli.predict.decoder import describe
 
     rows = []
     for name in names():
@@ -33,6 +36,7 @@ def backbone_rows(weights: Optional[str] = None) -> list[dict]:
             "feature_dim": spec.feature_dim,
             "stride": spec.stride,
             "description": spec.description,
+            "decoder": describe(DEFAULT_DECODER, name),
         })
     return rows
 
@@ -60,5 +64,9 @@ def backbones(
         name = escape(row["name"]) + ("\n(default)" if row["default"] else "")
         ready = "[green]yes[/]" if row["usable"] else "[red]no[/]"
         table.add_row(name, ready, str(row["feature_dim"]), str(row["stride"]),
-                      f"{escape(row['description'])}\n[dim]{escape(row['detail'])}[/]")
+                      f"{escape(row['description'])}\n[dim]{escape(row['detail'])}\n"
+                      f"decoder: {escape(row['decoder'])}[/]")
     stdout.print(table)
+    from icm_cli.predict import DEFAULT_DECODER
+    stdout.print(f"mask decoder: --decoder {DEFAULT_DECODER} by default (auto = the built-in weights where they "
+                 "exist for the backbone; none = training-free; or a .safetensors file)")

@@ -42,6 +42,7 @@ def inspect_attn(
     backbone: opts.Backbone = D.backbone,
     weights: opts.Weights = None,
     device: opts.Device = D.device,
+    decoder: opts.Decoder = D.decoder,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
     recursive: opts.Recursive = False,
@@ -80,7 +81,7 @@ def inspect_attn(
     entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output])
     output_folder_or_exit(output)
     try:
-        predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps))
+        predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder))
         predictor.set_references(references)
     except (io.InputError, WeightsError, DeviceError, ValueError) as exc:
         error_line(str(exc))

@@ -52,6 +52,7 @@ def propagate(
     batch_size: Annotated[int, typer.Option(
         "--batch-size", metavar="N", rich_help_panel=opts.MODEL, callback=opts.at_least(0, "--batch-size"),
         help="Sources per forward pass; 0 = 1 on CPU, 8 on GPU.")] = 0,
+    decoder: opts.Decoder = D.decoder,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
     no_edges: Annotated[bool, typer.Option(
@@ -100,7 +101,7 @@ def propagate(
         job = PropagateJob.from_options(
             sources=sources or [], video=video, refs=ref, masks=mask, output=output,
             outputs=OutputConfig.parse(save, kernel),
-            model=opts.model_config(backbone, weights, device, size, head_steps, edges=not no_edges,
+            model=opts.model_config(backbone, weights, device, size, head_steps, decoder, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
             video_config=VideoConfig(radius=radius, memory=memory),
             recursive=recursive, include=include, exclude=exclude, resize_masks=resize_masks,

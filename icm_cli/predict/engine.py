@@ -17,8 +17,10 @@ from icm_cli.backbones.base import Backbone, Features
 from icm_cli.core import cross_attention_heat, propagate_heat, roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
+from icm_cli.predict.decoder import (DEFAULT_DECODER, MAP_CHANNELS, MaskDecoder, combine_prototypes, load_decoder,
+                                     reference_prototypes, resolve_decoder)
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
-from icm_cli.predict.nearest import background_floor, contrast_probability
+from icm_cli.predict.nearest import background_floor, contrast_similarities
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
 
 
@@ -43,6 +45,7 @@ class PropagateSettings:
     attention_prior: float = 0.1   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
     source_background: bool = True  # lend each source its own clear background (see nearest.py)
     background_quantile: float = 0.1
+    decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
     seed: int = 0
 
 
@@ -54,6 +57,7 @@ class ReferenceContext:
     background_floor: float = float("nan")
     roi_tokens: torch.Tensor | None = None   # [1, N, C] min-pooled ICM query tokens
     roi_valid: torch.Tensor | None = None    # [1, N] bool
+    prototypes: dict[int, torch.Tensor] | None = None  # decoder: {stride: [2, C]} object/background
 
 
 @dataclass
@@ -79,6 +83,16 @@ class Propagator:
         self.settings = settings or PropagateSettings()
         self.context: ReferenceContext | None = None
         self.backbone_seconds = 0.0  # wall time spent in backbone forwards (for benchmarks)
+        self.decoder: MaskDecoder | None = None
+        path = resolve_decoder(self.settings.decoder, getattr(backbone, "name", ""))
+        if path is not None:
+            if not hasattr(self.backbone, "levels"):
+                from icm_cli.backbones.weights import WeightsError
+                raise WeightsError(f"the decoder needs a backbone with fine levels (EfficientNet-Lite), "
+                                   f"not {getattr(backbone, 'name', 'this one')}; use --decoder none")
+            self.decoder = load_decoder(path).to(self.device)
+        # Keep what the decoder reads (also set by the decoder's training episodes).
+        self.collect_decoder_inputs = self.decoder is not None
 
     # ---------------------------------------------------------------- geometry
     def geometry_for(self, height: int, width: int) -> WorkingGeometry:
@@ -109,21 +123,25 @@ class Propagator:
         geo = self.geometry_for(*images[0].shape[:2])
         batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
         if with_attention is None:
-            with_attention = self.settings.attention_prior > 0
+            with_attention = self.settings.attention_prior > 0 or self.collect_decoder_inputs
         return geo, self.features(batch, with_attention=with_attention)
 
-    def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor
-                          ) -> tuple[ReferenceTokens, torch.Tensor, torch.Tensor, WorkingGeometry]:
+    def _reference_tokens(self, image: torch.Tensor, mask: torch.Tensor, prototypes: bool = False
+                          ) -> tuple[ReferenceTokens, torch.Tensor, torch.Tensor, WorkingGeometry, dict | None]:
         """image ``[1, 3, H, W]``, mask ``[1, 1, H, W]`` -> tokens, ``[C, h, w]`` features,
-        the ``[1, 1, Hc, Wc]`` mask on the canvas, and the geometry."""
+        the ``[1, 1, Hc, Wc]`` mask on the canvas, the geometry and (with
+        ``prototypes``) the decoder's ``{stride: [2, C]}`` prototypes."""
         geo = self.geometry_for(image.shape[-2], image.shape[-1])
         canvas = geo.to_canvas(image)
         mask_canvas = geo.mask_to_canvas(mask, mode="bilinear")
-        ft = self.features(canvas).ft[0]
+        feats = self.features(canvas)
+        ft = feats.ft[0]
         grid = tuple(ft.shape[-2:])
         area = mask_area_on_grid(mask_canvas.to(ft.device), grid)[0, 0]
         valid = geo.valid_mask(*grid).to(ft.device)
-        return pool_reference_tokens(ft, area, valid), ft, mask_canvas, geo
+        protos = (reference_prototypes(feats.levels, mask_canvas, (geo.resized_h, geo.resized_w))
+                  if prototypes else None)
+        return pool_reference_tokens(ft, area, valid), ft, mask_canvas, geo, protos
 
     @staticmethod
     def _icm_roi_tokens(ft: torch.Tensor, mask_canvas: torch.Tensor, fallback: ReferenceTokens) -> torch.Tensor:
@@ -141,13 +159,16 @@ class Propagator:
         s = self.settings
         generator = torch.Generator().manual_seed(s.seed)
         self.reference_features: list[tuple[torch.Tensor, WorkingGeometry]] = []
-        token_sets, head_sets, roi_sets = [], [], []
+        token_sets, head_sets, roi_sets, proto_sets = [], [], [], []
         for image_np, mask_np in references:
             image = to_tensor(image_np)
             mask = torch.from_numpy((mask_np >= 0.5).astype(np.float32))[None, None]
             if mask.sum() == 0:
                 raise ValueError("the reference mask is empty")
-            tokens, ref_ft, ref_mask_canvas, ref_geo = self._reference_tokens(image, mask)
+            tokens, ref_ft, ref_mask_canvas, ref_geo, protos = self._reference_tokens(
+                image, mask, prototypes=self.collect_decoder_inputs)
+            if protos is not None:
+                proto_sets.append(protos)
             roi_sets.append(self._icm_roi_tokens(ref_ft, ref_mask_canvas, fallback=tokens))
             self.reference_features.append((ref_ft.cpu(), ref_geo))
             if tokens.fg.shape[0] == 0:
@@ -170,7 +191,8 @@ class Propagator:
         roi = torch.cat(roi_sets)[None]
         self.context = ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
                                         background_floor=floor, roi_tokens=roi,
-                                        roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool))
+                                        roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),
+                                        prototypes=combine_prototypes(proto_sets) if proto_sets else None)
         return self.context
 
     # ----------------------------------------------------------------- sources
@@ -189,6 +211,11 @@ class Propagator:
             raise RuntimeError("set_references() must come first")
         geo, feats = self.source_features(images)
         preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
+        if self.collect_decoder_inputs:  # the decoder's fine levels, computed by the backbone anyway
+            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
+            for i, pred in enumerate(preds):
+                for stride in strides:
+                    pred.parts[f"level{stride}"] = feats.levels[stride][i:i + 1]
         if keep_features:
             for i, pred in enumerate(preds):
                 pred.parts["ft"] = feats.ft[i:i + 1].cpu()
@@ -226,28 +253,67 @@ class Propagator:
         fg, bg = ctx.tokens.fg, ctx.tokens.bg
         if memory is not None:
             fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
-        prob_nn = contrast_probability(ft, fg.to(ft.device), bg.to(ft.device),
-                                       k=s.k, temperature=s.temperature,
-                                       source_floor=ctx.background_floor if s.source_background else None)
+        sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
+                                               source_floor=ctx.background_floor if s.source_background else None)
+        prob_nn = torch.sigmoid((sim_fg - sim_bg) / s.temperature)
         prob = prob_nn
         parts = {"nearest": prob_nn}
         if ctx.head is not None:
             prob_head = ctx.head.to(ft.device).probability_map(ft)
             parts["head"] = prob_head
             prob = (1 - s.head_weight) * prob_nn + s.head_weight * prob_head
-        if s.attention_prior > 0 and attn:
-            _, intra = self.icm_heat(ft, attn)
+        collect = self.collect_decoder_inputs
+        if (s.attention_prior > 0 or collect) and attn:
+            inter, intra = self.icm_heat(ft, attn)
             parts["intra"] = intra
-            prob = prob * (intra / s.attention_prior).clamp(max=1.0)
+            if s.attention_prior > 0:
+                prob = prob * (intra / s.attention_prior).clamp(max=1.0)
+            if collect:
+                parts["inter"] = inter
+        if collect:
+            parts.update(sim_fg=sim_fg, sim_bg=sim_bg, base=prob)
         if prior is not None:
             prob = prob * prior.to(prob)
+            if collect:
+                parts["prior"] = prior.to(prob).expand_as(prob)
         return [GridPrediction(prob[i:i + 1].cpu(), geo, {k: v[i:i + 1].cpu() for k, v in parts.items()})
                 for i in range(ft.shape[0])]
+
+    # ----------------------------------------------------------------- decoder
+    def decoder_maps(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, len(MAP_CHANNELS), h, w]``: the in-context maps the decoder reads.
+        Without a head its channel repeats the nearest-neighbour map; without
+        attention maps the intra channel repeats the inter heat."""
+        base = parts["base"]
+        inter = parts.get("inter")
+        if inter is None:
+            inter = torch.ones_like(base)
+        fill = {"prob": base, "head": parts.get("head", parts["nearest"]), "inter": inter,
+                "intra": parts.get("intra", inter)}
+        return torch.cat([fill.get(name, parts.get(name)).float() for name in MAP_CHANNELS], dim=1)
+
+    @torch.no_grad()
+    def decode(self, image: np.ndarray, pred: GridPrediction) -> torch.Tensor:
+        """The decoder's ``[1, 1, Hc/s, Wc/s]`` object probability over the canvas (s = 4 or 2)."""
+        geo, dev = pred.geometry, self.device
+        canvas = geo.to_canvas(to_tensor(image)).to(dev)
+        levels = {int(k[5:]): v.to(dev) for k, v in pred.parts.items() if k.startswith("level")}
+        if not levels:  # e.g. a video run that passed only the stride-8 features: recompute (first blocks only)
+            levels = self.backbone.levels(canvas.to(self.dtype))
+        protos = {stride: p[None].to(dev) for stride, p in self.context.prototypes.items()}
+        logits = self.decoder(self.decoder_maps(pred.parts).to(dev), canvas, levels, protos)
+        prob = torch.sigmoid(logits.float())
+        if "prior" in pred.parts:
+            prob = prob * F.interpolate(pred.parts["prior"].to(prob), size=prob.shape[-2:], mode="nearest")
+        return prob.cpu()
 
     def finish(self, image: np.ndarray, pred: GridPrediction) -> tuple[np.ndarray, np.ndarray]:
         """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
         s = self.settings
-        prob = pred.geometry.to_original(pred.prob)[0, 0].numpy()
+        if self.decoder is not None and "base" in pred.parts and self.context.prototypes is not None:
+            prob = pred.geometry.to_original(self.decode(image, pred))[0, 0].numpy()
+        else:
+            prob = pred.geometry.to_original(pred.prob)[0, 0].numpy()
         if s.grabcut:
             mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale)
         else:

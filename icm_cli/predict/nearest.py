@@ -105,6 +105,22 @@ def source_background_similarity(queries: torch.Tensor, sf: torch.Tensor, grid: 
     return sims.topk(kk, dim=-1).values.float().mean(dim=-1)
 
 
+def contrast_similarities(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, k: int = 5,
+                          source_floor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k mean cosine similarity of every source cell to the object and
+    to the background side, each ``[B, 1, h, w]`` (arguments as
+    :func:`contrast_probability`; the background side includes the source's
+    own clear background when ``source_floor`` is given)."""
+    b, c, h, w = ft.shape
+    queries = ft.flatten(2).transpose(1, 2)  # [B, hw, C]
+    dtype = similarity_dtype(ft.device)
+    sf = topk_mean_similarity(queries, fg, k, dtype=dtype)
+    sb = topk_mean_similarity(queries, bg, k, dtype=dtype)
+    if source_floor is not None and source_floor == source_floor:  # not NaN
+        sb = torch.maximum(sb, source_background_similarity(queries, sf, (h, w), source_floor, k))
+    return sf.reshape(b, 1, h, w), sb.reshape(b, 1, h, w)
+
+
 def contrast_probability(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, k: int = 5,
                          temperature: float = 0.05, source_floor: float | None = None) -> torch.Tensor:
     """Object probability of every source cell.
@@ -115,11 +131,5 @@ def contrast_probability(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, k
     (see :func:`background_floor`) the background side also includes the
     source's own clear-background cells.
     """
-    b, c, h, w = ft.shape
-    queries = ft.flatten(2).transpose(1, 2)  # [B, hw, C]
-    dtype = similarity_dtype(ft.device)
-    sf = topk_mean_similarity(queries, fg, k, dtype=dtype)
-    sb = topk_mean_similarity(queries, bg, k, dtype=dtype)
-    if source_floor is not None and source_floor == source_floor:  # not NaN
-        sb = torch.maximum(sb, source_background_similarity(queries, sf, (h, w), source_floor, k))
-    return torch.sigmoid((sf - sb) / temperature).reshape(b, 1, h, w)
+    sf, sb = contrast_similarities(ft, fg, bg, k, source_floor)
+    return torch.sigmoid((sf - sb) / temperature)
