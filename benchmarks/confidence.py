@@ -85,10 +85,11 @@ def collect(set_name: str, cases, settings) -> list[dict]:
             pred = prop.predict_grid([image])[0]
             prob, mask = prop.finish(image, pred)
             t0 = time.perf_counter()
-            result = assess(prob, mask, pred, ref_area)
+            learned = prop.decodes(pred)
+            result = assess(prob, mask, pred, ref_area, learned=learned)
             secs = time.perf_counter() - t0
             rows.append({"set": set_name, "case": case, "image": str(img_path), "iou": quality._iou(mask, gt),
-                         "confidence": result.confidence, "seconds": secs,
+                         "confidence": result.confidence, "learned": learned, "seconds": secs,
                          **{k: v for k, v in result.signals.items()}})
         print(f"  {set_name}/{case}: {len(targets)} images", file=sys.stderr, flush=True)
     return rows
@@ -124,9 +125,11 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
                 continue
             gt = io.read_mask(root / "Annotations" / seq / f"{frame.stem}.png") >= 0.5
             t0 = time.perf_counter()
-            result = assess(prob, mask, pred, ref_area)
+            learned = prop.decodes(pred)
+            result = assess(prob, mask, pred, ref_area, learned=learned)
             rows.append({"set": "davis-video", "case": seq, "image": str(frame), "iou": quality._iou(mask, gt),
-                         "confidence": result.confidence, "seconds": time.perf_counter() - t0, **result.signals})
+                         "confidence": result.confidence, "learned": learned,
+                         "seconds": time.perf_counter() - t0, **result.signals})
         print(f"  davis-video/{seq}", file=sys.stderr, flush=True)
     return rows
 
@@ -150,9 +153,14 @@ def _product(rows, weights: dict[str, float], drop: tuple[str, ...] = ()) -> np.
 
 #: The formulas compared (label -> per-row scores). The first is what icm ships.
 FORMULAS = {
-    "shipped: grabcut * border * nearest_mask^0.25": lambda rows: np.array([r["confidence"] for r in rows]),
+    "shipped (crisp * border with the decoder, else the next)": lambda rows: np.array(
+        [r["confidence"] for r in rows]),
+    "grabcut * border * nearest_mask^0.25 (training-free path)": lambda rows: _product(
+        rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25}),
     "  the same without grabcut (as with --no-edges)": lambda rows: _product(
         rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25}, drop=("grabcut",)),
+    "crisp * border (decoder path)": lambda rows: _product(rows, {"crisp": 1, "border": 1}),
+    "crisp * grabcut * border": lambda rows: _product(rows, {"crisp": 1, "grabcut": 1, "border": 1}),
     "grabcut * border": lambda rows: _product(rows, {"grabcut": 1, "border": 1}),
     "grabcut * border * (nearest_mask * head_mask)^0.25": lambda rows: _product(
         rows, {"grabcut": 1, "border": 1, "nearest_mask": 0.25, "head_mask": 0.25}),
@@ -214,7 +222,7 @@ def main() -> int:
         rows = json.loads(args.from_.read_text())
         from icm_cli.predict.confidence import combine
         for r in rows:  # re-score with the formula as it is now
-            r["confidence"] = combine(r)
+            r["confidence"] = combine(r, r.get("learned", False))
         report(rows)
         return 0
     quality.FRAME_STRIDE = args.stride

@@ -170,7 +170,7 @@ class Predictor:
         from icm_cli.predict.confidence import assess
 
         prob, mask = self.engine.finish(image, coarse)
-        quality = assess(prob, mask, coarse, self._reference_area)
+        quality = assess(prob, mask, coarse, self._reference_area, learned=self.engine.decodes(coarse))
         return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
     def check_ready(self) -> None:

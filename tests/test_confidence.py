@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from icm_cli.geometry import WorkingGeometry
-from icm_cli.predict.confidence import (EMPTY_CEILING, WEIGHTS, assess, combine, confidence_signals, grid_to_image,
-                                        reference_area_share, result_confidence)
+from icm_cli.predict.confidence import (EMPTY_CEILING, LEARNED_WEIGHTS, WEIGHTS, assess, combine, confidence_signals,
+                                        grid_to_image, reference_area_share, result_confidence)
 from icm_cli.predict.engine import GridPrediction
 
 H, W = 120, 200
@@ -138,6 +138,28 @@ def test_combine_skips_nan_and_is_bounded():
     assert combine({"grabcut": 0.5, "border": 0.5, "nearest_mask": 0.0625}) == pytest.approx(0.125)
     assert combine({}) == 0.0
     assert 0.0 <= combine({k: 0.0 for k in WEIGHTS}) < 0.01
+
+
+def test_the_decoder_path_scores_decisiveness_and_the_frame_not_grabcut():
+    assert combine({"crisp": 0.5, "border": 0.5, "grabcut": 0.1, "nearest_mask": 0.1}, learned=True) == \
+        pytest.approx(0.25)
+    assert combine({"grabcut": 0.1}, learned=True) == 0.0  # nothing it judges by
+    assert 0.0 <= combine({k: 0.0 for k in LEARNED_WEIGHTS}, learned=True) < 0.01
+    truth = _crisp(OBJECT)
+    decisive = assess(truth.astype(np.float32), OBJECT, learned=True)
+    lukewarm = assess(np.where(OBJECT, 0.6, 0.4).astype(np.float32), OBJECT, learned=True)
+    assert decisive.confidence > 0.85 and lukewarm.confidence < 0.5
+    # A decisive map GrabCut moved: the training-free formula distrusts it, the decoder's formula does not.
+    moved = _disc(60, 85, 30)
+    assert assess(truth.astype(np.float32), moved).confidence < 0.7
+    assert assess(truth.astype(np.float32), moved, learned=True).confidence > 0.85
+    # The confidently wrong mask along the frame is vetoed on both paths.
+    hillside = OBJECT.copy()
+    hillside[:30, :] = True
+    wrong = assess(np.where(hillside, 0.995, 0.005).astype(np.float32), hillside, learned=True)
+    assert wrong.confidence < decisive.confidence - 0.1
+    nothing = np.zeros((H, W), bool)
+    assert assess(np.full((H, W), 0.01, np.float32), nothing, learned=True).confidence <= EMPTY_CEILING
 
 
 def test_grid_to_image_matches_the_geometry_mapping():

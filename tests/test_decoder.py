@@ -153,9 +153,9 @@ def test_engine_uses_the_decoder_and_none_keeps_the_training_free_path():
         assert prob.shape == mask.shape == src.shape[:2]
         masks[decoder] = mask
         if decoder == "none":
-            assert prop.decoder is None and "base" not in pred.parts
+            assert prop.decoder is None and "base" not in pred.parts and not prop.decodes(pred)
         else:
-            assert prop.decoder is not None and {"level4", "base"} <= set(pred.parts)
+            assert prop.decoder is not None and {"level4", "base"} <= set(pred.parts) and prop.decodes(pred)
             # Without the levels (a video run passes stride-8 features only) they are recomputed: same result.
             bare = dataclasses.replace(pred, parts={k: v for k, v in pred.parts.items() if not k.startswith("level")})
             assert torch.equal(prop.decode(src, bare), prop.decode(src, pred))

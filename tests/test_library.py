@@ -52,6 +52,22 @@ def test_predict_batch_matches_one_at_a_time_and_takes_any_image_kind(predictor)
     assert set(np.unique(batch[0].trimap(5)).tolist()) <= {0, 128, 255}
 
 
+def test_the_confidence_follows_the_path_that_made_the_probability(predictor):
+    from icm_cli.predict.confidence import combine, confidence_signals, reference_area_share
+
+    src, _ = textured_scene(72, 96, (10, 30, 36, 40), seed=2)
+    none = Predictor(ModelConfig(device="cpu", size=96, head_steps=10, edges=False, decoder="none"))
+    ref, ref_mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
+    none.set_reference(ref, ref_mask.astype(bool))
+    for p, learned in ((predictor, True), (none, False)):  # the fixture runs the default (learned) decoder
+        coarse = p.predict_coarse([src])[0]
+        assert p.engine.decodes(coarse) is learned
+        result = p.finish(src, coarse)
+        signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.engine.context))
+        assert result.confidence == pytest.approx(combine(signals, learned))
+        assert result.confidence != pytest.approx(combine(signals, not learned))
+
+
 def test_api_errors_are_sentences(predictor):
     fresh = Predictor(ModelConfig(device="cpu", size=96, head_steps=0))
     img, mask = textured_scene(40, 40, (10, 10, 20, 20), seed=4)

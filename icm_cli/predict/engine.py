@@ -307,10 +307,15 @@ class Propagator:
             prob = prob * F.interpolate(pred.parts["prior"].to(prob), size=prob.shape[-2:], mode="nearest")
         return prob.cpu()
 
+    def decodes(self, pred: GridPrediction) -> bool:
+        """Whether :meth:`finish` takes ``pred`` through the learned decoder (its probability is then the
+        decoder's, not the fused training-free map)."""
+        return self.decoder is not None and "base" in pred.parts and self.context.prototypes is not None
+
     def finish(self, image: np.ndarray, pred: GridPrediction) -> tuple[np.ndarray, np.ndarray]:
         """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
         s = self.settings
-        if self.decoder is not None and "base" in pred.parts and self.context.prototypes is not None:
+        if self.decodes(pred):
             prob = pred.geometry.to_original(self.decode(image, pred))[0, 0].numpy()
         else:
             prob = pred.geometry.to_original(pred.prob)[0, 0].numpy()

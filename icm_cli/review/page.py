@@ -214,7 +214,7 @@ def render(data: PageData, page_path: Path) -> str:
 <div class="counts">
 <span class="n">{of}</span>
 <span class="k k-done"><b>{counts.get("done", 0)}</b> done</span>
-<span class="k k-skipped"><b>{counts.get("skipped", 0)}</b> skipped</span>
+<span class="k k-skipped" title="outputs made by an earlier run, kept by a rerun"><b>{counts.get("skipped", 0)}</b> skipped (already there)</span>
 <span class="k k-failed"><b>{counts.get("failed", 0)}</b> failed</span>
 <span class="k k-low"><b>{below}</b> below {data.threshold:g}</span>
 </div>
