@@ -65,12 +65,25 @@ def spearman(x, y) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
+def scored_row(prop, set_name: str, case: str, image_path, pred, prob, mask, gt, ref_area) -> dict:
+    """One result's row: set, case, image, IoU, whether the decoder made it, the confidence, its cost and
+    every signal (assessed as ``Predictor.finish`` does)."""
+    from icm_cli.predict.confidence import assess
+
+    t0 = time.perf_counter()
+    learned = prop.decodes(pred)
+    result = assess(prob, mask, pred, ref_area, learned=learned)
+    return {"set": set_name, "case": case, "image": str(image_path), "iou": quality._iou(mask, gt),
+            "confidence": result.confidence, "learned": learned, "seconds": time.perf_counter() - t0,
+            **result.signals}
+
+
 def collect(set_name: str, cases, settings) -> list[dict]:
     """One row per scored image: set, case, image, IoU, timing and every signal."""
     import torch
     from icm_cli import io
     from icm_cli.backbones import create_backbone
-    from icm_cli.predict.confidence import assess, reference_area_share
+    from icm_cli.predict.confidence import reference_area_share
     from icm_cli.predict.engine import Propagator
 
     torch.set_grad_enabled(False)
@@ -84,13 +97,7 @@ def collect(set_name: str, cases, settings) -> list[dict]:
             gt = io.read_mask(gt_path) >= 0.5
             pred = prop.predict_grid([image])[0]
             prob, mask = prop.finish(image, pred)
-            t0 = time.perf_counter()
-            learned = prop.decodes(pred)
-            result = assess(prob, mask, pred, ref_area, learned=learned)
-            secs = time.perf_counter() - t0
-            rows.append({"set": set_name, "case": case, "image": str(img_path), "iou": quality._iou(mask, gt),
-                         "confidence": result.confidence, "learned": learned, "seconds": secs,
-                         **{k: v for k, v in result.signals.items()}})
+            rows.append(scored_row(prop, set_name, case, img_path, pred, prob, mask, gt, ref_area))
         print(f"  {set_name}/{case}: {len(targets)} images", file=sys.stderr, flush=True)
     return rows
 
@@ -101,7 +108,7 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
     import torch
     from icm_cli import io
     from icm_cli.backbones import create_backbone
-    from icm_cli.predict.confidence import assess, reference_area_share
+    from icm_cli.predict.confidence import reference_area_share
     from icm_cli.predict.engine import Propagator
     from icm_cli.predict.temporal import TemporalContext
 
@@ -124,12 +131,7 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
             if index == 0 or index % stride:
                 continue
             gt = io.read_mask(root / "Annotations" / seq / f"{frame.stem}.png") >= 0.5
-            t0 = time.perf_counter()
-            learned = prop.decodes(pred)
-            result = assess(prob, mask, pred, ref_area, learned=learned)
-            rows.append({"set": "davis-video", "case": seq, "image": str(frame), "iou": quality._iou(mask, gt),
-                         "confidence": result.confidence, "learned": learned,
-                         "seconds": time.perf_counter() - t0, **result.signals})
+            rows.append(scored_row(prop, "davis-video", seq, frame, pred, prob, mask, gt, ref_area))
         print(f"  davis-video/{seq}", file=sys.stderr, flush=True)
     return rows
 
