@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from icm_cli import io
 from icm_cli.config import ModelConfig, OutputConfig, VideoConfig
@@ -21,136 +21,164 @@ from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
-from icm_cli.sources import Source, SourceError, SourceFinder, no_sources_hint
+from icm_cli.shard import Shard
+from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_sources_hint
+
+if TYPE_CHECKING:
+    from icm_cli.predictor import Predictor
+    from icm_cli.video import FrameSequence
 
 
 class UsageProblem(Exception):
     """The run cannot start as asked; the message is one line for people (exit 2)."""
 
 
-@dataclass
-class PropagateJob:
-    output: Path
-    plan: OutputPlan
-    model: ModelConfig
-    video_config: VideoConfig | None
-    references: list[Reference]
-    ref_files: tuple[list[str], list[str]]
-    entries: object                      # list of Source / ListingProblem, or a lazy SourceFinder (stdin)
-    sequence: object = None              # FrameSequence for --video
-    manifest_name: str = MANIFEST_NAME
-    engine: str = "local"
-    ray_options: object = None
-    batch_size: int = 0
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run reads: SOURCES (or one ``--video`` sequence) and the reference pairs."""
+
+    sources: tuple[str, ...] = ()        # images, folders, or "-" for paths on stdin
+    video: Path | None = None            # a sequence instead of SOURCES
+    refs: tuple[str, ...] = ()
+    masks: tuple[str, ...] = ()          # one per ref
+    recursive: bool = False
+    include: tuple[str, ...] = ()        # shell patterns on the path under its SOURCES folder, or the name
+    exclude: tuple[str, ...] = ()
+    resize_masks: bool = False           # a reference mask of another size is resized instead of refused
     max_pixels: int = io.DEFAULT_MAX_PIXELS
-    resize_masks: bool = False
-    settings: dict = field(default_factory=dict)
-    command: list[str] = field(default_factory=list)
-    predictor: object = None
 
-    # ------------------------------------------------------------ checks (no model yet)
-    @classmethod
-    def from_options(cls, *, sources: list[str], video: Path | None, refs: list[str], masks: list[str],
-                     output: Path, outputs: OutputConfig, model: ModelConfig, video_config: VideoConfig,
-                     recursive: bool = False, include=(), exclude=(), resize_masks: bool = False,
-                     max_pixels: int = io.DEFAULT_MAX_PIXELS, overwrite: bool = False,
-                     only_below: float | None = None, shard: str | None = None, engine: str = "local",
-                     address: str | None = None, workers: int = 0, gpus_per_worker: float = 0.0,
-                     batch_size: int = 0, command: list[str] | None = None) -> "PropagateJob":
-        """Check everything that needs no model; raises :class:`UsageProblem` with the reason."""
-        try:
-            return cls._checked(sources=sources, video=video, refs=refs, masks=masks, output=output,
-                                outputs=outputs, model=model, video_config=video_config, recursive=recursive,
-                                include=include, exclude=exclude, resize_masks=resize_masks,
-                                max_pixels=max_pixels, overwrite=overwrite, only_below=only_below, shard=shard,
-                                engine=engine, address=address, workers=workers,
-                                gpus_per_worker=gpus_per_worker, batch_size=batch_size, command=command)
-        except (ValueError, io.InputError) as exc:
-            raise UsageProblem(str(exc)) from None
+    def __post_init__(self) -> None:  # lists given by a command or a caller become tuples: the value stays frozen
+        for name in ("sources", "refs", "masks", "include", "exclude"):
+            object.__setattr__(self, name, tuple(str(x) for x in getattr(self, name)))
 
-    @classmethod
-    def _checked(cls, *, sources, video, refs, masks, output, outputs, model, video_config, recursive, include,
-                 exclude, resize_masks, max_pixels, overwrite, only_below, shard, engine, address, workers,
-                 gpus_per_worker, batch_size, command) -> "PropagateJob":
-        from icm_cli.references import load_references
-        from icm_cli.shard import parse_shard
-
-        if engine not in ("local", "ray"):
-            raise ValueError(f"--engine takes local or ray (got {engine!r})")
-        if engine == "local" and (address or workers or gpus_per_worker):
-            raise ValueError("--address, --workers and --gpus-per-worker need --engine ray")
-        if video is not None and sources:
+    def check(self) -> None:
+        if self.video is not None and self.sources:
             raise ValueError("give either SOURCES or --video SEQUENCE, not both")
-        if video is None and not sources:
+        if self.video is None and not self.sources:
             raise ValueError("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
-        if video is not None and engine != "local":
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where a run writes, what it redoes, and how it is spread."""
+
+    output: Path
+    overwrite: bool = False
+    only_below: float | None = None      # redo only results under this confidence (and missing ones)
+    shard: str | None = None             # "I/N"
+    engine: str = "local"                # local or ray
+    address: str | None = None           # --engine ray: the cluster
+    workers: int = 0                     # --engine ray: prediction actors; 0 = automatic
+    gpus_per_worker: float = 0.0         # --engine ray
+    batch_size: int = 0                  # 0 = the device's default
+    command: tuple[str, ...] = ("icm", "propagate")  # as recorded in the manifest
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "command", tuple(self.command))
+
+    def check(self, inputs: RunInputs) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"--engine takes local or ray (got {self.engine!r})")
+        if self.engine == "local" and (self.address or self.workers or self.gpus_per_worker):
+            raise ValueError("--address, --workers and --gpus-per-worker need --engine ray")
+        inputs.check()
+        if inputs.video is not None and self.engine != "local":
             raise ValueError("--video runs frame after frame on the local engine; --engine ray takes SOURCES")
-        if video is not None and only_below is not None:
+        if inputs.video is not None and self.only_below is not None:
             raise ValueError("--only-below reruns single images; a --video sequence is redone whole with --overwrite")
-        ray_options = None
-        if engine == "ray":
+        if self.engine == "ray":
             from icm_cli.engines import ray_engine
             try:
                 ray_engine.require_ray()
             except ray_engine.RayEngineError as exc:
                 raise ValueError(str(exc)) from None
-            ray_options = ray_engine.RayOptions(address, workers, gpus_per_worker)
-        shard_spec = parse_shard(shard) if shard is not None else None
-        if video is not None:
+
+
+@dataclass
+class PropagateJob:
+    """One checked run: its inputs and options, the configs, and what was found before any model loads.
+
+    ``sources`` are the images of a SOURCES run, or the frames of a
+    ``--video`` sequence when they are listed (a video file's frames are
+    found by decoding, so they are a stream here).
+    """
+
+    inputs: RunInputs
+    options: RunOptions
+    model: ModelConfig
+    video_config: VideoConfig | None     # set for a --video run
+    plan: OutputPlan
+    references: list[Reference]
+    sources: SourceList
+    sequence: FrameSequence | None = None
+    shard: Shard | None = None
+    settings: dict = field(default_factory=dict)
+    predictor: Predictor | None = None
+
+    # ------------------------------------------------------------ checks (no model yet)
+    @classmethod
+    def check(cls, inputs: RunInputs, options: RunOptions, *, model: ModelConfig, outputs: OutputConfig,
+              video_config: VideoConfig) -> "PropagateJob":
+        """Check everything that needs no model; raises :class:`UsageProblem` with the reason."""
+        try:
+            return cls._checked(inputs, options, model, outputs, video_config)
+        except (ValueError, io.InputError) as exc:
+            raise UsageProblem(str(exc)) from None
+
+    @classmethod
+    def _checked(cls, inputs: RunInputs, options: RunOptions, model: ModelConfig, outputs: OutputConfig,
+                 video_config: VideoConfig) -> "PropagateJob":
+        from icm_cli.references import load_references
+        from icm_cli.shard import parse_shard
+
+        options.check(inputs)
+        shard = parse_shard(options.shard) if options.shard is not None else None
+        if inputs.video is not None:
             outputs = outputs.with_kind("masks")  # a video run resumes from its written masks
-        plan = OutputPlan(Path(output), outputs, overwrite=overwrite or only_below is not None)
-        io.ensure_output_folder(output)
+        plan = OutputPlan(options.output, outputs, overwrite=options.overwrite or options.only_below is not None)
+        io.ensure_output_folder(options.output)
 
-        sequence, entries = None, None
-        if video is not None:
-            from icm_cli.shard import select_groups
-            from icm_cli.video import FrameSequence
-
-            sequence = FrameSequence(video, max_pixels)
-            if shard_spec is not None and not list(select_groups([Path(video)], shard_spec, group=lambda p: p.name)):
-                sequence.sources = []  # another shard owns this sequence
+        sequence = None
+        if inputs.video is not None:
+            sequence = _sequence(inputs, shard)
+            sources = (SourceList(sequence.sources, listed=True) if sequence.counted
+                       else SourceList((), listed=False))  # a video file's frames are found by decoding
         else:
-            finder = SourceFinder(sources, recursive=recursive, include=include, exclude=exclude,
-                                  avoid=plan.written_folders)
-            entries = finder if finder.streams_stdin else list(finder)
-            if shard_spec is not None:
-                entries = _shard_entries(entries, shard_spec)
-            if isinstance(entries, list) and not entries and shard_spec is None:
-                raise SourceError(no_sources_hint(finder))
+            sources = _find_sources(inputs, plan, shard)
 
-        references = load_references(refs, masks, max_pixels, resize_masks)
+        references = load_references(list(inputs.refs), list(inputs.masks), inputs.max_pixels, inputs.resize_masks)
         settings = {"model": model.result_settings(), "outputs": outputs.result_settings(),
                     "references": [r.describe()["digest"] for r in references]}
-        if video is not None:
+        if inputs.video is not None:
             settings["video"] = dataclasses.asdict(video_config)
-        manifest_name = shard_spec.manifest_name if shard_spec else MANIFEST_NAME
-        state = read_manifests(Path(output))
-        if only_below is not None:
-            entries = _below(entries, state, only_below, OutputPlan(Path(output), outputs))
-        job = cls(output=Path(output), plan=plan, model=model, video_config=video_config if video else None,
-                  references=references, ref_files=(list(refs), list(masks)), entries=entries, sequence=sequence,
-                  manifest_name=manifest_name, engine=engine, ray_options=ray_options, batch_size=batch_size,
-                  max_pixels=max_pixels, resize_masks=resize_masks, settings=settings,
-                  command=list(command or ["icm", "propagate"]))
+        state = read_manifests(options.output)
+        if options.only_below is not None:
+            sources = _below(sources, state, options.only_below, OutputPlan(options.output, outputs))
+        job = cls(inputs=inputs, options=options, model=model,
+                  video_config=video_config if inputs.video is not None else None, plan=plan,
+                  references=references, sources=sources, sequence=sequence, shard=shard, settings=settings)
         job._check_settings(state)
         return job
 
     # ------------------------------------------------------------ state
     @property
+    def output(self) -> Path:
+        return self.options.output
+
+    @property
+    def manifest_name(self) -> str:
+        return self.shard.manifest_name if self.shard is not None else MANIFEST_NAME
+
+    @property
     def total(self) -> int | None:
         """Sources in the run when known in advance (not for stdin or a video file)."""
-        if self.sequence is not None:
-            return len(self.sequence) if self.sequence.counted else None
-        return len(self.entries) if isinstance(self.entries, list) else None
+        return self.sources.total
 
     @property
     def nothing_to_do(self) -> bool:
         """Every source's outputs are there already: no model needs loading."""
-        if self.sequence is not None:
-            return self.sequence.counted and all(self.plan.done(s.stem) for s in self.sequence.sources)
-        if not isinstance(self.entries, list):
-            return False
-        return all(isinstance(e, Source) and self.plan.done(e.stem) for e in self.entries)
+        return self.sources.all_done(self.plan.done)
 
     def _runner(self, outcome: BatchOutcome, advance: Callable[[int], None], echo, matte=None):
         from icm_cli.runner.batch import BatchRunner
@@ -159,17 +187,16 @@ class PropagateJob:
             writer = ManifestWriter(self.output / self.manifest_name, echo=echo)
         except io.OutputError as exc:
             raise UsageProblem(str(exc)) from None
-        runner = BatchRunner(self.plan, writer, progress=advance, max_pixels=self.max_pixels, matte=matte,
+        runner = BatchRunner(self.plan, writer, progress=advance, max_pixels=self.inputs.max_pixels, matte=matte,
                              outcome=outcome)
-        runner.begin(self.command, self.settings, [r.describe() for r in self.references])
+        runner.begin(list(self.options.command), self.settings, [r.describe() for r in self.references])
         return runner, writer
 
     def record_all_skipped(self, outcome: BatchOutcome, echo=None) -> None:
         """A rerun with every output present: record the skips, load nothing."""
         runner, writer = self._runner(outcome, lambda n=1: None, echo)
         try:
-            sources = self.sequence.sources if self.sequence is not None else self.entries
-            for source in sources:
+            for source in self.sources:
                 if runner.halt.is_set():
                     break
                 runner.skip(source)
@@ -183,7 +210,7 @@ class PropagateJob:
         from icm_cli.device import DeviceError
 
         try:
-            if self.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
+            if self.options.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
                 from icm_cli.backbones import create_backbone
                 from icm_cli.predict.decoder import load_decoder, resolve_decoder
 
@@ -222,19 +249,24 @@ class PropagateJob:
                 from icm_cli.runner.sequence import run_video
 
                 return run_video(runner, self.sequence, self.predictor.video(self.video_config))
-            if self.engine == "ray":
-                from icm_cli.engines import ray_engine
-
-                try:
-                    return ray_engine.run_ray(self.entries, runner, self.model, self.ref_files,
-                                              resize_masks=self.resize_masks, options=self.ray_options,
-                                              batch_size=self.batch_size)
-                except ray_engine.RayEngineError as exc:
-                    raise UsageProblem(str(exc)) from None
-            batch = self.batch_size or (1 if self.predictor.device.type == "cpu" else 8)
-            return runner.run_images(self.entries, self.predictor, batch_size=batch)
+            if self.options.engine == "ray":
+                return self._run_ray(runner)
+            batch = self.options.batch_size or (1 if self.predictor.device.type == "cpu" else 8)
+            return runner.run_images(self.sources, self.predictor, batch_size=batch)
         finally:
             writer.close()
+
+    def _run_ray(self, runner) -> BatchOutcome:
+        from icm_cli.engines import ray_engine
+
+        opts = self.options
+        try:
+            return ray_engine.run_ray(self.sources, runner, self.model, (list(self.inputs.refs), list(self.inputs.masks)),
+                                      resize_masks=self.inputs.resize_masks,
+                                      options=ray_engine.RayOptions(opts.address, opts.workers, opts.gpus_per_worker),
+                                      batch_size=opts.batch_size)
+        except ray_engine.RayEngineError as exc:
+            raise UsageProblem(str(exc)) from None
 
     def _check_settings(self, state: ManifestState) -> None:
         """Refuse to keep results of other settings silently: say what changed and how to proceed."""
@@ -244,24 +276,41 @@ class PropagateJob:
         changes = settings_changes(previous.settings, self.settings)
         if not changes:
             return
-        sources = self.sequence.sources if self.sequence is not None else self.entries
-        if not isinstance(sources, list) or not any(isinstance(s, Source) and self.plan.done(s.stem) for s in sources):
+        if not self.sources.any_done(self.plan.done):
             return
         shown = "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else "")
         raise UsageProblem(f"{self.output} holds results made with other settings ({shown}); they would be kept as "
                            "they are: pass --overwrite to recompute them, or write to another -o")
 
 
-def _shard_entries(entries, shard_spec):
-    """This shard's share; names were given over the full list, so shards write what one run would."""
+def _sequence(inputs: RunInputs, shard: Shard | None) -> FrameSequence:
+    """The ``--video`` sequence; with ``--shard``, a whole sequence belongs to one shard."""
+    from icm_cli.shard import select_groups
+    from icm_cli.video import FrameSequence
+
+    sequence = FrameSequence(inputs.video, inputs.max_pixels)
+    if shard is not None and not list(select_groups([Path(inputs.video)], shard, group=lambda p: p.name)):
+        sequence.sources = []  # another shard owns this sequence
+    return sequence
+
+
+def _find_sources(inputs: RunInputs, plan: OutputPlan, shard: Shard | None) -> SourceList:
+    """SOURCES as this run (this shard) takes them; names are given over the full list, so shards write
+    what one run would."""
     from icm_cli.shard import select
 
-    kept = select(entries, shard_spec, key=lambda e: e.key if isinstance(e, Source) else str(e.path))
-    return list(kept) if isinstance(entries, list) else kept
+    finder = SourceFinder(inputs.sources, recursive=inputs.recursive, include=inputs.include,
+                          exclude=inputs.exclude, avoid=plan.written_folders)
+    sources = SourceList.of(finder)
+    if shard is not None:
+        return sources.where(lambda e: shard.owns(e.key if isinstance(e, Source) else str(e.path)), lazy=True)
+    if sources.total == 0:
+        raise SourceError(no_sources_hint(finder))
+    return sources
 
 
-def _below(entries, state: ManifestState, threshold: float, plan: OutputPlan) -> list:
+def _below(sources: SourceList, state: ManifestState, threshold: float, plan: OutputPlan) -> SourceList:
     """``--only-below``: the sources whose latest result is under ``threshold``, and those without outputs yet."""
     chosen = below_confidence(state, threshold)
-    return [e for e in entries
-            if not isinstance(e, Source) or input_key(str(e.path)) in chosen or not plan.done(e.stem)]
+    return sources.where(lambda e: not isinstance(e, Source) or input_key(str(e.path)) in chosen
+                         or not plan.done(e.stem))

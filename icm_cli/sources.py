@@ -17,7 +17,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from icm_cli.io import IMAGE_SUFFIXES, InputError
 
@@ -57,6 +57,47 @@ class ListingProblem:
 
     path: Path
     message: str
+
+
+class SourceList:
+    """The sources of one run, in order: listed in advance, or streamed as the run reads them.
+
+    A folder's images and paths named on the command line are *listed*: the
+    run knows how many there are and which are done before it starts. Paths
+    read from stdin are *streamed*: each is known only when read (and read
+    once). Entries are :class:`Source` or, for a folder that could not be
+    read, :class:`ListingProblem`.
+    """
+
+    def __init__(self, entries: Iterable["Source | ListingProblem"], *, listed: bool) -> None:
+        self._entries = list(entries) if listed else entries
+        self.listed = listed
+
+    @classmethod
+    def of(cls, finder: "SourceFinder") -> "SourceList":
+        """A finder's entries: streamed when it reads stdin, otherwise listed now."""
+        return cls(finder, listed=not finder.streams_stdin)
+
+    def __iter__(self) -> Iterator["Source | ListingProblem"]:
+        return iter(self._entries)
+
+    @property
+    def total(self) -> int | None:
+        """How many entries, when listed; None for a stream."""
+        return len(self._entries) if self.listed else None
+
+    def all_done(self, done: Callable[[str], bool]) -> bool:
+        """A listed run whose every entry is a source with ``done(stem)``; False for a stream."""
+        return self.listed and all(isinstance(e, Source) and done(e.stem) for e in self._entries)
+
+    def any_done(self, done: Callable[[str], bool]) -> bool:
+        """A listed run with at least one source with ``done(stem)``; False for a stream."""
+        return self.listed and any(isinstance(e, Source) and done(e.stem) for e in self._entries)
+
+    def where(self, keep: Callable[["Source | ListingProblem"], bool], *, lazy: bool = False) -> "SourceList":
+        """The entries ``keep`` accepts, in order. A stream stays a stream when ``lazy``, else it is read now."""
+        kept = (e for e in self._entries if keep(e))
+        return SourceList(kept, listed=self.listed or not lazy)
 
 
 # ------------------------------------------------------------------ names

@@ -118,3 +118,24 @@ def test_find_named_pairs_by_name_with_any_suffix_png_first(tmp_path):
     assert find_named(tmp_path, "cup (1)").name == "cup (1).png"
     assert find_named(tmp_path, "seq/f") == tmp_path / "seq" / "f.JPG"
     assert find_named(tmp_path, "missing") is None
+
+
+def test_a_source_list_is_listed_or_streamed_behind_one_iteration_api(tmp_path):
+    from icm_cli.sources import Source, SourceList
+
+    _touch(tmp_path, "a.png", "b.png")
+    listed = SourceList.of(SourceFinder([tmp_path]))
+    assert listed.listed and listed.total == 2
+    assert [s.stem for s in listed] == [s.stem for s in listed] == ["a", "b"]  # a listed run reads twice
+    assert listed.any_done(lambda stem: stem == "a") and not listed.all_done(lambda stem: stem == "a")
+    assert listed.all_done(lambda stem: True)
+    assert listed.where(lambda s: s.stem == "b").total == 1
+
+    stream = SourceList.of(SourceFinder(["-"], stdin=pyio.StringIO("x/one.png\ny/two.png\n")))
+    assert not stream.listed and stream.total is None
+    assert not stream.all_done(lambda stem: True) and not stream.any_done(lambda stem: True)  # unknown yet
+    kept = stream.where(lambda s: s.stem == "two", lazy=True)
+    assert kept.total is None and [s.stem for s in kept] == ["two"]
+    read_now = SourceList.of(SourceFinder(["-"], stdin=pyio.StringIO("x/one.png\ny/two.png\n"))).where(
+        lambda s: isinstance(s, Source))
+    assert read_now.listed and read_now.total == 2

@@ -91,23 +91,23 @@ def propagate(
 
     Example: [bold]icm propagate --ref ref.png --mask ref_mask.png photos/ -o out/[/]
     """
-    from icm_cli.jobs import PropagateJob, UsageProblem
+    from icm_cli.jobs import PropagateJob, RunInputs, RunOptions, UsageProblem
 
     outcome = BatchOutcome()  # the clock starts now: loading the model counts in the reported time
     if output is None:
         error_line("missing -o/--output: the folder to write OUT/masks, OUT/trimaps, ... into")
         raise typer.Exit(2)
     try:
-        job = PropagateJob.from_options(
-            sources=sources or [], video=video, refs=ref, masks=mask, output=output,
+        job = PropagateJob.check(
+            RunInputs(sources=sources or [], video=video, refs=ref, masks=mask, recursive=recursive,
+                      include=include, exclude=exclude, resize_masks=resize_masks, max_pixels=max_pixels),
+            RunOptions(output=output, overwrite=overwrite, only_below=only_below, shard=shard, engine=engine,
+                       address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
+                       command=invocation(ctx)),
             outputs=OutputConfig.parse(save, kernel),
             model=opts.model_config(backbone, weights, device, size, head_steps, decoder, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
-            video_config=VideoConfig(radius=radius, memory=memory),
-            recursive=recursive, include=include, exclude=exclude, resize_masks=resize_masks,
-            max_pixels=max_pixels, overwrite=overwrite, only_below=only_below, shard=shard, engine=engine,
-            address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
-            command=invocation(ctx))
+            video_config=VideoConfig(radius=radius, memory=memory))
     except (UsageProblem, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
