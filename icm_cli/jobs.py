@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from icm_cli import io
-from icm_cli.config import ModelConfig, OutputConfig, VideoConfig
+from icm_cli.config import ModelConfig, OutputConfig, VideoConfig, batch_size_for
 from icm_cli.console import BatchOutcome
 from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
@@ -251,7 +251,7 @@ class PropagateJob:
                 return run_video(runner, self.sequence, self.predictor.video(self.video_config))
             if self.options.engine == "ray":
                 return self._run_ray(runner)
-            batch = self.options.batch_size or (1 if self.predictor.device.type == "cpu" else 8)
+            batch = batch_size_for(self.options.batch_size, on_gpu=self.predictor.device.type != "cpu")
             return runner.run_images(self.sources, self.predictor, batch_size=batch)
         finally:
             writer.close()

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from icm_cli.config import ModelConfig, VideoConfig
+from icm_cli.config import DEFAULT_TRIMAP_KERNEL, ModelConfig, VideoConfig
+from icm_cli.core import peak_normalise
 from icm_cli.predict.engine import GridPrediction, Propagator, to_tensor
 from icm_cli.references import Reference, as_image, as_mask, check_reference
 
@@ -50,7 +51,7 @@ class Result:
         """No object pixel: the object was not found."""
         return not bool(self.mask.any())
 
-    def trimap(self, kernel: int = 20, dilate: int | None = None) -> np.ndarray:
+    def trimap(self, kernel: int = DEFAULT_TRIMAP_KERNEL, dilate: int | None = None) -> np.ndarray:
         """``[H, W]`` uint8 0 / 128 / 255: the mask eroded by ``kernel`` is object, the band out to
         its dilation (by ``dilate``, default ``kernel``) is unknown."""
         from icm_cli.predict.fullres import mask_to_trimap_u8
@@ -209,7 +210,7 @@ class Predictor:
         token = ref_ft[:, row, col]  # [C]
         logits = torch.einsum("c,bchw->bhw", token, source_ft) / temperature
         att = logits.flatten(1).softmax(-1).reshape(logits.shape)[:, None]
-        return att / att.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return peak_normalise(att)
 
     # ------------------------------------------------------------ video
     def video(self, config: VideoConfig | None = None, **overrides) -> "VideoPredictor":

@@ -370,3 +370,13 @@ def test_blocks_need_at_least_one_attention_map():
     source_ft, ref_ft, ref_mask, _ = two_object_scene()
     with pytest.raises(ValueError, match="at least one"):
         TrainingFreeAttentionBlocks()(source_ft, ref_ft, ref_mask, {})
+
+
+def test_peak_normalise_divides_each_image_by_its_own_maximum():
+    from icm_cli.core import peak_normalise
+
+    heat = torch.tensor([[[[0.0, 1.0, 2.0]]], [[[0.0, 0.0, 4.0]]], [[[0.0, 0.0, 0.0]]]])  # [3, 1, 1, 3]
+    out = peak_normalise(heat)
+    assert out.shape == heat.shape and out.dtype == heat.dtype
+    assert out.flatten(1).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]  # zeros stay zeros
+    assert peak_normalise(torch.tensor([[3.0, 6.0]], dtype=torch.float64)).tolist() == [[0.5, 1.0]]

@@ -101,3 +101,17 @@ def test_configs_are_frozen_and_picklable():
         cfg.size = 10
     assert cfg.engine_settings().grabcut is False and cfg.engine_settings().threshold == 0.4
     assert "device" not in cfg.result_settings() and os.environ is not None
+
+
+def test_each_default_is_declared_once_and_every_layer_reads_it():
+    import inspect
+
+    from icm_cli.config import (DEFAULT_TRIMAP_KERNEL, OUTPUT_KINDS, OutputConfig, batch_size_for)
+    from icm_cli.predictor import Result
+    from icm_cli.runner.outputs import OutputPlan
+
+    assert batch_size_for(0, on_gpu=False) == 1 and batch_size_for(0, on_gpu=True) == 8
+    assert batch_size_for(3, on_gpu=False) == 3 and batch_size_for(3, on_gpu=True) == 3
+    assert OutputConfig().kernel == OutputConfig.parse("masks").kernel == DEFAULT_TRIMAP_KERNEL == 20
+    assert inspect.signature(Result.trimap).parameters["kernel"].default == DEFAULT_TRIMAP_KERNEL
+    assert [p.name for p in OutputPlan(Path("o")).written_folders] == list(OUTPUT_KINDS)

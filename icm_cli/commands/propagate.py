@@ -9,7 +9,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from icm_cli import options as opts
-from icm_cli.config import DEFAULT_MAX_PIXELS, OutputConfig, VideoConfig
+from icm_cli.config import (CPU_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_TRIMAP_KERNEL, GPU_BATCH_SIZE, OutputConfig,
+                            VideoConfig)
 from icm_cli.console import BatchOutcome, error_line, invocation, progress_bar, status_spinner, warning_line
 
 D = opts.MODEL_DEFAULTS
@@ -39,7 +40,8 @@ def propagate(
         help="Comma-separated outputs: masks, trimaps, heatmaps, alpha (matte), cutout (RGBA).")] = "masks,trimaps,heatmaps",
     kernel: Annotated[int, typer.Option(
         "--kernel", "-k", metavar="PX", rich_help_panel=opts.OUTPUTS, callback=opts.at_least(1, "--kernel"),
-        help="Trimap band: erosion/dilation in pixels (20 gave the best alphas on ~800 px images).")] = 20,
+        help=f"Trimap band: erosion/dilation in pixels ({DEFAULT_TRIMAP_KERNEL} gave the best alphas on ~800 px "
+             "images).")] = DEFAULT_TRIMAP_KERNEL,
     overwrite: opts.Overwrite = False,
     only_below: Annotated[Optional[float], typer.Option(
         "--only-below", metavar="C", rich_help_panel=opts.OUTPUTS, callback=opts.in_unit_range("--only-below"),
@@ -51,7 +53,7 @@ def propagate(
     device: opts.Device = D.device,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", metavar="N", rich_help_panel=opts.MODEL, callback=opts.at_least(0, "--batch-size"),
-        help="Sources per forward pass; 0 = 1 on CPU, 8 on GPU.")] = 0,
+        help=f"Sources per forward pass; 0 = {CPU_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} on GPU.")] = 0,
     decoder: opts.Decoder = D.decoder,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,

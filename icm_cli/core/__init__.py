@@ -22,6 +22,7 @@ from .attention import (
     TrainingFreeAttentionBlocks,
     calculate_attention_score,
     cross_attention_heat,
+    peak_normalise,
     propagate_heat,
     refine_mask_by_attention,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "generate_trimap",
     "l2_normalise",
     "maskpooling",
+    "peak_normalise",
     "propagate_heat",
     "refine_mask_by_attention",
     "resize_mask",

@@ -68,8 +68,11 @@ def _require_grid_match(mask: torch.Tensor, attn_grid: tuple[int, int], name: st
         )
 
 
-def _peak_normalise(heat: torch.Tensor) -> torch.Tensor:
-    """Divide each image's heat by its maximum (``[B, ...]``); an all-zero map stays zero."""
+def peak_normalise(heat: torch.Tensor) -> torch.Tensor:
+    """Each image's heat divided by its maximum, so its peak is 1 (``[B, ...]`` -> the same shape and dtype).
+
+    An all-zero map stays zero: the divisor is floored at the dtype's smallest normal number.
+    """
     peak = heat.flatten(1).amax(dim=1).clamp_min(torch.finfo(heat.dtype).tiny)
     return heat / peak.view(-1, *([1] * (heat.dim() - 1)))
 
@@ -116,7 +119,7 @@ def cross_attention_heat(
     logits = torch.einsum("bnc,bcp->bnp", scaled_tokens, source_ft.flatten(2))  # [B, N, h*w]
     landing = logits.softmax(dim=-1, dtype=torch.float32)  # [B, N, h*w]
     heat = torch.einsum("bnp,bn->bp", landing, valid.to(torch.float32))  # [B, h*w]
-    heat = _peak_normalise(heat)
+    heat = peak_normalise(heat)
     return heat.to(float_dtype(source_ft)).view(batch, 1, height, width)
 
 
@@ -317,7 +320,7 @@ class TrainingFreeAttention(nn.Module):
         source = _features_on_grid(source_ft, (height, width))
         inter = cross_attention_heat(source, l2_normalise(tokens, dim=-1), valid, self.temperature)
         # Peak-normalised again so the threshold means "relative to the hottest position".
-        intra = _peak_normalise(propagate_heat(inter, attn))
+        intra = peak_normalise(propagate_heat(inter, attn))
         mask, converged = refine_mask_by_attention(intra > self.threshold, attn, self.iterations, self.score_type)
         return AttentionResult(inter=inter, intra=intra, mask=mask, converged=converged)
 

@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 
 from icm_cli import console, io
-from icm_cli.config import ModelConfig
+from icm_cli.config import ModelConfig, batch_size_for
 from icm_cli.console import BatchOutcome
 from icm_cli.runner.batch import BatchRunner, Work
 from icm_cli.runner.manifest import RecordList, SourceRecord, record_json
@@ -114,7 +114,7 @@ class PredictWorker:
         self.predictor.set_references(load_references(**references))
         self.plan = dataclasses.replace(plan, overwrite=True)  # the driver decided what to skip
         self.run_id = run_id
-        self.batch_size = batch_size if batch_size > 0 else (1 if self.predictor.device.type == "cpu" else 8)
+        self.batch_size = batch_size_for(batch_size, on_gpu=self.predictor.device.type != "cpu")
 
     def __call__(self, batch: dict) -> dict:
         sink = RecordList()
@@ -228,7 +228,7 @@ def run_ray(entries: Iterable[Source | ListingProblem], runner: BatchRunner, mod
             fn_constructor_kwargs={"model": model, "references": references, "plan": runner.plan,
                                    "run_id": runner.run_id, "batch_size": batch_size, "threads": threads,
                                    "cwd": os.getcwd()},
-            batch_size=max(1, batch_size) if batch_size else (8 if options.gpus_per_worker > 0 else 1),
+            batch_size=batch_size_for(batch_size, on_gpu=options.gpus_per_worker > 0),
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=cpus_each,

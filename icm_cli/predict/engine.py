@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from icm_cli.backbones.base import Backbone, Features
-from icm_cli.core import cross_attention_heat, propagate_heat, roi_tokens
+from icm_cli.core import cross_attention_heat, peak_normalise, propagate_heat, roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
 from icm_cli.predict.decoder import (DEFAULT_DECODER, MAP_CHANNELS, MaskDecoder, combine_prototypes, load_decoder,
@@ -243,7 +243,7 @@ class Propagator:
         inter = cross_attention_heat(ft, ctx.roi_tokens.to(ft.device), ctx.roi_valid.to(ft.device))
         grid, a = next(iter(attn.items()))
         intra = propagate_heat(F.adaptive_avg_pool2d(inter, grid), a.float())
-        intra = intra / intra.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        intra = peak_normalise(intra)
         return inter, F.interpolate(intra, size=ft.shape[-2:], mode="bilinear", align_corners=False)
 
     def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry, attn: dict | None = None,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from icm_cli.config import OUTPUT_KINDS
 from icm_cli.runner.manifest import ManifestState, SourceRecord, read_manifests
 
 __all__ = ["ReviewError", "ReviewReport", "build_review", "review_order", "name_order", "THUMB_DIR"]
@@ -22,7 +23,6 @@ __all__ = ["ReviewError", "ReviewReport", "build_review", "review_order", "name_
 #: Where the thumbnails go, relative to OUT.
 THUMB_DIR = Path(".review") / "thumbs"
 SORTS = ("confidence", "name")
-OUTPUT_KINDS = ("masks", "trimaps", "heatmaps", "alpha", "cutout")
 
 
 class ReviewError(Exception):

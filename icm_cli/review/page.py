@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from icm_cli.config import OUTPUT_KINDS
+
 
 def text(value) -> str:
     """Any value as HTML-escaped text (quotes too); undecodable bytes shown as U+FFFD."""
@@ -125,7 +127,7 @@ def _card(c: Card, page_dir: Path, threshold: float, position: int) -> str:
     links = []
     if c.source_path:
         links.append(f'<a href="{href(c.source_path, page_dir)}" target="_blank">source</a>')
-    for kind in ("masks", "trimaps", "heatmaps", "alpha", "cutout"):
+    for kind in OUTPUT_KINDS:
         if kind in c.outputs:
             label = kind[:-1] if kind.endswith("s") else kind
             links.append(f'<a href="{href(c.outputs[kind], page_dir)}" target="_blank">{label}</a>')
