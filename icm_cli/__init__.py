@@ -10,6 +10,8 @@ The library's front door (imported on first use, so ``import icm_cli`` stays lig
 
 __version__ = "0.2.0"
 
+from icm_cli.errors import IcmError  # noqa: E402 - imports nothing: every icm error derives from it
+
 _LAZY = {
     "Predictor": "icm_cli.predictor",
     "VideoPredictor": "icm_cli.predictor",
@@ -20,7 +22,7 @@ _LAZY = {
     "OutputConfig": "icm_cli.config",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "IcmError", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from icm_cli.errors import SettingError
 from icm_cli.predict import DEFAULT_DECODER
 
 #: Images with more pixels than this are refused before they are decoded
@@ -69,11 +70,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.size < 64:
-            raise ValueError(f"--size must be at least 64 pixels (got {self.size})")
+            raise SettingError(f"--size must be at least 64 pixels (got {self.size})")
         if self.head_steps < 0:
-            raise ValueError(f"--head-steps must be 0 or more (got {self.head_steps})")
+            raise SettingError(f"--head-steps must be 0 or more (got {self.head_steps})")
         if self.threshold is not None and not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise ValueError(f"--threshold must be a number from 0 to 1 (got {self.threshold})")
+            raise SettingError(f"--threshold must be a number from 0 to 1 (got {self.threshold})")
 
     def result_settings(self) -> dict:
         """The settings that change what is written (not where, or how fast): recorded in the manifest."""
@@ -102,7 +103,7 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         if self.radius < 0 or self.memory < 0:
-            raise ValueError("--radius and --memory must be 0 or more")
+            raise SettingError("--radius and --memory must be 0 or more")
 
 
 @dataclass(frozen=True)
@@ -115,14 +116,14 @@ class OutputConfig:
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in OUTPUT_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"--save takes a comma-separated list of {', '.join(OUTPUT_KINDS)}; "
+            raise SettingError(f"--save takes a comma-separated list of {', '.join(OUTPUT_KINDS)}; "
                              f"got {','.join(self.kinds) or 'nothing'}")
         if self.kernel < 1:
-            raise ValueError(f"--kernel must be at least 1 pixel (got {self.kernel})")
+            raise SettingError(f"--kernel must be at least 1 pixel (got {self.kernel})")
 
     @classmethod
     def parse(cls, save: str, kernel: int = DEFAULT_TRIMAP_KERNEL) -> "OutputConfig":
-        """``"masks,trimaps"`` -> ``OutputConfig(("masks", "trimaps"))``; unknown names raise ValueError."""
+        """``"masks,trimaps"`` -> ``OutputConfig(("masks", "trimaps"))``; unknown names raise SettingError (a ValueError)."""
         kinds = tuple(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
         return cls(kinds, kernel)
 

@@ -11,11 +11,13 @@ import re
 
 import torch
 
+from icm_cli.errors import IcmError
+
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
 
-class DeviceError(Exception):
+class DeviceError(IcmError):
     """A ``--device`` value that cannot be used here; one line for people."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from icm_cli.config import DEFAULT_MAX_PIXELS
+from icm_cli.errors import IcmError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -37,7 +38,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "InputError", "OutputError", 
 Image.MAX_IMAGE_PIXELS = None
 
 
-class InputError(Exception):
+class InputError(IcmError):
     """A problem with one user file; the message is one line for people."""
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from icm_cli import io
 from icm_cli.config import ModelConfig, OutputConfig, VideoConfig, batch_size_for
 from icm_cli.console import BatchOutcome
+from icm_cli.errors import IcmError
 from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from icm_cli.video import FrameSequence
 
 
-class UsageProblem(Exception):
+class UsageProblem(IcmError):
     """The run cannot start as asked; the message is one line for people (exit 2)."""
 
 
@@ -123,7 +124,9 @@ class PropagateJob:
         """Check everything that needs no model; raises :class:`UsageProblem` with the reason."""
         try:
             return cls._checked(inputs, options, model, outputs, video_config)
-        except (ValueError, io.InputError) as exc:
+        except UsageProblem:
+            raise
+        except (ValueError, IcmError) as exc:
             raise UsageProblem(str(exc)) from None
 
     @classmethod
@@ -206,9 +209,6 @@ class PropagateJob:
     # ------------------------------------------------------------ the model
     def prepare(self) -> None:
         """Build the model and the reference context (local engine); the Ray engine's workers do it themselves."""
-        from icm_cli.backbones import WeightsError
-        from icm_cli.device import DeviceError
-
         try:
             if self.options.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
                 from icm_cli.backbones import create_backbone
@@ -223,7 +223,7 @@ class PropagateJob:
 
             self.predictor = Predictor(self.model)
             self.predictor.set_references(self.references)
-        except (WeightsError, DeviceError, ValueError, io.InputError) as exc:
+        except (ValueError, IcmError) as exc:
             raise UsageProblem(str(exc)) from None
 
     def reference_notes(self) -> list[str]:

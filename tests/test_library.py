@@ -28,6 +28,7 @@ def test_the_readme_library_example_runs(monkeypatch):
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("(") and "bool" in lines[0] and "of the image" in lines[0]
     assert lines[1:3] == ["False", "False"] and lines[3].endswith("True")
+    assert lines[4] == "no/such/photo.jpg: file not found"
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +116,38 @@ def test_each_default_is_declared_once_and_every_layer_reads_it():
     assert OutputConfig().kernel == OutputConfig.parse("masks").kernel == DEFAULT_TRIMAP_KERNEL == 20
     assert inspect.signature(Result.trimap).parameters["kernel"].default == DEFAULT_TRIMAP_KERNEL
     assert [p.name for p in OutputPlan(Path("o")).written_folders] == list(OUTPUT_KINDS)
+
+
+def test_every_icm_error_is_an_icm_error_and_keeps_its_old_base():
+    from icm_cli import IcmError
+    from icm_cli.backbones import WeightsError
+    from icm_cli.device import DeviceError
+    from icm_cli.engines.ray_engine import RayEngineError
+    from icm_cli.errors import SettingError
+    from icm_cli.io import InputError, OutputError
+    from icm_cli.jobs import UsageProblem
+    from icm_cli.matting import MattingError
+    from icm_cli.review import ReviewError
+    from icm_cli.sources import SourceError
+
+    for kind in (WeightsError, DeviceError, RayEngineError, InputError, OutputError, UsageProblem, MattingError,
+                 ReviewError, SourceError, SettingError):
+        assert issubclass(kind, IcmError), kind
+    assert issubclass(SourceError, InputError) and issubclass(OutputError, InputError)
+    assert issubclass(MattingError, RuntimeError) and issubclass(SettingError, ValueError)
+
+
+def test_a_library_user_catching_icm_error_gets_each_bad_input(tmp_path):
+    from icm_cli import IcmError
+
+    with pytest.raises(IcmError, match="size must be at least 64"):
+        ModelConfig(size=10)
+    p = Predictor(ModelConfig(device="cpu", size=96, head_steps=0, edges=False))
+    missing = tmp_path / "no_such_ref.png"
+    with pytest.raises(IcmError, match="no_such_ref.png"):
+        p.set_reference(str(missing), np.ones((8, 8), bool))
+    img, _ = textured_scene(40, 48, (10, 12, 20, 20), seed=4)
+    with pytest.raises(IcmError, match="empty|no object"):
+        p.set_reference(img, np.zeros((40, 48), bool))
+    with pytest.raises(IcmError):  # a mask of another size
+        p.set_reference(img, np.ones((20, 20), bool))

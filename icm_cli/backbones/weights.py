@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from icm_cli.errors import IcmError
 
-class WeightsError(Exception):
+
+class WeightsError(IcmError):
     """A weights file or folder that cannot be used; one line for people."""
 
 

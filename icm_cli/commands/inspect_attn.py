@@ -57,10 +57,9 @@ def inspect_attn(
     Writes OUT/<name>.png (the montage) and OUT/<name>_inter.png, OUT/<name>_intra.png (colour heat maps at the source's size); with --point also OUT/<name>_point.png.
     """
     from icm_cli import io, render
-    from icm_cli.backbones import WeightsError
     from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
     from icm_cli.console import error_line
-    from icm_cli.device import DeviceError
+    from icm_cli.errors import IcmError
     from icm_cli.predictor import Predictor
     from icm_cli.references import load_references
     from icm_cli.runner.files import process_files
@@ -75,7 +74,7 @@ def inspect_attn(
             h, w = references[0].mask.shape
             if not (0 <= pt[0] < w and 0 <= pt[1] < h):
                 raise ValueError(f"--point {pt[0]},{pt[1]} lies outside the first reference ({w}x{h})")
-    except (io.InputError, ValueError) as exc:
+    except (IcmError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
     entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output])
@@ -83,7 +82,7 @@ def inspect_attn(
     try:
         predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder))
         predictor.set_references(references)
-    except (io.InputError, WeightsError, DeviceError, ValueError) as exc:
+    except (IcmError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
     first = references[0]

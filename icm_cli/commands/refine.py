@@ -65,15 +65,16 @@ def refine(
     import numpy as np
     import torch
 
-    from icm_cli.backbones import WeightsError, create_backbone
-    from icm_cli.device import DeviceError, default_dtype, resolve_device
+    from icm_cli.backbones import create_backbone
+    from icm_cli.device import default_dtype, resolve_device
+    from icm_cli.errors import IcmError
     from icm_cli.predict.selfattention import refine_mask_with_attention
 
     try:
         dev = resolve_device(device)
         dtype = default_dtype(dev)
         net = create_backbone(backbone, weights).to(dev, dtype).eval()
-    except (WeightsError, DeviceError) as exc:
+    except IcmError as exc:
         error_line(str(exc))
         raise typer.Exit(2)
 

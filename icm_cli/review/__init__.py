@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from icm_cli.config import OUTPUT_KINDS
+from icm_cli.errors import IcmError
 from icm_cli.runner.manifest import ManifestState, SourceRecord, read_manifests
 
 __all__ = ["ReviewError", "ReviewReport", "build_review", "review_order", "name_order", "THUMB_DIR"]
@@ -25,7 +26,7 @@ THUMB_DIR = Path(".review") / "thumbs"
 SORTS = ("confidence", "name")
 
 
-class ReviewError(Exception):
+class ReviewError(IcmError):
     """OUT or the page cannot be used; the message is one line naming the file."""
 
 
