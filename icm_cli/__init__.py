@@ -6,6 +6,9 @@ The library's front door (imported on first use, so ``import icm_cli`` stays lig
     predictor = Predictor()
     predictor.set_reference("ref.jpg", "ref_mask.png")
     mask = predictor.predict("photo.jpg").mask
+
+    from icm_cli import evaluate
+    print(evaluate("masks/", "truth/").mean["J"])   # scored against ground truth, paired by name
 """
 
 __version__ = "0.2.0"
@@ -20,6 +23,8 @@ _LAZY = {
     "ModelConfig": "icm_cli.config",
     "VideoConfig": "icm_cli.config",
     "OutputConfig": "icm_cli.config",
+    "evaluate": "icm_cli.evaluation",
+    "Evaluation": "icm_cli.evaluation",
 }
 
 __all__ = ["__version__", "IcmError", *_LAZY]

@@ -219,3 +219,36 @@ def test_eval_stability_per_sequence(tmp_path):
     assert seq["T_gt"] == 1.0
     assert seq["T_pred"] == pytest.approx(8 / 24)  # each move keeps 8 of 24 pixels in the union
     assert report["mean"]["T_pred"] == pytest.approx(8 / 24)
+
+
+def test_evaluate_is_the_library_behind_icm_eval(tmp_path):
+    from icm_cli import IcmError, evaluate
+
+    save_png(tmp_path / "pred" / "s" / "a.png", square(0, 0, 4))
+    save_png(tmp_path / "pred" / "s" / "b.png", square(2, 2, 4))
+    save_png(tmp_path / "pred" / "s" / "lost.png", square(2, 2, 4))
+    save_png(tmp_path / "gt" / "s" / "a.png", square(2, 2, 4))
+    save_png(tmp_path / "gt" / "s" / "b.png", square(2, 2, 4))
+    result = evaluate(tmp_path / "pred", tmp_path / "gt", recursive=True, stability=True)
+    assert [(i.name, i.sequence) for i in result.images] == [("s/a", "s"), ("s/b", "s")]
+    assert result.images[0].scores["J"] == pytest.approx(4 / 28) and result.images[1].scores["J"] == 1.0
+    assert result.mean["J"] == pytest.approx((4 / 28 + 1) / 2) and result.sequences[0].frames == 2
+    assert result.mean["T_gt"] == 1.0 and result.mean["T_pred"] == pytest.approx(4 / 28)
+    assert [u.name for u in result.unscored] == ["s/lost"] and "no ground truth" in result.unscored[0].error
+    assert not result.complete
+    cli = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "-r", "--stability", "--json"])
+    assert json.loads(cli.stdout) == json.loads(json.dumps(result.as_dict())) and cli.exit_code == 1
+    with pytest.raises(IcmError, match="not found"):
+        evaluate(tmp_path / "nothing", tmp_path / "gt")
+    with pytest.raises(IcmError, match="--kind 'x'"):
+        evaluate(tmp_path / "pred", tmp_path / "gt", kind="x")
+
+
+def test_eval_short_k_still_means_kind_for_a_release_with_a_warning(tmp_path):
+    save_png(tmp_path / "pred" / "x.png", square(0, 0, 4))
+    save_png(tmp_path / "gt" / "x.png", square(0, 0, 4))
+    res = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "-k", "alpha", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["kind"] == "alpha" and "SAD" in json.loads(res.stdout)["mean"]
+    assert "-k for --kind is deprecated" in res.stderr
+    assert "-k" not in runner.invoke(app, ["eval", "--help"]).stdout.replace("--kind", "")

@@ -29,6 +29,8 @@ def test_the_readme_library_example_runs(monkeypatch):
     assert lines[0].startswith("(") and "bool" in lines[0] and "of the image" in lines[0]
     assert lines[1:3] == ["False", "False"] and lines[3].endswith("True")
     assert lines[4] == "no/such/photo.jpg: file not found"
+    j, f = map(float, re.fullmatch(r"J (\d\.\d\d)  F (\d\.\d\d)", lines[5]).groups())
+    assert j >= 0.9 and f >= 0.9  # the demo's moved brick is found
 
 
 @pytest.fixture(scope="module")

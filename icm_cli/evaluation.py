@@ -1,0 +1,241 @@
+"""Scoring predicted masks or alpha mattes against ground truth, paired by name: `icm eval` as a library.
+
+    from icm_cli import evaluate
+    scores = evaluate("out/masks", "truth/")           # masks: J (IoU) and boundary F
+    print(scores.mean["J"], [(s.name, s.scores["J"]) for s in scores.images])
+
+A prediction is paired with the ground truth of the same name (any image
+suffix; sub-folders too with ``recursive``). A pair that cannot be scored
+(no ground truth, unreadable, another size) is listed in ``unscored`` and
+the rest are scored; ground truth nobody predicted is listed in
+``unpredicted``. Arguments that cannot be used at all raise an
+:class:`~icm_cli.errors.IcmError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from icm_cli import io
+from icm_cli.config import DEFAULT_MAX_PIXELS
+from icm_cli.errors import SettingError
+
+KINDS = ("mask", "alpha")
+MASK_KEYS = ("J", "F")
+ALPHA_KEYS = ("SAD", "MSE", "Grad", "Conn")
+STABILITY_KEYS = ("T_pred", "T_gt")
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One scored prediction: ``scores`` maps each metric key (``J``, ``F`` or ``SAD``...) to its value."""
+
+    name: str        # relative path without suffix, e.g. "blackswan/00001"
+    sequence: str    # its sub-folder (sequence), "." for the top folder
+    pred: str
+    gt: str
+    scores: dict[str, float]
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "sequence": self.sequence, "pred": self.pred, "gt": self.gt, **self.scores}
+
+
+@dataclass(frozen=True)
+class SequenceScore:
+    """The mean of one sequence's images (and its temporal stability ``T_pred``/``T_gt`` when asked)."""
+
+    sequence: str
+    frames: int
+    scores: dict[str, Optional[float]]
+
+    def as_dict(self) -> dict:
+        return {"sequence": self.sequence, "frames": self.frames, **self.scores}
+
+
+@dataclass(frozen=True)
+class Unscored:
+    """A prediction (or a folder) that could not be scored, and why, in one line naming the file."""
+
+    name: Optional[str]
+    pred: str
+    error: str
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "pred": self.pred, "error": self.error}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` found.
+
+    ``mean`` holds each key of ``keys`` (and of ``stability_keys``): over
+    sequences of per-sequence means when ``by_sequence`` (DAVIS), else over
+    images; None when nothing was scored.
+    """
+
+    kind: str                            # mask or alpha
+    keys: tuple[str, ...]                # the metrics of each image
+    stability_keys: tuple[str, ...]      # per-sequence figures (mask --stability), else ()
+    by_sequence: bool
+    images: list[ImageScore]
+    sequences: list[SequenceScore]
+    mean: dict[str, Optional[float]]
+    unscored: list[Unscored]
+    unpredicted: list[str]               # names of ground truth without a prediction
+
+    @property
+    def complete(self) -> bool:
+        """Something was scored and nothing failed."""
+        return bool(self.images) and not self.unscored
+
+    def as_dict(self) -> dict:
+        """The JSON report of ``icm eval --json``."""
+        report = {"kind": self.kind, "scored": len(self.images), "mean": self.mean,
+                  "images": [s.as_dict() for s in self.images], "missing": [u.as_dict() for u in self.unscored],
+                  "unpredicted": self.unpredicted}
+        if self.by_sequence:
+            report["sequences"] = [s.as_dict() for s in self.sequences]
+        return report
+
+
+def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: str | Path | None = None,
+             stability: bool = False, recursive: bool = False, tolerance: Optional[float] = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> Evaluation:
+    """Score the predictions ``pred`` (a folder or one file) against the ground truth ``gt``.
+
+    kind: ``mask`` (J = IoU, F = boundary F measure, ``tolerance`` its match
+    distance: pixels if >= 1, else a share of the diagonal) or ``alpha``
+    (SAD, MSE, Grad, Conn; over the unknown band of the same-named
+    ``trimaps`` when given). stability (masks): each sequence's temporal
+    stability, the mean IoU of consecutive masks in name order, for the
+    prediction and the ground truth. recursive: folders of sequence
+    sub-folders, scored per sequence then averaged over sequences.
+    Raises :class:`~icm_cli.io.InputError` for a missing path and
+    :class:`~icm_cli.errors.SettingError` for an unknown kind.
+    """
+    pred, gt = Path(pred), Path(gt)
+    trimaps = Path(trimaps) if trimaps is not None else None
+    _check_arguments(pred, gt, kind, trimaps)
+    keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
+    pairs, unpredicted, unreadable = _collect(pred, gt, recursive)
+    images, unscored = [], [Unscored(None, str(p.path), p.message) for p in unreadable]
+    for pair in pairs:
+        try:
+            images.append(_score(pair, gt, trimaps, kind, max_pixels, tolerance))
+        except io.InputError as exc:
+            unscored.append(Unscored(pair.name, str(pair.pred), str(exc)))
+
+    groups: dict[str, list[ImageScore]] = {}
+    for image in images:
+        groups.setdefault(image.sequence, []).append(image)
+    stability_keys = STABILITY_KEYS if stability and kind == "mask" else ()
+    sequences = []
+    for name, members in groups.items():
+        scores = _mean([m.scores for m in members], keys)
+        if stability_keys:
+            members = sorted(members, key=lambda m: m.name)
+            scores["T_pred"] = _stability([m.pred for m in members], max_pixels)
+            scores["T_gt"] = _stability([m.gt for m in members], max_pixels)
+        sequences.append(SequenceScore(name, len(members), scores))
+    # DAVIS: mean over sequences of per-sequence means; flat folders: mean over images.
+    mean = _mean([s.scores for s in sequences] if recursive else [i.scores for i in images], keys)
+    mean.update(_mean([s.scores for s in sequences], stability_keys))  # stability is a per-sequence figure
+    return Evaluation(kind=kind, keys=keys, stability_keys=stability_keys, by_sequence=recursive, images=images,
+                      sequences=sequences, mean=mean, unscored=unscored, unpredicted=unpredicted)
+
+
+@dataclass
+class _Pair:
+    name: str
+    group: str
+    pred: Path
+    gt: Optional[Path]
+
+
+def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -> None:
+    if kind not in KINDS:
+        raise SettingError(f"--kind {kind!r} is not known; choose mask or alpha")
+    if trimaps is not None and kind != "alpha":
+        raise SettingError("--trimaps applies to --kind alpha only")
+    for label, path in (("PRED", pred), ("GT", gt)):
+        if not path.exists():
+            raise io.InputError(f"{path}: {label} not found")
+    if pred.is_dir() and gt.is_file():
+        raise io.InputError(f"{gt}: GT must be a folder when PRED is a folder")
+    if trimaps is not None and not trimaps.is_dir():
+        raise io.InputError(f"{trimaps}: --trimaps must be a folder")
+
+
+def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[_Pair], list[str], list]:
+    """Pair every prediction with its ground truth (by name, sub-folders included); also list
+    ground truths nobody predicted, and folders that could not be read."""
+    from icm_cli.sources import find_named, find_sources, output_name
+
+    if pred.is_file():
+        target = gt if gt.is_file() else find_named(gt, output_name(pred))
+        return [_Pair(output_name(pred), ".", pred, target)], [], []
+    found, problems = find_sources([pred], recursive=recursive, mirror=True)
+    pairs = []
+    for source in found:
+        group = source.name.rsplit("/", 1)[0] if "/" in source.name else "."
+        pairs.append(_Pair(source.name, group, source.path, find_named(gt, source.name)))
+    seen = {p.name for p in pairs}
+    truths, gt_problems = find_sources([gt], recursive=recursive, mirror=True)
+    unpredicted = [t.name for t in truths if t.name not in seen]
+    return pairs, unpredicted, problems + gt_problems
+
+
+def _score(pair: _Pair, gt: Path, trimaps: Optional[Path], kind: str, max_pixels: int,
+           tolerance: Optional[float]) -> ImageScore:
+    """One pair's scores; raises :class:`io.InputError` naming the file that stops it."""
+    from icm_cli import metrics
+    from icm_cli.sources import find_named
+
+    if pair.gt is None:
+        raise io.InputError(f"{pair.pred}: no ground truth named {pair.name}.* in {gt}")
+    trimap = None
+    if trimaps is not None:
+        trimap = find_named(trimaps, pair.name)
+        if trimap is None:
+            raise io.InputError(f"{pair.pred}: no trimap named {pair.name}.* in {trimaps}")
+    if kind == "mask":
+        p = io.binary_mask(io.read_mask(pair.pred, max_pixels=max_pixels))
+        g = io.binary_mask(io.read_mask(pair.gt, max_pixels=max_pixels))
+        _check_size(pair, p.shape, g.shape)
+        scores = {"J": metrics.iou(p, g), "F": metrics.boundary_f(p, g, tolerance).f}
+    else:
+        p = io.read_trimap(pair.pred, max_pixels)
+        g = io.read_trimap(pair.gt, max_pixels)
+        _check_size(pair, p.shape, g.shape)
+        region = None
+        if trimap is not None:
+            from icm_cli.matting import split_trimap
+
+            t = io.read_trimap(trimap, max_pixels)
+            if t.shape != g.shape:
+                raise io.InputError(f"{trimap}: trimap is {t.shape[1]}x{t.shape[0]} but {pair.gt} is "
+                                    f"{g.shape[1]}x{g.shape[0]}")
+            region = split_trimap(t)[2]
+        scores = {"SAD": metrics.sad(p, g, region), "MSE": metrics.mse(p, g, region),
+                  "Grad": metrics.gradient_error(p, g, region), "Conn": metrics.connectivity_error(p, g, region)}
+    return ImageScore(pair.name, pair.group, str(pair.pred), str(pair.gt), scores)
+
+
+def _check_size(pair: _Pair, p_shape, g_shape) -> None:
+    if p_shape != g_shape:
+        raise io.InputError(f"{pair.pred}: prediction is {p_shape[1]}x{p_shape[0]} but {pair.gt} is "
+                            f"{g_shape[1]}x{g_shape[0]}")
+
+
+def _stability(paths: list[str], max_pixels: int) -> float:
+    from icm_cli import metrics
+
+    return metrics.temporal_stability(io.binary_mask(io.read_mask(p, max_pixels=max_pixels)) for p in paths)
+
+
+def _mean(rows: list[dict], keys) -> dict:
+    import numpy as np
+
+    return {k: (float(np.mean([r[k] for r in rows])) if rows else None) for k in keys}
