@@ -116,6 +116,18 @@ def test_review_rerun_reuses_thumbnails_and_remakes_changed_ones(tmp_path):
     assert "thumbnails 1 made, 8 reused" in res.stdout
 
 
+def test_review_below_sets_the_low_line_and_the_old_threshold_name_still_works_with_a_warning(tmp_path):
+    out, _ = standard_out(tmp_path)
+    res = runner.invoke(app, ["review", str(out), "--below", "0.95"])
+    assert res.exit_code == 0, res.output
+    assert "below 0.95" in res.stdout and "deprecat" not in res.stderr and "now --below" not in res.stderr
+    old = runner.invoke(app, ["review", str(out), "--threshold", "0.95"])
+    assert old.exit_code == 0, old.output
+    assert old.stdout.split("; thumbnails")[0] == res.stdout.split("; thumbnails")[0]
+    assert "--threshold is now --below" in old.stderr
+    assert "--threshold" not in runner.invoke(app, ["review", "--help"]).stdout
+
+
 def test_review_sort_by_name_limit_and_own_output_path(tmp_path):
     out, _ = standard_out(tmp_path)
     page_path = tmp_path / "elsewhere" / "sheet.html"

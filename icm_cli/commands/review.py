@@ -24,9 +24,11 @@ def review(
     limit: Annotated[Optional[int], typer.Option(
         "--limit", metavar="N", callback=opts.at_least(0, "--limit"), show_default=False,
         help="Show only the first N results in that order.")] = None,
-    threshold: Annotated[float, typer.Option(
-        "--threshold", metavar="C", callback=opts.in_unit_range("--threshold"),
+    below: Annotated[float, typer.Option(
+        "--below", metavar="C", callback=opts.in_unit_range("--below"),
         help="Confidence under which a result counts as low (colours, counts).")] = 0.5,
+    old_threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", hidden=True, callback=opts.in_unit_range("--threshold"), show_default=False)] = None,
     workers: Annotated[int, typer.Option(
         "--workers", metavar="N", callback=opts.at_least(0, "--workers"),
         help="Threads making thumbnails (0 = one per CPU, at most 8).")] = 0,
@@ -40,11 +42,15 @@ def review(
     """
     from rich.markup import escape
 
-    from icm_cli.console import error_line, stderr, stdout
+    from icm_cli.console import error_line, stderr, stdout, warning_line
     from icm_cli.review import ReviewError, build_review
 
+    if old_threshold is not None:
+        warning_line("--threshold is now --below here (--threshold is a probability in propagate); "
+                     "the old name goes in the next release")
+        below = old_threshold
     try:
-        report = build_review(output, page, sort=sort, limit=limit, threshold=threshold, workers=workers)
+        report = build_review(output, page, sort=sort, limit=limit, threshold=below, workers=workers)
     except ReviewError as exc:
         error_line(str(exc))
         raise typer.Exit(2)
@@ -58,6 +64,6 @@ def review(
         unknown = f", {report.unknown} without a confidence" if report.unknown else ""
         stdout.print(escape(
             f"{report.page}: {shown} results ({c['done']} done, {c['skipped']} skipped, {c['failed']} failed; "
-            f"{report.below} below {threshold:g}{unknown}); thumbnails {report.made} made, {report.reused} reused "
+            f"{report.below} below {below:g}{unknown}); thumbnails {report.made} made, {report.reused} reused "
             f"in {report.seconds:.1f}s"))
     raise typer.Exit(1 if report.problems else 0)
