@@ -128,6 +128,34 @@ def test_review_below_sets_the_low_line_and_the_old_threshold_name_still_works_w
     assert "--threshold" not in runner.invoke(app, ["review", "--help"]).stdout
 
 
+def test_each_run_shows_its_own_reference_thumbnails(tmp_path):
+    out, _ = standard_out(tmp_path)
+    pictures = {}
+    for name, colour in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
+        img = np.zeros((40, 60, 3), np.uint8)
+        img[:] = colour
+        mask = np.zeros((40, 60), np.uint8)
+        mask[10:30, 20:40] = 255
+        pictures[name] = (save_png(tmp_path / f"{name}.png", img), save_png(tmp_path / f"{name}_mask.png", mask))
+    first = run_record(out, [pictures["red"]], run="first", second=40)
+    first["references"].insert(0, {"image": str(tmp_path / "no_mask_recorded.png")})  # cannot be shown: skipped
+    second = run_record(out, [pictures["blue"]], run="second", second=41)
+    write_manifest(out / "manifest.1-of-2.jsonl", [first])
+    write_manifest(out / "manifest.2-of-2.jsonl", [second])
+    assert runner.invoke(app, ["review", str(out)]).exit_code == 0
+    page = (out / "review.html").read_text(encoding="utf-8")
+    shown = {}
+    for block in page.split('<details class="run"')[1:]:
+        names = re.findall(r'<figcaption title="[^"]*">([^<]*)<br>', block)
+        thumbs = re.findall(r'<img[^>]* src="([^"]+)"', block)
+        for name, thumb in zip(names, thumbs):
+            with Image.open(out / thumb) as picture:
+                r, _, b = np.asarray(picture.convert("RGB"), np.float64).reshape(-1, 3).mean(0)
+            shown[name] = "red" if r > b else "blue"
+    assert shown == {"red.png": "red", "blue.png": "blue", "ref.jpg": shown.get("ref.jpg")}
+    assert "no_mask_recorded" not in page
+
+
 def test_review_sort_by_name_limit_and_own_output_path(tmp_path):
     out, _ = standard_out(tmp_path)
     page_path = tmp_path / "elsewhere" / "sheet.html"

@@ -14,10 +14,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from icm_cli.config import OUTPUT_KINDS
 from icm_cli.errors import IcmError
 from icm_cli.runner.manifest import ManifestState, SourceRecord, read_manifests
+
+if TYPE_CHECKING:
+    from icm_cli.review.thumbs import Job
+    from icm_cli.runner.outputs import OutputPlan
 
 __all__ = ["ReviewError", "ReviewReport", "build_review", "review_order", "name_order", "THUMB_DIR"]
 
@@ -73,16 +78,17 @@ def _resolve(path: str | None, cwd: str | None) -> str | None:
     return os.path.join(cwd, path) if cwd else os.path.abspath(path)
 
 
-def _outputs(record: SourceRecord, out: Path, cwd: str | None) -> dict[str, str]:
-    """Each output kind of a result -> the file as it is now: ``OUT/<kind>/<stem>.png`` when it
-    exists there (OUT may have moved since the run), else the recorded path if that exists."""
+def _outputs(record: SourceRecord, plan: "OutputPlan", cwd: str | None) -> dict[str, str]:
+    """Each output kind of a result -> the file as it is now: where ``plan`` (OUT, every kind) puts it
+    when it exists there (OUT may have moved since the run), else the recorded path if that exists."""
     found = {}
     stem = record.stem
     recorded = record.outputs
+    planned = plan.paths(stem) if isinstance(stem, str) and stem else {}
     for kind in OUTPUT_KINDS:
         candidates = []
-        if isinstance(stem, str) and stem:
-            candidates.append(str(out / kind / f"{stem}.png"))
+        if kind in planned:
+            candidates.append(str(planned[kind]))
         if isinstance(recorded.get(kind), str):
             candidates.append(_resolve(recorded[kind], cwd))
         for c in candidates:
@@ -127,23 +133,58 @@ def _check_writable(folder: Path, what: str) -> None:
         raise ReviewError(f"{folder}: cannot write the {what} here (permission denied)")
 
 
-def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, sort: str = "confidence",
-                 limit: int | None = None, threshold: float = 0.5, workers: int = 0) -> ReviewReport:
-    """Write the review page of the run in ``out``; returns what was done.
+@dataclass
+class _ReferenceThumb:
+    """One reference pair of one run, and the thumbnail job that shows it on the page."""
 
-    page: the HTML file (default ``OUT/review.html``); sort: ``confidence``
-    (failed first, then least confident, results without a confidence last)
-    or ``name``; limit: show only the first N in that order; threshold: the
-    confidence under which a result counts as low (colours, counts).
-    Raises :class:`ReviewError` when OUT holds no manifest or a file cannot
-    be written; problems with single files end up in ``problems``.
-    """
-    from icm_cli import __version__, io
+    run: int          # index in the manifests' runs
+    image: str
+    mask: str
+    job: "Job"
+
+
+def _reference_thumbs(runs) -> list[_ReferenceThumb]:
+    """Every run's references that name an image and a mask, in run order (others cannot be shown)."""
+    from icm_cli.review.thumbs import Job
+
+    found = []
+    for index, run in enumerate(runs):
+        for ref in run.references:
+            if isinstance(ref, dict) and ref.get("image") and ref.get("mask"):
+                image, mask = _resolve(str(ref["image"]), run.cwd), _resolve(str(ref["mask"]), run.cwd)
+                found.append(_ReferenceThumb(index, image, mask, Job(f"reference:{image}|{mask}", source=image,
+                                                                     mask=mask)))
+    return found
+
+
+def _result_cards(records: list[SourceRecord], results: ManifestState, plan: "OutputPlan") -> list[tuple]:
+    """``(card, thumbnail job, expect a source picture)`` for each result record, in page order."""
     from icm_cli.review import page as pagemod
-    from icm_cli.review.thumbs import Job, ThumbnailCache
+    from icm_cli.review.thumbs import Job
 
-    t0 = time.perf_counter()
-    out = Path(out)
+    run_index = {r.run: i for i, r in enumerate(results.runs)}
+    cwd_of = {r.run: r.cwd for r in results.runs}
+    made = []
+    for rec in records:
+        cwd = cwd_of.get(rec.run)
+        outputs = _outputs(rec, plan, cwd)
+        job = Job("result:" + str(rec.stem or rec.input), source=_source_file(_resolve(rec.input, cwd), rec.stem),
+                  mask=outputs.get("masks"), heat=outputs.get("heatmaps"))
+        label = None
+        maker = rec.made_by or rec.run
+        if len(results.runs) > 1 and maker in run_index:
+            label = pagemod.run_label(run_index[maker])
+        card = pagemod.Card(
+            ident=job.ident, name=str(rec.stem or Path(rec.input).name), status=rec.status,
+            confidence=rec.confidence if rec.status != "failed" else None, input=rec.input,
+            source_path=job.source, outputs=outputs, error=rec.error or None, empty=rec.empty,
+            mask_area=rec.mask_area, run_label=label)
+        made.append((card, job, rec.status != "failed"))
+    return made
+
+
+def _checked_paths(out: Path, page: str | os.PathLike | None, sort: str) -> tuple[ManifestState, Path]:
+    """OUT's manifests and the page to write; raises :class:`ReviewError` when either cannot be used."""
     if sort not in SORTS:
         raise ReviewError(f"--sort takes {' or '.join(SORTS)} (got {sort!r})")
     if not out.exists():
@@ -157,66 +198,61 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
     if page_path.is_dir():
         raise ReviewError(f"{page_path}: is a folder; give the HTML file to write (e.g. {page_path / 'review.html'})")
     _check_writable(page_path.parent if str(page_path.parent) else Path("."), "review page")
-    thumb_dir = out / THUMB_DIR
-    _check_writable(thumb_dir, "thumbnail")
+    _check_writable(out / THUMB_DIR, "thumbnail")
+    return results, page_path
 
+
+def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, sort: str = "confidence",
+                 limit: int | None = None, threshold: float = 0.5, workers: int = 0) -> ReviewReport:
+    """Write the review page of the run in ``out``; returns what was done.
+
+    page: the HTML file (default ``OUT/review.html``); sort: ``confidence``
+    (failed first, then least confident, results without a confidence last)
+    or ``name``; limit: show only the first N in that order; threshold: the
+    confidence under which a result counts as low (colours, counts; ``icm
+    review --below``). Raises :class:`ReviewError` when OUT holds no
+    manifest or a file cannot be written; problems with single files end up
+    in ``problems``.
+    """
+    from icm_cli import __version__, io
+    from icm_cli.config import OutputConfig
+    from icm_cli.review import page as pagemod
+    from icm_cli.review.thumbs import ThumbnailCache
+    from icm_cli.runner.outputs import OutputPlan
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    results, page_path = _checked_paths(out, page, sort)
+    thumb_dir = out / THUMB_DIR
     records = sorted(results.records(), key=review_order if sort == "confidence" else name_order)
     total = len(records)
     if limit is not None and limit >= 0:
         records = records[:limit]
-    run_index = {r.run: i for i, r in enumerate(results.runs)}
-    cwd_of = {r.run: r.cwd for r in results.runs}
-
-    jobs, cards = [], []
-    for rec in records:
-        cwd = cwd_of.get(rec.run)
-        source = _resolve(rec.input, cwd)
-        outputs = _outputs(rec, out, cwd)
-        key = "result:" + str(rec.stem or rec.input)
-        job = Job(key, source=_source_file(source, rec.stem), mask=outputs.get("masks"),
-                  heat=outputs.get("heatmaps"))
-        jobs.append((job, rec.status != "failed"))
-        label = None
-        maker = rec.made_by or rec.run
-        if len(results.runs) > 1 and maker in run_index:
-            label = pagemod.run_label(run_index[maker])
-        cards.append(pagemod.Card(
-            ident=job.ident, name=str(rec.stem or Path(rec.input).name), status=rec.status,
-            confidence=rec.confidence if rec.status != "failed" else None, input=rec.input,
-            source_path=job.source, outputs=outputs, error=rec.error or None, empty=rec.empty,
-            mask_area=rec.mask_area, run_label=label))
-    ref_jobs = []
-    for r in results.runs:
-        for ref in r.references:
-            if isinstance(ref, dict) and ref.get("image") and ref.get("mask"):
-                image, mask = _resolve(str(ref["image"]), r.cwd), _resolve(str(ref["mask"]), r.cwd)
-                ref_jobs.append((Job(f"reference:{image}|{mask}", source=image, mask=mask), True))
+    shown = _result_cards(records, results, OutputPlan(out, OutputConfig(OUTPUT_KINDS)))
+    references = _reference_thumbs(results.runs)
 
     cache = ThumbnailCache(thumb_dir)
     try:
-        thumbs = cache.get_all(jobs + ref_jobs, workers=workers)
+        thumbs = cache.get_all([(job, expect) for _, job, expect in shown] + [(r.job, True) for r in references],
+                               workers=workers)
     except OSError as exc:
         raise ReviewError(f"{thumb_dir}: cannot write thumbnails ({exc.strerror or exc})") from None
     problems = []
-    for card, th in zip(cards, thumbs):
+    cards = [card for card, _, _ in shown]
+    for card, th in zip(cards, thumbs[:len(shown)]):
         card.overlay = str(thumb_dir / th.overlay) if th.overlay else None
         card.heat = str(thumb_dir / th.heat) if th.heat else None
         card.size = th.size
         card.problems = th.problems
         problems += th.problems
-    ref_thumbs = iter(thumbs[len(jobs):])
-    runs = []
-    for i, r in enumerate(results.runs):
-        refs = []
-        for ref in r.references:
-            if isinstance(ref, dict) and ref.get("image") and ref.get("mask"):
-                th = next(ref_thumbs)
-                refs.append((_resolve(str(ref["image"]), r.cwd), _resolve(str(ref["mask"]), r.cwd),
-                             str(thumb_dir / th.overlay) if th.overlay else None, th.size))
-                problems += th.problems
-        runs.append(pagemod.RunView(label=pagemod.run_label(i), time=_utc(r.time),
-                                    command=pagemod.command_line(r), cwd=str(r.cwd or ""),
-                                    version=str(r.version or ""), references=refs))
+    run_references: list[list] = [[] for _ in results.runs]
+    for ref, th in zip(references, thumbs[len(shown):]):  # the jobs above, in the same order
+        run_references[ref.run].append((ref.image, ref.mask, str(thumb_dir / th.overlay) if th.overlay else None,
+                                        th.size))
+        problems += th.problems
+    runs = [pagemod.RunView(label=pagemod.run_label(i), time=_utc(r.time), command=pagemod.command_line(r),
+                            cwd=str(r.cwd or ""), version=str(r.version or ""), references=run_references[i])
+            for i, r in enumerate(results.runs)]
 
     data = pagemod.PageData(out=out.resolve(), cards=cards, total=total, counts=results.counts, runs=runs, sort=sort,
                             threshold=threshold, unreadable_lines=results.unreadable_lines,
