@@ -47,6 +47,7 @@ class PropagateJob:
     settings: dict = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     predictor: object = None
+    runtime_note: str | None = None      # why --runtime auto fell back to torch (said once)
 
     # ------------------------------------------------------------ checks (no model yet)
     @classmethod
@@ -182,19 +183,29 @@ class PropagateJob:
         from icm_cli.backbones import WeightsError
         from icm_cli.device import DeviceError
 
+        from icm_cli.backbones.onnx_trunk import attach, runtime_label
+
         try:
             if self.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
                 from icm_cli.backbones import create_backbone
                 from icm_cli.predict.decoder import load_decoder, resolve_decoder
 
-                create_backbone(self.model.backbone, self.model.weights)
+                backbone = create_backbone(self.model.backbone, self.model.weights)
                 decoder_path = resolve_decoder(self.model.decoder, self.model.backbone)
                 if decoder_path is not None:
                     load_decoder(decoder_path)
+                # Decided (and exported into the cache) once, here: every worker runs the same runtime and
+                # reads the one cached export.
+                worker_device = "cuda" if (self.ray_options and self.ray_options.gpus_per_worker > 0) else "cpu"
+                runtime, self.runtime_note = attach(backbone, self.model.runtime, worker_device)
+                self.model = dataclasses.replace(self.model, runtime=runtime)
+                self.settings["runtime"] = runtime_label(runtime)
                 return
             from icm_cli.predictor import Predictor
 
             self.predictor = Predictor(self.model)
+            self.runtime_note = self.predictor.runtime_note
+            self.settings["runtime"] = runtime_label(self.predictor.runtime)
             self.predictor.set_references(self.references)
         except (WeightsError, DeviceError, ValueError, io.InputError) as exc:
             raise UsageProblem(str(exc)) from None

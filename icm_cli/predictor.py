@@ -94,8 +94,10 @@ class Predictor:
     :class:`~icm_cli.device.DeviceError` with a one-line reason.
     """
 
-    def __init__(self, config: ModelConfig | None = None, *, settings=None, **overrides) -> None:
+    def __init__(self, config: ModelConfig | None = None, *, settings=None, reference_cache: bool = True,
+                 **overrides) -> None:
         from icm_cli.backbones import create_backbone
+        from icm_cli.backbones.onnx_trunk import attach
         from icm_cli.device import default_dtype, resolve_device
 
         config = config or ModelConfig()
@@ -103,8 +105,14 @@ class Predictor:
             config = dataclasses.replace(config, **overrides)
         self.config = config
         self.device = resolve_device(config.device)
-        self.engine = Propagator(create_backbone(config.backbone, config.weights), device=self.device,
+        backbone = create_backbone(config.backbone, config.weights)
+        #: What runs the backbone ("onnx" or "torch") and, when ``auto`` fell back to torch, why.
+        self.runtime, self.runtime_note = attach(backbone, config.runtime, self.device.type)
+        self.engine = Propagator(backbone, device=self.device,
                                  dtype=default_dtype(self.device), settings=settings or config.engine_settings())
+        #: Reference contexts are kept in the cache folder and reused (see predict/context_store.py).
+        self.reference_cache = reference_cache
+        self.reused_context = False
         self.references: list[Reference] = []
         self._reference_area: float | None = None  # the references' object share, for the confidence
 
@@ -131,8 +139,12 @@ class Predictor:
             raise ValueError("give at least one reference (image, mask) pair")
         from icm_cli.predict.confidence import reference_area_share
 
+        from icm_cli.predict import context_store
+
+        store = context_store.ContextStore.default() if self.reference_cache else None
         with torch.no_grad():
-            self.engine.set_references([(r.image, r.mask) for r in refs])
+            self.reused_context = context_store.set_references(
+                self.engine, [(r.image, r.mask) for r in refs], self.runtime, store)
         self.references = refs
         self._reference_area = reference_area_share(self.engine.context)
 
@@ -199,6 +211,11 @@ class Predictor:
 
         source_ft ``[1, C, h, w]``; returns ``[1, 1, h, w]`` scaled to peak 1.
         """
+        if not getattr(self.engine, "reference_features", None):  # a stored context keeps no feature maps
+            first = self.references[0].image
+            geo = self.engine.geometry_for(*first.shape[:2])
+            with torch.no_grad():
+                self.engine.reference_features = [(self.engine.features(geo.to_canvas(to_tensor(first))).ft[0].cpu(), geo)]
         ref_ft, geo = self.engine.reference_features[0]
         x, y = point
         if not (0 <= x < geo.orig_w and 0 <= y < geo.orig_h):

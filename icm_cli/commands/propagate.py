@@ -53,6 +53,7 @@ def propagate(
         "--batch-size", metavar="N", rich_help_panel=opts.MODEL, callback=opts.at_least(0, "--batch-size"),
         help="Sources per forward pass; 0 = 1 on CPU, 8 on GPU.")] = 0,
     decoder: opts.Decoder = D.decoder,
+    runtime: opts.Runtime = D.runtime,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
     no_edges: Annotated[bool, typer.Option(
@@ -101,7 +102,7 @@ def propagate(
         job = PropagateJob.from_options(
             sources=sources or [], video=video, refs=ref, masks=mask, output=output,
             outputs=OutputConfig.parse(save, kernel),
-            model=opts.model_config(backbone, weights, device, size, head_steps, decoder, edges=not no_edges,
+            model=opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
             video_config=VideoConfig(radius=radius, memory=memory),
             recursive=recursive, include=include, exclude=exclude, resize_masks=resize_masks,
@@ -125,6 +126,8 @@ def propagate(
         raise typer.Exit(2)
     for note in job.reference_notes():
         warning_line(note)
+    if job.runtime_note:
+        warning_line(job.runtime_note)
     with progress_bar(job.total, "propagate --video" if video else "propagate", enabled=show) as advance:
         try:
             job.run(outcome, advance, echo)
