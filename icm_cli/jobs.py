@@ -243,7 +243,9 @@ class PropagateJob:
                 except ray_engine.RayEngineError as exc:
                     raise UsageProblem(str(exc)) from None
             batch = self.batch_size or (1 if self.predictor.device.type == "cpu" else 8)
-            return runner.run_images(self.entries, self.predictor, batch_size=batch)
+            workers = self.predictor.stream_workers()
+            with self.predictor.streaming(workers):
+                return runner.run_images(self.entries, self.predictor, batch_size=batch, workers=workers)
         finally:
             writer.close()
 

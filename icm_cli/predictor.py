@@ -17,6 +17,7 @@ probability) and :meth:`Predictor.finish` (full size).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -171,11 +172,36 @@ class Predictor:
                 out[i] = self.finish(imgs[i], coarse)
         return out
 
-    def predict_coarse(self, images: list[np.ndarray]) -> list[GridPrediction]:
-        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass)."""
+    def predict_coarse(self, images: list[np.ndarray], encoded=None) -> list[GridPrediction]:
+        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass;
+        none when ``encoded``, what :meth:`encode_batch` returned for them, is given)."""
         self.check_ready()
         with torch.no_grad():
-            return self.engine.predict_grid(images)
+            return self.engine.predict_grid(images, features=encoded)
+
+    def encode_batch(self, images: list[np.ndarray]):
+        """The backbone's part of :meth:`predict_coarse` for same-size images (the runner's model thread);
+        the rest runs in ``predict_coarse(images, encoded=...)`` on a finishing thread."""
+        self.check_ready()
+        with torch.no_grad():
+            return self.engine.source_features(images)
+
+    def stream_workers(self) -> int:
+        """Finishing threads for a stream of sources: on a CPU one per core torch may use (the backbone's
+        thread then runs only the backbone, the finishing threads the rest); 1 on a GPU."""
+        return max(1, torch.get_num_threads()) if self.device.type == "cpu" else 1
+
+    @contextlib.contextmanager
+    def streaming(self, workers: int):
+        """While ``workers`` finishing threads run, torch computes on one thread in each of them: the
+        threads themselves use the cores (ONNX Runtime keeps its own pool for the backbone)."""
+        threads = torch.get_num_threads()
+        if workers > 1 and self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
         """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""

@@ -22,11 +22,12 @@ installed, torch on CUDA and MPS), ``torch``, ``onnx``.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.metadata
-import importlib.util
 import io
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +48,15 @@ class RuntimeUnavailable(ValueError):
     """ONNX Runtime cannot run this backbone here; the message says why, in one line (a usage problem)."""
 
 
-def missing_packages() -> list[str]:
-    """The packages the ONNX path needs that are not installed (onnxruntime runs it, onnx exports it)."""
-    return [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
+def missing_packages(names: tuple[str, ...] = ("onnxruntime",)) -> list[str]:
+    """Those of ``names`` that cannot be imported (onnxruntime runs the export; onnx, needed once, makes it)."""
+    missing = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def resolve_runtime(requested: str, device_type: str, backbone=None) -> tuple[str, str | None]:
@@ -70,9 +77,8 @@ def resolve_runtime(requested: str, device_type: str, backbone=None) -> tuple[st
             raise RuntimeUnavailable(f"--runtime onnx runs on the CPU, not {device_type}: use --device cpu, "
                                      "or --runtime auto (torch on GPUs)")
         return "torch", None
-    missing = missing_packages()
-    if missing:
-        problem = f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed ({INSTALL_HINT})"
+    if missing_packages():
+        problem = f"onnxruntime is not installed ({INSTALL_HINT})"
     elif backbone is not None and not getattr(backbone, "exports_onnx", False):
         problem = f"the {getattr(backbone, 'name', 'chosen')} backbone has no ONNX export"
     if problem is None:
@@ -265,6 +271,8 @@ def _read_entry(folder: Path, key: dict, threads: int, backbone) -> OnnxTrunk | 
 
 
 def _export_checked(backbone, threads: int) -> tuple[bytes, OnnxTrunk]:
+    if missing_packages(("onnx",)):
+        raise RuntimeUnavailable(f"exporting {backbone.name} to ONNX needs the onnx package ({INSTALL_HINT})")
     try:
         data = export_bytes(backbone)
     except Exception as exc:
@@ -285,7 +293,7 @@ def load_trunk(backbone, threads: int | None = None) -> OnnxTrunk:
     memory for this process only.
     """
     if missing_packages():
-        raise RuntimeUnavailable(f"{' and '.join(missing_packages())} not installed ({INSTALL_HINT})")
+        raise RuntimeUnavailable(f"onnxruntime is not installed ({INSTALL_HINT})")
     threads = threads or torch.get_num_threads()
     key = cache_key(backbone)
     root = cache.cache_folder("onnx")
@@ -309,6 +317,9 @@ def load_trunk(backbone, threads: int | None = None) -> OnnxTrunk:
             cache.discard(folder)  # what failed its check above
             os.replace(scratch, folder)
             trunk.path = folder / "trunk.onnx"
+            with open(root / "exports.log", "a", encoding="utf-8") as log:  # when and by whom each was made
+                log.write(json.dumps({"entry": name, "pid": os.getpid(), "time": time.time(),
+                                      "max_abs_diff": trunk.max_abs_diff}) + "\n")
         except OSError:  # a full disk or a lost race without locks: this process keeps its in-memory session
             cache.discard(scratch)
         return trunk
