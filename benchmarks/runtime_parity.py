@@ -1,6 +1,6 @@
 """Quality of the ONNX Runtime backbone beside torch, on ../shared/data, in the same run.
 
-    python benchmarks/runtime_parity.py [--sets davis,cows,perseg] [--threads 1]
+    python benchmarks/runtime_parity.py [--sets davis,cows,perseg] [--threads 1] [--stride 1]
 
 Builds the default engine twice on one set of weights: the backbone on
 torch, and on ONNX Runtime (the cached export of the same module,
@@ -85,7 +85,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="davis,cows,perseg")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (say so when reporting)")
     args = ap.parse_args()
+    quality.FRAME_STRIDE = args.stride
     if not quality.DATA.is_dir():
         print(f"skipped: {quality.DATA} not found (the shared evaluation data is not on this machine)")
         return 0
@@ -97,7 +99,8 @@ def main() -> int:
     worst = 0.0
     t0 = time.perf_counter()
     for name in args.sets.split(","):
-        print(f"\n== {name}", flush=True)
+        print(f"\n== {name}" + (f" (every {args.stride}th frame)" if name == "davis" and args.stride > 1 else ""),
+              flush=True)
         rows = run_set(name, quality.SETS[name](), props)
         t = float(np.mean([r["torch"] for r in rows.values()]))
         o = float(np.mean([r["onnx"] for r in rows.values()]))
