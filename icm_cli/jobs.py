@@ -190,7 +190,17 @@ class PropagateJob:
                 from icm_cli.backbones import create_backbone
                 from icm_cli.predict.decoder import load_decoder, resolve_decoder
 
-                backbone = create_backbone(self.model.backbone, self.model.weights)
+                import torch
+
+                # Built on one thread, as each worker builds its own: the backbone's construction runs a
+                # probe batch whose numerics depend on the thread count, and the export's cache key is a
+                # digest of the resulting weights; on one thread the workers find this very export.
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    backbone = create_backbone(self.model.backbone, self.model.weights)
+                finally:
+                    torch.set_num_threads(threads)
                 decoder_path = resolve_decoder(self.model.decoder, self.model.backbone)
                 if decoder_path is not None:
                     load_decoder(decoder_path)

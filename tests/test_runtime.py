@@ -228,3 +228,25 @@ def test_shards_started_together_share_one_export_and_context(small_scene, tmp_p
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["s0.png", "s1.png", "s2.png"]
     for manifest in ("manifest.1-of-2.jsonl", "manifest.2-of-2.jsonl"):
         assert run_records(out / manifest)[0]["settings"]["runtime"].startswith("onnxruntime ")
+
+
+def test_ray_workers_read_the_drivers_export_whatever_its_thread_count(small_scene, tmp_path):
+    pytest.importorskip("ray", reason="the Ray engine is optional: pip install 'ray[data]'")
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ICM_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    code = textwrap.dedent(f"""
+        import ray
+        from typer.testing import CliRunner
+        from icm_cli.cli import app
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        r = CliRunner().invoke(app, {propagate_args(small_scene, str(small_scene / "src"), "-o", str(tmp_path / "out"),
+                                                    "--engine", "ray", "--workers", "2")!r})
+        ray.shutdown()
+        assert r.exit_code == 0, r.output
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(_exports(cache)) == 1  # made by the driver; the two workers (one thread each) read it
+    assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["s0.png", "s1.png", "s2.png"]
+    assert run_records(tmp_path / "out" / "manifest.jsonl")[0]["settings"]["runtime"].startswith("onnxruntime ")
