@@ -188,8 +188,9 @@ class Predictor:
 
     def stream_workers(self) -> int:
         """Finishing threads for a stream of sources: on a CPU one per core torch may use (the backbone's
-        thread then runs only the backbone, the finishing threads the rest); 1 on a GPU."""
-        return max(1, torch.get_num_threads()) if self.device.type == "cpu" else 1
+        thread then runs only the backbone, the finishing threads the rest), at most 16 (each holds about
+        two sources in memory); 1 on a GPU."""
+        return min(16, max(1, torch.get_num_threads())) if self.device.type == "cpu" else 1
 
     @contextlib.contextmanager
     def streaming(self, workers: int):
