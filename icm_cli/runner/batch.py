@@ -400,8 +400,8 @@ class BatchRunner:
         ``predict_coarse(images, encoded=...)``), this thread runs only the
         backbone and the finishing threads the rest of the model's step:
         on a small CPU the backbone is then no longer the one thread
-        everything waits for, and the cores share the work evenly. Records
-        are still written in source order.
+        everything waits for, and the cores share the work evenly. Results
+        are still recorded in source order.
         """
         batch_size = max(1, batch_size)
         workers = max(1, workers)
