@@ -1,23 +1,27 @@
-"""End-to-end speed of `icm propagate` beside the baseline, on 854x480 frames.
+"""End-to-end speed of `icm propagate` beside the baseline, on 854x480 frames, in one run.
 
-    python benchmarks/bench_propagate.py [--frames 32] [--threads 2]
+    python benchmarks/bench_propagate.py [--frames 64] [--long 500] [--threads 2] [--runtimes onnx,torch]
 
-Prints, measured in this one run:
-- images/s end to end (subprocess, model load included) for icm at default
-  settings and for ../shared/baseline, and their ratio;
-- for icm in-process: the share of wall time inside the backbone forward,
-  reference set-up time, and batch size 1 vs 8;
-- the learned decoder's own cost per image (when one is in use; ``--decoder``
-  passes a choice to icm, e.g. ``--decoder none`` for the training-free path);
-- peak resident memory of each subprocess.
-Frames come from ../shared/data/davis2016-dev (blackswan) when present,
-else synthetic 854x480 frames are generated.
+Prints, measured in this one run (each a subprocess, start-up included):
+- icm with a cold cache (the one-off ONNX export and the reference
+  context), with the export cached but new references (a first run with
+  new references), and a rerun whose reference context is cached; the
+  baseline (../shared/baseline) between them; images/s, the ratio to the
+  baseline, the time to the first result (from ``--json``) and peak RSS;
+- ``--runtime torch`` beside ``--runtime onnx`` (export cached, new references);
+- with ``--long N``: N frames, icm and the baseline;
+- in-process: model load, reference set-up, stream images/s and the
+  backbone's share of the stream.
+Frames come from ../shared/data/davis2016-dev (blackswan, cycled) when
+present, else synthetic 854x480 frames are generated. The machine's load
+average is printed with each figure: compare ratios within one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,18 +55,27 @@ def make_frames(folder: Path, count: int) -> tuple[Path, Path, Path]:
     return frames, folder / "ref.jpg", folder / "ref_mask.png"
 
 
-def run_child(cmd: list[str], env: dict) -> tuple[float, float]:
+def load() -> str:
+    return "load %.1f" % os.getloadavg()[0]
+
+
+def run_child(cmd: list[str], env: dict) -> dict:
+    """Run one command; wall seconds, peak RSS (MiB) and, for ``--json`` runs, seconds to the first record."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = None
+    for line in proc.stdout:
+        if first is None and line.startswith("{"):
+            first = time.perf_counter() - t0
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    err = proc.stderr.read().decode()
+    err = proc.stderr.read()
     if status != 0:
         raise SystemExit(f"{' '.join(cmd[:4])}... failed:\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return {"wall": wall, "rss": usage.ru_maxrss / 1024.0, "first": first, "load": load()}
 
 
-def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int, decoder: str | None) -> dict:
+def in_process(frames: Path, ref: Path, mask: Path, out: Path, runtime: str) -> dict:
     import torch
     from icm_cli.config import ModelConfig
     from icm_cli.predictor import Predictor
@@ -74,7 +87,7 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int, 
 
     torch.set_grad_enabled(False)
     t0 = time.perf_counter()
-    predictor = Predictor(ModelConfig(device="cpu", **({"decoder": decoder} if decoder else {})))
+    predictor = Predictor(ModelConfig(device="cpu", runtime=runtime), reference_cache=False)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.set_references(load_references([str(ref)], [str(mask)]))
@@ -82,64 +95,92 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, batch_size: int, 
     predictor.engine.backbone_seconds = 0.0
     manifest = ManifestWriter(out / "manifest.jsonl")
     runner = BatchRunner(OutputPlan(out), manifest)
+    workers = predictor.stream_workers()
     t0 = time.perf_counter()
-    outcome = runner.run_images(list(SourceFinder([frames])), predictor, batch_size=batch_size)
+    with predictor.streaming(workers):
+        outcome = runner.run_images(list(SourceFinder([frames])), predictor, batch_size=1, workers=workers)
     wall = time.perf_counter() - t0
     manifest.close()
-    prop = predictor.engine
-    decoder_s = float("nan")
-    if prop.decoder is not None:  # the decoder alone, on a few frames
-        from icm_cli import io
-
-        images = [io.read_image(p) for p in sorted(frames.iterdir())[:8]]
-        preds = [prop.predict_grid([im])[0] for im in images]
-        t0 = time.perf_counter()
-        for im, pred in zip(images, preds):
-            prop.decode(im, pred)
-        decoder_s = (time.perf_counter() - t0) / len(images)
-    return {"decoder_s": decoder_s, "load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,
-            "backbone_share": prop.backbone_seconds / wall, "stream_ips": outcome.done / wall}
+    return {"load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,
+            "backbone_share": predictor.engine.backbone_seconds / wall, "stream_ips": outcome.done / wall,
+            "workers": workers}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--long", type=int, default=0, help="also run this many frames (icm and the baseline)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtimes", default="onnx,torch", help="runtimes compared in-process and end to end")
     ap.add_argument("--skip-baseline", action="store_true")
-    ap.add_argument("--decoder", default=None, help="icm's --decoder (default: icm's default)")
     args = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(SHARED / "baseline"))
     import torch
+    import onnxruntime
+
     torch.set_num_threads(args.threads)
+    baseline = not args.skip_baseline and (SHARED / "baseline").is_dir()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        frames, ref, mask = make_frames(tmp, args.frames)
+        frames, ref, mask = make_frames(tmp, max(args.frames, args.long))
+        short = tmp / "short"
+        short.mkdir()
+        for p in sorted(frames.iterdir())[:args.frames]:
+            os.symlink(os.path.realpath(p), short / p.name)
+        cache = tmp / "cache"
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(SHARED / "baseline"),
+                   ICM_CACHE_DIR=str(cache))
         n = args.frames
         print(f"{n} frames 854x480 from {'DAVIS blackswan' if 'shared' in str(ref) else 'synthetic scenes'}; "
-              f"{args.threads} threads; torch {torch.__version__}")
-        icm_cmd = [sys.executable, "-m", "icm_cli", "propagate", "--ref", str(ref), "--mask", str(mask),
-                   str(frames), "-o", str(tmp / "icm_out"), "--quiet", "--device", "cpu"] + \
-                  (["--decoder", args.decoder] if args.decoder else [])
-        icm_wall, icm_rss = run_child(icm_cmd, env)
-        rows = [("icm (default settings)", icm_wall, icm_rss)]
-        if not args.skip_baseline and (SHARED / "baseline").is_dir():
-            base_cmd = [sys.executable, "-m", "icm_baseline", "propagate", str(frames), "--ref", str(ref),
-                        "--mask", str(mask), "-o", str(tmp / "base_out")]
-            base_wall, base_rss = run_child(base_cmd, env)
-            rows.append(("baseline", base_wall, base_rss))
-        print("\nend to end, model load included (subprocess):")
-        print(f"  {'':24s} {'wall s':>8s} {'img/s':>7s} {'peak RSS MiB':>13s}")
-        for name, wall, rss in rows:
-            print(f"  {name:24s} {wall:8.2f} {n / wall:7.2f} {rss:13.0f}")
-        if len(rows) == 2:
-            print(f"  icm / baseline images/s ratio: {(n / rows[0][1]) / (n / rows[1][1]):.2f}x")
-        print("\nicm in-process breakdown:")
-        for bs in (1, 8):
-            r = in_process(frames, ref, mask, tmp / f"inproc_{bs}", bs, args.decoder)
-            print(f"  batch {bs}: model load {r['load_s']:.2f}s, reference set-up {r['reference_s']:.2f}s, "
-                  f"stream {r['stream_s']:.2f}s = {r['stream_ips']:.2f} img/s, "
-                  f"backbone forward {100 * r['backbone_share']:.0f}% of stream wall time"
-                  + (f", decoder {1000 * r['decoder_s']:.0f} ms/image" if r['decoder_s'] == r['decoder_s'] else ""))
+              f"{args.threads} threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
+              f"{os.cpu_count()} CPUs; {load()} at the start")
+
+        def icm(name, source, runtime="auto"):
+            cmd = [sys.executable, "-m", "icm_cli", "propagate", "--ref", str(ref), "--mask", str(mask), str(source),
+                   "-o", str(tmp / name), "--json", "--device", "cpu", "--runtime", runtime]
+            return run_child(cmd, env)
+
+        def base(name, source):
+            return run_child([sys.executable, "-m", "icm_baseline", "propagate", str(source), "--ref", str(ref),
+                              "--mask", str(mask), "-o", str(tmp / name)], env)
+
+        rows = [("icm, cold cache (export + context)", icm("cold", short))]
+        if baseline:
+            rows.append(("baseline", base("base1", short)))
+        shutil.rmtree(cache / "contexts")
+        rows.append(("icm, new references", icm("new_refs", short)))
+        rows.append(("icm, rerun (context cached)", icm("warm", short)))
+        if baseline:
+            rows.append(("baseline (again)", base("base2", short)))
+        runtimes = [r for r in args.runtimes.split(",") if r]
+        for runtime in runtimes:
+            shutil.rmtree(cache / "contexts")
+            rows.append((f"icm --runtime {runtime}, new references", icm(f"rt_{runtime}", short, runtime)))
+        base_ips = [n / r["wall"] for name, r in rows if name.startswith("baseline")]
+        print("\nend to end, start-up included (subprocess):")
+        print(f"  {'':40s} {'wall s':>7s} {'img/s':>6s} {'x base':>7s} {'first s':>8s} {'RSS MiB':>8s}  load")
+        for name, r in rows:
+            ips = n / r["wall"]
+            ratio = f"{ips / (sum(base_ips) / len(base_ips)):.2f}x" if base_ips else ""
+            first = f"{r['first']:.2f}" if r["first"] is not None else ""
+            print(f"  {name:40s} {r['wall']:7.2f} {ips:6.2f} {ratio:>7s} {first:>8s} {r['rss']:8.0f}  {r['load']}")
+        if args.long:
+            print(f"\n{args.long} frames, start-up included (export cached, new references):")
+            shutil.rmtree(cache / "contexts")
+            long_rows = [("icm", icm("long_icm", frames))]
+            if baseline:
+                long_rows.append(("baseline", base("long_base", frames)))
+            for name, r in long_rows:
+                print(f"  {name:40s} {r['wall']:7.2f} s {args.long / r['wall']:6.2f} img/s "
+                      f"{r['rss']:8.0f} MiB  {r['load']}")
+            if len(long_rows) == 2:
+                print(f"  icm / baseline images/s: {long_rows[1][1]['wall'] / long_rows[0][1]['wall']:.2f}x")
+        print("\nicm in-process (no reference cache), per runtime:")
+        os.environ["ICM_CACHE_DIR"] = str(cache)
+        for runtime in runtimes:
+            r = in_process(short, ref, mask, tmp / f"inproc_{runtime}", runtime)
+            print(f"  {runtime:6s}: model load {r['load_s']:.2f}s, reference set-up {r['reference_s']:.2f}s, "
+                  f"stream {r['stream_s']:.2f}s = {r['stream_ips']:.2f} img/s ({r['workers']} finishing threads), "
+                  f"backbone forward {100 * r['backbone_share']:.0f}% of stream wall time  ({load()})")
     return 0
 
 

@@ -30,6 +30,10 @@ DEFAULT_MATTE_METHOD = "sm-cf"
 #: 1 MP keeps a solve under about 1.5 GB.
 DEFAULT_SOLVE_PIXELS = 1_000_000
 
+#: What runs the backbone (``--runtime``): ``auto`` = ONNX Runtime on the CPU when it is installed,
+#: torch on CUDA and MPS (see :mod:`icm_cli.backbones.onnx_trunk`).
+RUNTIMES = ("auto", "torch", "onnx")
+
 #: What a propagate run can write per source, each into ``OUT/<kind>/``.
 OUTPUT_KINDS = ("masks", "trimaps", "heatmaps", "alpha", "cutout")
 DEFAULT_KINDS = ("masks", "trimaps", "heatmaps")
@@ -67,18 +71,25 @@ class ModelConfig:
     fine_edges: bool = False          # ... at full instead of half resolution
     threshold: float | None = None    # a fixed threshold instead of GrabCut's decision
     decoder: str = DEFAULT_DECODER    # learned mask decoder: auto, builtin, none or a .safetensors file
+    runtime: str = "auto"             # what runs the backbone: auto, torch or onnx (ONNX Runtime, CPU)
 
     def __post_init__(self) -> None:
         if self.size < 64:
             raise SettingError(f"--size must be at least 64 pixels (got {self.size})")
         if self.head_steps < 0:
             raise SettingError(f"--head-steps must be 0 or more (got {self.head_steps})")
+        if self.runtime not in RUNTIMES:
+            raise SettingError(f"--runtime takes {', '.join(RUNTIMES)} (got {self.runtime!r})")
         if self.threshold is not None and not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise SettingError(f"--threshold must be a number from 0 to 1 (got {self.threshold})")
 
     def result_settings(self) -> dict:
-        """The settings that change what is written (not where, or how fast): recorded in the manifest."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+        """The settings that change what is written (not where, or how fast): recorded in the manifest.
+
+        Neither the device nor the runtime is one: they compute the same network and move masks only by
+        float rounding (the run record keeps the runtime that ran under ``settings["runtime"]``, apart).
+        """
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "runtime")}
 
     def engine_settings(self):
         """The engine's full :class:`~icm_cli.predict.engine.PropagateSettings` for this config."""

@@ -116,6 +116,7 @@ class PropagateJob:
     shard: Shard | None = None
     settings: dict = field(default_factory=dict)
     predictor: Predictor | None = None
+    runtime_note: str | None = None      # why --runtime auto fell back to torch (said once)
 
     # ------------------------------------------------------------ checks (no model yet)
     @classmethod
@@ -209,19 +210,39 @@ class PropagateJob:
     # ------------------------------------------------------------ the model
     def prepare(self) -> None:
         """Build the model and the reference context (local engine); the Ray engine's workers do it themselves."""
+        from icm_cli.backbones.onnx_trunk import attach, runtime_label
+
         try:
             if self.options.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
                 from icm_cli.backbones import create_backbone
                 from icm_cli.predict.decoder import load_decoder, resolve_decoder
 
-                create_backbone(self.model.backbone, self.model.weights)
+                import torch
+
+                # Built on one thread, as each worker builds its own: the backbone's construction runs a
+                # probe batch whose numerics depend on the thread count, and the export's cache key is a
+                # digest of the resulting weights; on one thread the workers find this very export.
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    backbone = create_backbone(self.model.backbone, self.model.weights)
+                finally:
+                    torch.set_num_threads(threads)
                 decoder_path = resolve_decoder(self.model.decoder, self.model.backbone)
                 if decoder_path is not None:
                     load_decoder(decoder_path)
+                # Decided (and exported into the cache) once, here: every worker runs the same runtime and
+                # reads the one cached export.
+                worker_device = "cuda" if self.options.gpus_per_worker > 0 else "cpu"
+                runtime, self.runtime_note = attach(backbone, self.model.runtime, worker_device)
+                self.model = dataclasses.replace(self.model, runtime=runtime)
+                self.settings["runtime"] = runtime_label(runtime)
                 return
             from icm_cli.predictor import Predictor
 
             self.predictor = Predictor(self.model)
+            self.runtime_note = self.predictor.runtime_note
+            self.settings["runtime"] = runtime_label(self.predictor.runtime)
             self.predictor.set_references(self.references)
         except (ValueError, IcmError) as exc:
             raise UsageProblem(str(exc)) from None
@@ -252,7 +273,9 @@ class PropagateJob:
             if self.options.engine == "ray":
                 return self._run_ray(runner)
             batch = batch_size_for(self.options.batch_size, on_gpu=self.predictor.device.type != "cpu")
-            return runner.run_images(self.sources, self.predictor, batch_size=batch)
+            workers = self.predictor.stream_workers()
+            with self.predictor.streaming(workers):
+                return runner.run_images(self.sources, self.predictor, batch_size=batch, workers=workers)
         finally:
             writer.close()
 

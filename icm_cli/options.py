@@ -98,6 +98,10 @@ Decoder = Annotated[str, typer.Option(
     "--decoder", metavar="NAME", rich_help_panel=MODEL,
     help="Learned mask decoder: auto (the built-in weights for efficientnet-lite0), builtin, none "
          "(training-free), or a .safetensors file (see `icm backbones`).")]
+Runtime = Annotated[str, typer.Option(
+    "--runtime", metavar="NAME", rich_help_panel=MODEL,
+    help="What runs the backbone: auto (ONNX Runtime on the CPU, about 3x faster; torch on GPUs), torch or "
+         "onnx. Exported once into the cache folder (README: Speed and caches).")]
 Size = Annotated[int, typer.Option(
     "--size", metavar="PX", rich_help_panel=QUALITY, callback=at_least(64, "--size"),
     help="Working short side in pixels: larger is finer and slower.")]
@@ -119,10 +123,10 @@ Memory = Annotated[int, typer.Option(
 
 
 def model_config(backbone: str, weights: Optional[str], device: str, size: int, head_steps: int,
-                 decoder: str = MODEL_DEFAULTS.decoder, **more) -> ModelConfig:
+                 decoder: str = MODEL_DEFAULTS.decoder, runtime: str = MODEL_DEFAULTS.runtime, **more) -> ModelConfig:
     """The :class:`ModelConfig` of a command's model options (ValueError with a sentence if they clash)."""
     return ModelConfig(backbone=backbone, weights=weights, device=device, size=size, head_steps=head_steps,
-                       decoder=decoder, **more)
+                       decoder=decoder, runtime=runtime, **more)
 
 
 __all__ = ["DEFAULT_MAX_PIXELS", "MODEL_DEFAULTS", "VIDEO_DEFAULTS"]

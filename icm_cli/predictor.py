@@ -17,6 +17,7 @@ probability) and :meth:`Predictor.finish` (full size).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 
@@ -95,8 +96,10 @@ class Predictor:
     :class:`~icm_cli.device.DeviceError` with a one-line reason.
     """
 
-    def __init__(self, config: ModelConfig | None = None, *, settings=None, **overrides) -> None:
+    def __init__(self, config: ModelConfig | None = None, *, settings=None, reference_cache: bool = True,
+                 **overrides) -> None:
         from icm_cli.backbones import create_backbone
+        from icm_cli.backbones.onnx_trunk import attach
         from icm_cli.device import default_dtype, resolve_device
 
         config = config or ModelConfig()
@@ -104,8 +107,14 @@ class Predictor:
             config = dataclasses.replace(config, **overrides)
         self.config = config
         self.device = resolve_device(config.device)
-        self.engine = Propagator(create_backbone(config.backbone, config.weights), device=self.device,
+        backbone = create_backbone(config.backbone, config.weights)
+        #: What runs the backbone ("onnx" or "torch") and, when ``auto`` fell back to torch, why.
+        self.runtime, self.runtime_note = attach(backbone, config.runtime, self.device.type)
+        self.engine = Propagator(backbone, device=self.device,
                                  dtype=default_dtype(self.device), settings=settings or config.engine_settings())
+        #: Reference contexts are kept in the cache folder and reused (see predict/context_store.py).
+        self.reference_cache = reference_cache
+        self.reused_context = False
         self.references: list[Reference] = []
         self._reference_area: float | None = None  # the references' object share, for the confidence
 
@@ -132,8 +141,12 @@ class Predictor:
             raise ValueError("give at least one reference (image, mask) pair")
         from icm_cli.predict.confidence import reference_area_share
 
+        from icm_cli.predict import context_store
+
+        store = context_store.ContextStore.default() if self.reference_cache else None
         with torch.no_grad():
-            self.engine.set_references([(r.image, r.mask) for r in refs])
+            self.reused_context = context_store.set_references(
+                self.engine, [(r.image, r.mask) for r in refs], self.runtime, store)
         self.references = refs
         self._reference_area = reference_area_share(self.engine.context)
 
@@ -160,11 +173,37 @@ class Predictor:
                 out[i] = self.finish(imgs[i], coarse)
         return out
 
-    def predict_coarse(self, images: list[np.ndarray]) -> list[GridPrediction]:
-        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass)."""
+    def predict_coarse(self, images: list[np.ndarray], encoded=None) -> list[GridPrediction]:
+        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass;
+        none when ``encoded``, what :meth:`encode_batch` returned for them, is given)."""
         self.check_ready()
         with torch.no_grad():
-            return self.engine.predict_grid(images)
+            return self.engine.predict_grid(images, features=encoded)
+
+    def encode_batch(self, images: list[np.ndarray]):
+        """The backbone's part of :meth:`predict_coarse` for same-size images (the runner's model thread);
+        the rest runs in ``predict_coarse(images, encoded=...)`` on a finishing thread."""
+        self.check_ready()
+        with torch.no_grad():
+            return self.engine.source_features(images)
+
+    def stream_workers(self) -> int:
+        """Finishing threads for a stream of sources: on a CPU one per core torch may use (the backbone's
+        thread then runs only the backbone, the finishing threads the rest), at most 16 (each holds about
+        two sources in memory); 1 on a GPU."""
+        return min(16, max(1, torch.get_num_threads())) if self.device.type == "cpu" else 1
+
+    @contextlib.contextmanager
+    def streaming(self, workers: int):
+        """While ``workers`` finishing threads run, torch computes on one thread in each of them: the
+        threads themselves use the cores (ONNX Runtime keeps its own pool for the backbone)."""
+        threads = torch.get_num_threads()
+        if workers > 1 and self.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
         """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
@@ -200,6 +239,11 @@ class Predictor:
 
         source_ft ``[1, C, h, w]``; returns ``[1, 1, h, w]`` scaled to peak 1.
         """
+        if not getattr(self.engine, "reference_features", None):  # a stored context keeps no feature maps
+            first = self.references[0].image
+            geo = self.engine.geometry_for(*first.shape[:2])
+            with torch.no_grad():
+                self.engine.reference_features = [(self.engine.features(geo.to_canvas(to_tensor(first))).ft[0].cpu(), geo)]
         ref_ft, geo = self.engine.reference_features[0]
         x, y = point
         if not (0 <= x < geo.orig_w and 0 <= y < geo.orig_h):

@@ -19,10 +19,19 @@ def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.nda
     The image is shown in grey under the colours so that the heat, not the
     photo's own colours, carries the hue.
     """
-    grey = image.astype(np.float32).mean(axis=2, keepdims=True)
-    base = np.repeat(grey, 3, axis=2)
-    mixed = (1.0 - opacity) * base + opacity * colorize(heat).astype(np.float32)
-    return np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    # The same float32 arithmetic as (1 - o) * grey + o * colour, clipped and rounded, without
+    # full-size temporaries: the grey is one channel, broadcast; the rest works in place.
+    grey = image[..., 0].astype(np.float32)
+    grey += image[..., 1]
+    grey += image[..., 2]
+    grey /= np.float32(3.0)
+    grey *= np.float32(1.0 - opacity)
+    mixed = colorize(heat).astype(np.float32)
+    mixed *= np.float32(opacity)
+    mixed += grey[..., None]
+    mixed += np.float32(0.5)
+    np.clip(mixed, 0, 255, out=mixed)
+    return mixed.astype(np.uint8)
 
 
 def mask_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 64), width: int = 2) -> np.ndarray:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +13,11 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The ONNX export and the reference contexts are cached (icm_cli/cache.py): tests never touch the user's
+# cache folder; they share one made for this session (the subprocesses they start inherit it).
+TEST_CACHE = tempfile.mkdtemp(prefix="icm-test-cache-")
+os.environ["ICM_CACHE_DIR"] = TEST_CACHE
+atexit.register(shutil.rmtree, TEST_CACHE, True)
 torch.manual_seed(0)
 
 

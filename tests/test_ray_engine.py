@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import save_png, source_records, textured_scene
+from tests.conftest import run_records, save_png, source_records, textured_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -81,19 +81,27 @@ def test_ray_engine_writes_the_local_engines_bytes_and_a_bad_file_fails_alone(im
         base = ["propagate", "--ref", "ref.png", "--mask", "ref_mask.png"]
         runner = CliRunner()
         local = runner.invoke(app, base + ["src", "-o", "out_local", *fast])
+        from icm_cli.cache import cache_root
+        exports = lambda: len((cache_root() / "onnx" / "exports.log").read_text().splitlines())
+        exports_before = exports()  # the local run's ONNX export (made now, or by an earlier test)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         remote = runner.invoke(app, base + ["src", "-o", "out_ray", *fast, "--engine", "ray", "--workers", "2"])
+        new_exports = exports() - exports_before
         # A rerun finds everything done and skips it without any Ray work.
         again = runner.invoke(app, base + ["src/f00.png", "src/f01.png", "-o", "out_ray", *fast,
                                            "--engine", "ray", "--json"])
         ray.shutdown()
         print(json.dumps({{"local": [local.exit_code, local.output], "ray": [remote.exit_code, remote.output],
-                          "again": [again.exit_code, again.stdout]}}))
+                          "again": [again.exit_code, again.stdout], "new_exports": new_exports}}))
     """, timeout=240, cwd=images)
     assert res.returncode == 0, res.stderr[-3000:]
     codes = json.loads(res.stdout.strip().splitlines()[-1])
     assert codes["local"][0] == 1 and codes["ray"][0] == 1, codes  # 1: the corrupt file failed
     assert "f04_corrupt.png" in codes["ray"][1]
+    # The ONNX path on both engines: the workers read the one cached export, none re-exports.
+    assert codes["new_exports"] == 0
+    for out in ("out_local", "out_ray"):
+        assert run_records(images / out / "manifest.jsonl")[0]["settings"]["runtime"].startswith("onnxruntime ")
 
     def files(out):
         return {p.relative_to(out).as_posix(): p.read_bytes()

@@ -70,6 +70,8 @@ class EfficientNetLite(Backbone):
     stride = 8
     multiple = 32
     default_size = 384
+    #: ``_taps`` can run on ONNX Runtime (:mod:`icm_cli.backbones.onnx_trunk`).
+    exports_onnx = True
 
     def __init__(self, variant: str = "efficientnet-lite0", weights: str | Path | None = None,
                  attention_temperature: float = 0.05) -> None:
@@ -109,6 +111,8 @@ class EfficientNetLite(Backbone):
         self.name = variant
         self.weights_path = str(path)
         self.attention_temperature = attention_temperature
+        #: When set (an :class:`~icm_cli.backbones.onnx_trunk.OnnxTrunk`), ``forward`` runs ``_taps`` on it.
+        self.trunk = None
         with torch.no_grad():
             dims, levels = self._taps(torch.zeros(1, 3, 64, 64))
         self.tap_dims = tuple(d.shape[1] for d in dims)
@@ -139,7 +143,7 @@ class EfficientNetLite(Backbone):
         b, _, h, w = images.shape
         if h % self.multiple or w % self.multiple:
             raise ValueError(f"input sides must be multiples of {self.multiple}, got {h}x{w}")
-        taps, levels = self._taps(images)
+        taps, levels = self.trunk(images) if self.trunk is not None else self._taps(images)
         grid = taps[0].shape[-2:]
         parts = [l2_normalise(taps[0].float())]
         for t in taps[1:]:

@@ -43,6 +43,7 @@ def inspect_attn(
     weights: opts.Weights = None,
     device: opts.Device = D.device,
     decoder: opts.Decoder = D.decoder,
+    runtime: opts.Runtime = D.runtime,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
     recursive: opts.Recursive = False,
@@ -80,11 +81,14 @@ def inspect_attn(
     entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output])
     output_folder_or_exit(output)
     try:
-        predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder))
+        predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime))
         predictor.set_references(references)
     except (IcmError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
+    if predictor.runtime_note:
+        from icm_cli.console import warning_line
+        warning_line(predictor.runtime_note)
     first = references[0]
     ref_panel = render.mask_outline(first.image, first.mask >= 0.5, colour=(64, 255, 64), width=3)
     if pt:

@@ -55,6 +55,7 @@ def propagate(
         "--batch-size", metavar="N", rich_help_panel=opts.MODEL, callback=opts.at_least(0, "--batch-size"),
         help=f"Sources per forward pass; 0 = {CPU_BATCH_SIZE} on CPU, {GPU_BATCH_SIZE} on GPU.")] = 0,
     decoder: opts.Decoder = D.decoder,
+    runtime: opts.Runtime = D.runtime,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
     no_edges: Annotated[bool, typer.Option(
@@ -107,7 +108,7 @@ def propagate(
                        address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                        command=invocation(ctx)),
             outputs=OutputConfig.parse(save, kernel),
-            model=opts.model_config(backbone, weights, device, size, head_steps, decoder, edges=not no_edges,
+            model=opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
             video_config=VideoConfig(radius=radius, memory=memory))
     except (UsageProblem, ValueError) as exc:
@@ -127,6 +128,8 @@ def propagate(
         raise typer.Exit(2)
     for note in job.reference_notes():
         warning_line(note)
+    if job.runtime_note:
+        warning_line(job.runtime_note)
     with progress_bar(job.total, "propagate --video" if video else "propagate", enabled=show) as advance:
         try:
             job.run(outcome, advance, echo)

@@ -198,18 +198,20 @@ class Propagator:
     # ----------------------------------------------------------------- sources
     @torch.no_grad()
     def predict_grid(self, images: list[np.ndarray], prior: torch.Tensor | None = None,
-                     memory: ReferenceTokens | None = None, keep_features: bool = False) -> list[GridPrediction]:
+                     memory: ReferenceTokens | None = None, keep_features: bool = False,
+                     features: tuple[WorkingGeometry, Features] | None = None) -> list[GridPrediction]:
         """Coarse probabilities for images of one size (batched).
 
         prior: optional ``[B, 1, h, w]`` in [0, 1] multiplied into the
         probability (video: where the object may be now); memory: extra
         object/background tokens (video: from earlier predicted frames).
         ``keep_features`` keeps each image's ``[1, C, h, w]`` features in
-        ``parts["ft"]``.
+        ``parts["ft"]``. ``features``: what :meth:`source_features` returned
+        for ``images``, when the backbone already ran (on another thread).
         """
         if self.context is None:
             raise RuntimeError("set_references() must come first")
-        geo, feats = self.source_features(images)
+        geo, feats = features if features is not None else self.source_features(images)
         preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
         if self.collect_decoder_inputs:  # the decoder's fine levels, computed by the backbone anyway
             strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)

@@ -100,7 +100,7 @@ def source_background_similarity(queries: torch.Tensor, sf: torch.Tensor, grid: 
     pooled_sf = F.avg_pool2d(sf.reshape(b, 1, h, w), 2, ceil_mode=True).flatten(1)  # [B, P]
     candidate = pooled_sf < floor
     sims = queries @ pooled.transpose(1, 2)  # [B, Q, P]
-    sims = sims.masked_fill(~candidate[:, None, :], -1.0)
+    sims.masked_fill_(~candidate[:, None, :], -1.0)  # in place: a fresh [B, Q, P] product
     kk = min(k, sims.shape[-1])
     return sims.topk(kk, dim=-1).values.float().mean(dim=-1)
 
@@ -112,7 +112,9 @@ def contrast_similarities(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, 
     :func:`contrast_probability`; the background side includes the source's
     own clear background when ``source_floor`` is given)."""
     b, c, h, w = ft.shape
-    queries = ft.flatten(2).transpose(1, 2)  # [B, hw, C]
+    # Contiguous once: every product below would otherwise copy the transposed view (and, for B = 1,
+    # fall back from one matrix product to a batched one over expanded tokens).
+    queries = ft.flatten(2).transpose(1, 2).contiguous()  # [B, hw, C]
     dtype = similarity_dtype(ft.device)
     sf = topk_mean_similarity(queries, fg, k, dtype=dtype)
     sb = topk_mean_similarity(queries, bg, k, dtype=dtype)

@@ -63,6 +63,14 @@ class _Abandoned(Exception):
     """A source dropped unrecorded because the batch stopped; a rerun does it."""
 
 
+class _ModelStepFailed(Exception):
+    """The model's part of a source failed on a finishing thread (judged as a model step)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def looks_like_mask(image: np.ndarray) -> bool:
     """``[H, W, 3]`` uint8 that is grey and holds at most two values: most likely a mask, not a photo."""
     if image.size == 0:
@@ -253,6 +261,8 @@ class BatchRunner:
             return step()
         except _Abandoned:
             return None
+        except _ModelStepFailed as failed:
+            self.fail(source, failure_message(failed.error, source.path, model_step=True))
         except Exception as exc:
             reason = io.fatal_write_error(exc)
             if reason:  # a full disk fails every later source too: stop now, a rerun finishes
@@ -286,10 +296,21 @@ class BatchRunner:
                 signal.signal(sig, old)
 
     # ------------------------------------------------------------ one source's outputs
-    def _finish(self, work: Work, coarse, model) -> tuple:
-        """Writer thread: full-size result, rendering, atomic writes. Returns ``(result, written, finish_s)``."""
+    def _finish(self, work: Work, coarse, model, encoded=None) -> tuple:
+        """Writer thread: full-size result, rendering, atomic writes. Returns ``(result, written, finish_s,
+        coarse_s)``; with ``encoded`` (the backbone's output) the coarse prediction is made here first."""
         if self.outcome.stopped:  # the disk filled up meanwhile: leave this source to the rerun
             raise _Abandoned
+        coarse_s = 0.0
+        if encoded is not None:
+            t0 = time.perf_counter()
+            try:
+                coarse = model.predict_coarse([work.image], encoded=encoded)[0]
+            except Exception as exc:
+                if console.DEBUG:
+                    raise
+                raise _ModelStepFailed(exc) from exc
+            coarse_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = model.finish(work.image, coarse)
         arrays = self.plan.render(work.image, result, self.matte)
@@ -304,14 +325,16 @@ class BatchRunner:
                 raise
             written[kind] = path
         work.image = None  # written: let the pixels go
-        return result, written, time.perf_counter() - t0
+        return result, written, time.perf_counter() - t0, coarse_s
 
     def _settle(self, work: Work, future: Future, model_s: float):
         """Wait for one source's finishing; record it done (returns the result) or failed (None)."""
         outcome = self.attempt(work.source, future.result)
         if outcome is None:
             return None
-        result, written, finish_s = outcome
+        result, written, finish_s, coarse_s = outcome
+        model_s += coarse_s
+        self.seconds["model"] += coarse_s
         self.seconds["finish"] += finish_s
         self.succeed(work.source, written, result,
                      {"decode_s": work.decode_s, "model_s": model_s, "finish_s": finish_s})
@@ -360,15 +383,34 @@ class BatchRunner:
         finally:
             self.seconds["model"] += time.perf_counter() - t0
 
+    def _encode(self, work: Work, model):
+        """The backbone's part of one source (split streams), or None when the model failed on it."""
+        t0 = time.perf_counter()
+        try:
+            return self.attempt(work.source, lambda: model.encode_batch([work.image]), model_step=True)
+        finally:
+            self.seconds["model"] += time.perf_counter() - t0
+
     def run_images(self, entries: Iterable[Source | ListingProblem | Work], model, batch_size: int = 1,
-                   prefetch_depth: int = 4) -> BatchOutcome:
-        """Sources in any order, batched by size; decoding ahead, finishing behind the model."""
+                   prefetch_depth: int = 4, workers: int = 1) -> BatchOutcome:
+        """Sources in any order, batched by size; decoding ahead, finishing behind the model.
+
+        ``workers`` finishing threads. With more than one, single sources
+        and a model that can split its step (``encode_batch``, then
+        ``predict_coarse(images, encoded=...)``), this thread runs only the
+        backbone and the finishing threads the rest of the model's step:
+        on a small CPU the backbone is then no longer the one thread
+        everything waits for, and the cores share the work evenly. Results
+        are still recorded in source order.
+        """
         batch_size = max(1, batch_size)
+        workers = max(1, workers)
+        split = workers > 1 and batch_size == 1 and hasattr(model, "encode_batch")
         pending: deque[tuple[Work, Future, float]] = deque()
-        max_pending = 2 * batch_size + 2
+        max_pending = 2 * batch_size + 2 * workers
         batch: list[Work] = []
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icm-write") as writer:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icm-write") as writer:
             def drain(limit: int) -> None:
                 while len(pending) > limit:
                     self._settle(*pending.popleft())
@@ -377,11 +419,18 @@ class BatchRunner:
                 if not batch:
                     return
                 t0 = time.perf_counter()
-                preds = self._predict(batch, model)
-                model_s = (time.perf_counter() - t0) / len(batch)
-                for work, pred in zip(batch, preds):
-                    if pred is not None:
-                        pending.append((work, writer.submit(self._finish, work, pred, model), model_s))
+                if split:
+                    encoded = [self._encode(work, model) for work in batch]
+                    model_s = (time.perf_counter() - t0) / len(batch)
+                    for work, enc in zip(batch, encoded):
+                        if enc is not None:
+                            pending.append((work, writer.submit(self._finish, work, None, model, enc), model_s))
+                else:
+                    preds = self._predict(batch, model)
+                    model_s = (time.perf_counter() - t0) / len(batch)
+                    for work, pred in zip(batch, preds):
+                        if pred is not None:
+                            pending.append((work, writer.submit(self._finish, work, pred, model), model_s))
                 batch.clear()
                 drain(max_pending)
 

@@ -335,10 +335,19 @@ def least_confident(records, n: int) -> list[SourceRecord]:
     return sorted(scored, key=lambda r: (r.confidence, r.stem or "", r.input))[:max(n, 0)]
 
 
+#: Run settings recorded for the record but never a reason to refuse keeping earlier results: the
+#: runtime that ran the backbone (torch and ONNX Runtime compute the same network; masks move by
+#: float rounding only, as between a CPU and a GPU).
+RECORDED_ONLY = frozenset({"runtime"})
+
+
 def settings_changes(before: dict, now: dict, prefix: str = "") -> list[str]:
-    """What differs between two runs' settings, as ``key: old -> new`` phrases (nested keys dotted)."""
+    """What differs between two runs' settings, as ``key: old -> new`` phrases (nested keys dotted;
+    top-level :data:`RECORDED_ONLY` keys are not compared)."""
     changes = []
     for key in sorted(set(before) | set(now)):
+        if not prefix and key in RECORDED_ONLY:
+            continue
         old, new = before.get(key), now.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
             changes += settings_changes(old, new, f"{prefix}{key}.")

@@ -1,0 +1,119 @@
+"""Quality of the ONNX Runtime backbone beside torch, on ../shared/data, in the same run.
+
+    python benchmarks/runtime_parity.py [--sets davis,cows,perseg] [--threads 1] [--stride 1]
+
+Builds the default engine twice on one set of weights: the backbone on
+torch, and on ONNX Runtime (the cached export of the same module,
+``--runtime onnx``). Each case's reference context is built by each, each
+target predicted by each (default settings, learned decoder, GrabCut), and
+prints per sequence / object: J (mean IoU) for torch and ONNX, the
+difference, and the share of mask pixels that differ; then the means per
+set and the largest |J difference| (the bar: 0.003). Skips when the data is
+absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality  # noqa: E402  (the dev sets' cases, as quality.py scores them)
+
+
+def engines():
+    import torch
+
+    from icm_cli.backbones import create_backbone
+    from icm_cli.backbones.onnx_trunk import load_trunk
+    from icm_cli.predict.engine import Propagator
+
+    torch.set_grad_enabled(False)
+    on_torch = create_backbone("efficientnet-lite0")
+    on_onnx = create_backbone("efficientnet-lite0")
+    on_onnx.trunk = load_trunk(on_onnx)
+    return {"torch": Propagator(on_torch), "onnx": Propagator(on_onnx)}
+
+
+def predict(prop, image):
+    geo, feats = prop.source_features([image])
+    pred = prop.predict_from_features(feats.ft, geo, feats.attn)[0]
+    if prop.collect_decoder_inputs:
+        for stride, level in feats.levels.items():
+            pred.parts[f"level{stride}"] = level
+    return prop.finish(image, pred)[1]
+
+
+def run_set(name, cases, props) -> dict:
+    from icm_cli import io
+
+    rows = {}
+    for case, refs, targets in cases:
+        pairs = [(io.read_image(r), io.read_mask(m)) for r, m in refs]
+        for prop in props.values():
+            prop.set_references(pairs)
+        acc = {k: {"ious": [], "inter": 0, "union": 0} for k in props}
+        differ = total = 0
+        for img_path, gt_path in targets:
+            image = io.read_image(img_path)
+            gt = io.read_mask(gt_path) >= 0.5
+            masks = {k: predict(p, image) for k, p in props.items()}
+            for k, mask in masks.items():
+                acc[k]["ious"].append(quality._iou(mask, gt))
+                acc[k]["inter"] += np.logical_and(mask, gt).sum()
+                acc[k]["union"] += np.logical_or(mask, gt).sum()
+            differ += int(np.count_nonzero(masks["torch"] != masks["onnx"]))
+            total += masks["torch"].size
+        score = {k: (a["inter"] / max(a["union"], 1)) if name == "perseg" else float(np.mean(a["ious"]))
+                 for k, a in acc.items()}
+        rows[case] = {**score, "differ": differ / max(total, 1), "frames": len(targets)}
+        r = rows[case]
+        print(f"  {case:22s} torch {r['torch']:.4f}  onnx {r['onnx']:.4f}  diff {r['onnx'] - r['torch']:+.4f}  "
+              f"pixels differing {100 * r['differ']:.4f}%  ({r['frames']} targets)", flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sets", default="davis,cows,perseg")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (say so when reporting)")
+    args = ap.parse_args()
+    quality.FRAME_STRIDE = args.stride
+    if not quality.DATA.is_dir():
+        print(f"skipped: {quality.DATA} not found (the shared evaluation data is not on this machine)")
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    props = engines()
+    worst = 0.0
+    t0 = time.perf_counter()
+    for name in args.sets.split(","):
+        print(f"\n== {name}" + (f" (every {args.stride}th frame)" if name == "davis" and args.stride > 1 else ""),
+              flush=True)
+        rows = run_set(name, quality.SETS[name](), props)
+        t = float(np.mean([r["torch"] for r in rows.values()]))
+        o = float(np.mean([r["onnx"] for r in rows.values()]))
+        pixels = sum(r["differ"] * r["frames"] for r in rows.values()) / max(sum(r["frames"] for r in rows.values()), 1)
+        big = max(abs(r["onnx"] - r["torch"]) for r in rows.values())
+        worst = max(worst, big, abs(o - t))
+        label = "mIoU" if name == "perseg" else "J"
+        print(f"  mean {label}: torch {t:.4f}  onnx {o:.4f}  diff {o - t:+.4f}; largest per-case |diff| {big:.4f}; "
+              f"mask pixels differing {100 * pixels:.4f}%", flush=True)
+    print(f"\nlargest |J difference| anywhere: {worst:.4f} (bar 0.003: {'met' if worst <= 0.003 else 'NOT met'}); "
+          f"{time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
