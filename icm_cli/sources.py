@@ -117,6 +117,17 @@ def find_named(folder: Path, name: str) -> Path | None:
     return None
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key for names as people count: ``5_1`` < ``5_2`` < ``5_10``, ``frame2`` < ``frame10``.
+
+    Runs of digits compare as numbers, the rest without case; the name
+    itself breaks ties, so the order is total and the same on every machine.
+    """
+    parts = tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+                  for part in re.split(r"(\d+)", name) if part)
+    return parts, name
+
+
 # ------------------------------------------------------------------ finding
 
 def _matches(patterns: Sequence[str], key: str) -> bool:
@@ -143,9 +154,10 @@ def _inside(path: Path | None, folders: Sequence[Path]) -> Path | None:
 class SourceFinder:
     """Expands SOURCES arguments into :class:`Source` entries (and folder problems), lazily.
 
-    A folder yields its images sorted by name (``recursive`` descends;
-    hidden entries and symlink loops are skipped; ``avoid`` folders, the
-    run's outputs, are never entered); ``-`` yields one path per line of
+    A folder yields its images in natural name order (``5_2`` before
+    ``5_10``, :func:`natural_key`; ``recursive`` descends; hidden entries
+    and symlink loops are skipped; ``avoid`` folders, the run's outputs,
+    are never entered); ``-`` yields one path per line of
     ``stdin``; a file is yielded as given, so a broken one is reported
     when read. ``include``/``exclude`` are shell patterns matched against
     the path relative to its SOURCES folder and against the file name.
@@ -222,7 +234,7 @@ class SourceFinder:
             return
         seen.add(real)
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = sorted(os.scandir(folder), key=lambda e: natural_key(e.name))
         except OSError as exc:
             yield ListingProblem(folder, f"{folder}: cannot read the folder ({exc.strerror or exc})")
             return
