@@ -215,6 +215,9 @@ class PropagateJob:
         matte = None
         if self.plan.config.needs_matte:
             from icm_cli.matting import solve_alpha as matte
+            if self.sequence is not None:  # frames in order: alphas steadied by the previous frame's
+                from icm_cli.alpha_temporal import SequenceMatte
+                matte = SequenceMatte(matte)
         self.plan.remove_stale_temp_files()
         runner, writer = self._runner(outcome, advance, echo, matte)
         try:
