@@ -1,22 +1,30 @@
 """Does the alpha of a ``--video`` run flicker more than its masks? DAVIS dev, one figure per sequence.
 
-    python benchmarks/video_alpha_stability.py --runs /tmp/video_runs            # measure existing runs
-    python benchmarks/video_alpha_stability.py --runs /tmp/video_runs --run      # run them first (resumable)
+    python benchmarks/video_alpha_stability.py --runs /tmp/video_runs --run --sequences blackswan ...
+    python benchmarks/video_alpha_stability.py --runs /tmp/video_runs        # measure existing runs
 
-Each sequence is run as ``icm propagate --video JPEGImages/<seq> --ref <seq>/00000.jpg --mask
-Annotations/<seq>/00000.png -o RUNS/<seq> --save masks,alpha`` (DAVIS protocol: reference = frame 0).
+``--run`` runs each sequence as ``icm propagate --video JPEGImages/<seq> --ref <seq>/00000.jpg --mask
+Annotations/<seq>/00000.png -o RUNS/<seq> --save masks,alpha`` (DAVIS protocol: reference = frame 0)
+with the alpha steadying switched off, so RUNS/<seq>/alpha holds each frame's own solve. The
+steadied alphas are then made from those exactly as a run with steadying writes them (the masks,
+hence the trimaps and the solves, are the same; :class:`icm_cli.alpha_temporal.SequenceMatte` is
+fed the written solves), into RUNS/<seq>/alpha_steady. Both kinds are also laid out as folders of
+sequences (RUNS_eval/alpha_solo/<seq>, RUNS_eval/alpha_steady/<seq>, beside RUNS) for
+``icm eval -r --stability`` (which reads RUNS/<seq>/masks itself).
 
 Temporal stability T = mean over consecutive frames of their IoU (``icm eval --stability``);
 for alpha mattes also the soft IoU, sum(min(a, b)) / sum(max(a, b)), which is the IoU for
 binary masks and also counts changes of the soft edge. Flicker shows as T below the ground
 truth's T (the object's own motion); the alpha should be at least as stable as the mask.
-The sequence means are printed beside ``icm eval``'s J of the masks and of the alpha at 0.5.
+J (IoU with the ground truth, frames after the reference) checks that stability was not bought
+with lag.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +33,13 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 DAVIS = ROOT.parent / "shared" / "data" / "davis2016-dev"
 if not DAVIS.exists():
     DAVIS = Path("/work/shared/data/davis2016-dev")
+
+_UNSTEADIED = ("import sys, icm_cli.alpha_temporal as t; t.steady_alpha = lambda alpha, *a, **k: alpha; "
+               "from icm_cli.cli import main; sys.argv = ['icm', *sys.argv[1:]]; main()")
 
 
 def _grey(path: Path) -> np.ndarray:
@@ -54,10 +66,40 @@ def j_mean(pred: list[np.ndarray], truth: list[np.ndarray]) -> float:
 
 def run(seq: str, runs: Path, extra: list[str]) -> None:
     frames = DAVIS / "JPEGImages" / seq
-    cmd = [sys.executable, "-m", "icm_cli", "propagate", "--video", str(frames), "--ref", str(frames / "00000.jpg"),
-           "--mask", str(DAVIS / "Annotations" / seq / "00000.png"), "-o", str(runs / seq), "--save", "masks,alpha",
-           "--quiet", *extra]
+    cmd = [sys.executable, "-c", _UNSTEADIED, "propagate", "--video", str(frames), "--ref",
+           str(frames / "00000.jpg"), "--mask", str(DAVIS / "Annotations" / seq / "00000.png"), "-o",
+           str(runs / seq), "--save", "masks,alpha", "--quiet", *extra]
     subprocess.run(cmd, check=False, cwd=ROOT)
+
+
+def steady(seq: str, runs: Path, names: list[str]) -> list[np.ndarray]:
+    """The alphas a run with steadying writes, from the run's own solves (``alpha/``)."""
+    from icm_cli.alpha_temporal import SequenceMatte
+    from icm_cli.predict.fullres import mask_to_trimap_u8
+
+    solo = {n: _grey(runs / seq / "alpha" / f"{n}.png") for n in names}
+    matte = SequenceMatte(lambda image, trimap: solo[current])  # `current`: the frame being steadied
+    out_dir = runs / seq / "alpha_steady"
+    out_dir.mkdir(exist_ok=True)
+    steadied = []
+    for current in names:
+        image = np.asarray(Image.open(DAVIS / "JPEGImages" / seq / f"{current}.jpg").convert("RGB"))
+        mask = _grey(runs / seq / "masks" / f"{current}.png")
+        trimap = mask_to_trimap_u8(mask, 20, 20).astype(np.float32) / 255.0  # --kernel 20, the default
+        alpha = matte(image, trimap)
+        Image.fromarray((alpha * 255.0 + 0.5).astype(np.uint8)).save(out_dir / f"{current}.png")
+        steadied.append(alpha)
+    return steadied
+
+
+def _eval_tree(runs: Path, seq: str, kind: str, names: list[str]) -> None:
+    folder = runs.parent / f"{runs.name}_eval" / kind / seq
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    source = runs / seq / ("alpha" if kind == "alpha_solo" else kind)
+    for n in names:
+        os.symlink(source / f"{n}.png", folder / f"{n}.png")
 
 
 def main() -> None:
@@ -65,40 +107,50 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, required=True, help="folder of <seq>/masks and <seq>/alpha")
     parser.add_argument("--run", action="store_true", help="run icm propagate --video for each sequence first")
     parser.add_argument("--sequences", nargs="*", help="default: every DAVIS dev sequence")
-    parser.add_argument("extra", nargs="*", help="more options for icm propagate (after --)")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
     if not DAVIS.exists():
         sys.exit(f"{DAVIS}: DAVIS dev data not found")
     sequences = args.sequences or sorted(os.listdir(DAVIS / "JPEGImages"))
     rows = []
-    print(f"{'sequence':20s} {'frames':>6s} {'J mask':>7s} {'J a>=.5':>7s} {'T gt':>6s} {'T mask':>7s} "
-          f"{'T a>=.5':>7s} {'T a soft':>8s}")
+    head = f"{'sequence':20s} {'frames':>6s} {'T gt':>6s} {'J mask':>7s} {'T mask':>7s}"
+    print(head + "  alpha solo: J  T>=.5  T soft | steadied: J  T>=.5  T soft")
     for seq in sequences:
         if args.run:
-            run(seq, args.runs, args.extra)
+            run(seq, args.runs, extra)
         masks_dir, alpha_dir = args.runs / seq / "masks", args.runs / seq / "alpha"
-        names = sorted(p.stem for p in masks_dir.glob("*.png"))
-        if not names or not all((alpha_dir / f"{n}.png").exists() for n in names):
+        names = sorted(p.stem for p in masks_dir.glob("*.png")) if masks_dir.is_dir() else []
+        truth_names = sorted(p.stem for p in (DAVIS / "Annotations" / seq).glob("*.png"))
+        if not names or names != truth_names or not all((alpha_dir / f"{n}.png").exists() for n in names):
             print(f"{seq:20s} incomplete, skipped")
             continue
         masks = [_grey(masks_dir / f"{n}.png") for n in names]
-        alphas = [_grey(alpha_dir / f"{n}.png") for n in names]
+        solo = [_grey(alpha_dir / f"{n}.png") for n in names]
+        steadied = steady(seq, args.runs, names)
         truth = [_grey(DAVIS / "Annotations" / seq / f"{n}.png") for n in names]
-        row = {"seq": seq, "frames": len(names),
-               "J_mask": j_mean(masks[1:], truth[1:]), "J_alpha": j_mean(alphas[1:], truth[1:]),
-               "T_gt": stability(truth, soft=False), "T_mask": stability(masks, soft=False),
-               "T_alpha": stability(alphas, soft=False), "T_alpha_soft": stability(alphas, soft=True)}
+        for kind in ("alpha_solo", "alpha_steady"):
+            _eval_tree(args.runs, seq, kind, names)
+        row = {"seq": seq, "frames": len(names), "T_gt": stability(truth, False),
+               "J_mask": j_mean(masks[1:], truth[1:]), "T_mask": stability(masks, False),
+               "J_solo": j_mean(solo[1:], truth[1:]), "T_solo": stability(solo, False),
+               "Ts_solo": stability(solo, True),
+               "J_steady": j_mean(steadied[1:], truth[1:]), "T_steady": stability(steadied, False),
+               "Ts_steady": stability(steadied, True)}
         rows.append(row)
-        print(f"{seq:20s} {row['frames']:6d} {row['J_mask']:7.4f} {row['J_alpha']:7.4f} {row['T_gt']:6.4f} "
-              f"{row['T_mask']:7.4f} {row['T_alpha']:7.4f} {row['T_alpha_soft']:8.4f}", flush=True)
+        print(_line(seq, row), flush=True)
     if rows:
         mean = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("seq", "frames")}
-        print(f"{'mean (' + str(len(rows)) + ' seq)':20s} {sum(r['frames'] for r in rows):6d} {mean['J_mask']:7.4f} "
-              f"{mean['J_alpha']:7.4f} {mean['T_gt']:6.4f} {mean['T_mask']:7.4f} {mean['T_alpha']:7.4f} "
-              f"{mean['T_alpha_soft']:8.4f}")
-        worse = [r["seq"] for r in rows if r["T_alpha_soft"] < r["T_mask"] - 0.002]
-        print(f"alpha (soft) less stable than the mask by more than 0.002 in {len(worse)} of {len(rows)} "
-              f"sequences{': ' + ', '.join(worse) if worse else ''}")
+        mean["frames"] = sum(r["frames"] for r in rows)
+        print(_line(f"mean ({len(rows)} seq)", mean))
+        for kind in ("solo", "steady"):
+            worse = [r["seq"] for r in rows if r[f"Ts_{kind}"] < r["T_mask"]]
+            print(f"alpha {kind}: soft T below the mask's T in {len(worse)} of {len(rows)} sequences"
+                  f"{': ' + ', '.join(worse) if worse else ''}")
+
+
+def _line(name: str, r: dict) -> str:
+    return (f"{name:20s} {r['frames']:6d} {r['T_gt']:6.4f} {r['J_mask']:7.4f} {r['T_mask']:7.4f}"
+            f"  {r['J_solo']:13.4f} {r['T_solo']:6.4f} {r['Ts_solo']:6.4f} | {r['J_steady']:11.4f} "
+            f"{r['T_steady']:6.4f} {r['Ts_steady']:6.4f}")
 
 
 if __name__ == "__main__":

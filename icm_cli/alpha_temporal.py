@@ -73,7 +73,7 @@ class SequenceMatte:
         self._previous = (image, quantised(alpha))
 
     def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
-        alpha = self.solve(image, trimap)
+        alpha = quantised(self.solve(image, trimap))  # as an unsteadied run would write it
         previous = self._previous
         if previous is not None and previous[0].shape == image.shape:
             band = (trimap > 0.25) & (trimap < 0.75)

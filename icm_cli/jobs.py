@@ -21,7 +21,7 @@ from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
-from icm_cli.sources import Source, SourceError, SourceFinder, no_sources_hint
+from icm_cli.sources import Source, SourceError, SourceFinder, no_sources_hint, skipped_folders_note
 
 
 class UsageProblem(Exception):
@@ -47,6 +47,7 @@ class PropagateJob:
     settings: dict = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
     predictor: object = None
+    notes: list[str] = field(default_factory=list)   # things to mention before the run (skipped sub-folders)
 
     # ------------------------------------------------------------ checks (no model yet)
     @classmethod
@@ -101,7 +102,7 @@ class PropagateJob:
         plan = OutputPlan(Path(output), outputs, overwrite=overwrite or only_below is not None)
         io.ensure_output_folder(output)
 
-        sequence, entries = None, None
+        sequence, entries, skipped_note = None, None, None
         if video is not None:
             from icm_cli.shard import select_groups
             from icm_cli.video import FrameSequence
@@ -113,6 +114,7 @@ class PropagateJob:
             finder = SourceFinder(sources, recursive=recursive, include=include, exclude=exclude,
                                   avoid=plan.written_folders)
             entries = finder if finder.streams_stdin else list(finder)
+            skipped_note = skipped_folders_note(finder) if isinstance(entries, list) and entries else None
             if shard_spec is not None:
                 entries = _shard_entries(entries, shard_spec)
             if isinstance(entries, list) and not entries and shard_spec is None:
@@ -133,6 +135,7 @@ class PropagateJob:
                   max_pixels=max_pixels, resize_masks=resize_masks, settings=settings,
                   command=list(command or ["icm", "propagate"]))
         job._check_settings(state)
+        job.notes = [skipped_note] if skipped_note else []
         return job
 
     # ------------------------------------------------------------ state
@@ -203,12 +206,34 @@ class PropagateJob:
         """Doubts about the references (a tiny or inverted mask), once the model's grid is known."""
         from icm_cli.references import reference_warnings
 
+        notes = self._references_among_sources()
         if self.predictor is None:
-            return []
-        notes = []
+            return notes
         for ref in self.references:
             notes += reference_warnings(ref, self.predictor.cell_pixels(ref))
         return notes
+
+    def _references_among_sources(self) -> list[str]:
+        """A reference image that is also a source is propagated onto itself: say so once, it flatters scores."""
+        from icm_cli.video import is_same_file, parse_frame_ref
+
+        sources = self.sequence.sources if self.sequence is not None else self.entries
+        found = []
+        for ref in self.references:
+            path = ref.image_path or ""
+            frame = parse_frame_ref(path)
+            if frame is not None:
+                if self.sequence is not None and self.sequence.is_clip and is_same_file(frame.path, self.sequence.path):
+                    found.append(path)
+            elif isinstance(sources, list) and any(isinstance(s, Source) and is_same_file(s.path, path)
+                                                   for s in sources):
+                found.append(path)
+        if not found:
+            return []
+        names = ", ".join(found)
+        return [f"{names}: the reference {'is' if len(found) == 1 else 'are'} also among the sources, so "
+                f"{'its' if len(found) == 1 else 'their'} result is the reference mask found again; leave "
+                f"{'it' if len(found) == 1 else 'them'} out when scoring (icm eval), where it flatters the mean"]
 
     def run(self, outcome: BatchOutcome, advance: Callable[[int], None], echo=None) -> BatchOutcome:
         """Every source through the batch runner; the manifest is closed whatever happens."""

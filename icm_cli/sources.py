@@ -177,6 +177,7 @@ class SourceFinder:
         self.stdin = stdin
         self.mirror = recursive if mirror is None else mirror
         self.sub_folders_skipped = 0  # folders passed over without --recursive (for the "no sources" hint)
+        self.skipped_folders: list[Path] = []  # ... and which ones
         for item in self.items:
             if item == "-":
                 continue
@@ -247,11 +248,12 @@ class SourceFinder:
             except OSError:
                 is_dir = False
             if is_dir:
-                if not self.recursive:
-                    self.sub_folders_skipped += 1
-                    continue
                 if _inside(_resolved(path), self.avoid) is not None:
                     continue  # the run's own outputs are never sources
+                if not self.recursive:
+                    self.sub_folders_skipped += 1
+                    self.skipped_folders.append(path)
+                    continue
                 yield from self._walk(path, folders + (entry.name,), names, seen)
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 key = "/".join(folders + (entry.name,))
@@ -264,6 +266,19 @@ def find_sources(items: Iterable[str | os.PathLike], **options) -> tuple[list[So
     for entry in SourceFinder(items, **options):
         (sources if isinstance(entry, Source) else problems).append(entry)
     return sources, problems
+
+
+def skipped_folders_note(finder: SourceFinder) -> str | None:
+    """A note naming the sub-folders a run without ``--recursive`` did not search, or None."""
+    skipped = finder.skipped_folders
+    if not skipped or finder.recursive:
+        return None
+    shown = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    parents = sorted({str(p.parent) for p in skipped})
+    where = parents[0] if len(parents) == 1 else "the SOURCES folders"
+    n = len(skipped)
+    return (f"{where} has {n} sub-folder{'s' if n != 1 else ''} ({shown}) that {'were' if n != 1 else 'was'} not "
+            "searched; --recursive descends into them")
 
 
 def no_sources_hint(finder: SourceFinder) -> str:

@@ -27,15 +27,59 @@ class Pair:
     trimap: Optional[Path] = None
 
 
-def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[Pair], list[str], list]:
+def _is_propagate_output(folder: Path) -> bool:
+    """An ``icm propagate -o`` folder: a manifest, or masks/ beside trimaps/ or heatmaps/."""
+    from icm_cli.runner.manifest import manifest_files
+
+    if not (folder / "masks").is_dir():
+        return False
+    return bool(manifest_files(folder)) or (folder / "trimaps").is_dir() or (folder / "heatmaps").is_dir()
+
+
+def _in_outputs(found: list, pred: Path, kind: str) -> tuple[list, int]:
+    """Predictions inside propagate outputs (``OUT/<seq>/masks/x.png``) named as their sequence's (``<seq>/x``):
+    only the ``masks/`` (``--kind alpha``: ``alpha/``) of such a folder is scored, never its heat maps or
+    trimaps. Returns the sources kept (renamed) and how many output folders were read this way."""
+    import dataclasses
+
+    folder_kind = "masks" if kind == "mask" else "alpha"
+    outputs: dict[Path, bool] = {}
+    kept, used = [], set()
+    for source in found:
+        parts = Path(source.name).parts
+        owner = None
+        for depth in range(len(parts) - 1, -1, -1):
+            folder = pred.joinpath(*parts[:depth])
+            if folder not in outputs:
+                outputs[folder] = _is_propagate_output(folder)
+            if outputs[folder]:
+                owner = depth
+                break
+        if owner is None:
+            kept.append(source)
+        elif len(parts) > owner + 1 and parts[owner] == folder_kind:
+            used.add(parts[:owner])
+            name = "/".join(parts[:owner] + parts[owner + 1:])
+            kept.append(dataclasses.replace(source, name=name, stem=name))
+    return kept, len(used)
+
+
+def _collect(pred: Path, gt: Path, recursive: bool, kind: str = "mask") -> tuple[list[Pair], list[str], list]:
     """Pair every prediction with its ground truth (by name, sub-folders included); also list
-    ground truths nobody predicted, and folders that could not be read."""
+    ground truths nobody predicted, and folders that could not be read. PRED may be a propagate
+    output folder, or (with ``recursive``) a folder of them: their ``masks/`` are scored."""
+    from icm_cli.console import info_line
     from icm_cli.sources import find_named, find_sources, output_name
 
     if pred.is_file():
         target = gt if gt.is_file() else find_named(gt, output_name(pred))
         return [Pair(output_name(pred), ".", pred, target)], [], []
-    found, problems = find_sources([pred], recursive=recursive, mirror=True)
+    found, problems = find_sources([pred], recursive=recursive or _is_propagate_output(pred), mirror=True)
+    found, outputs = _in_outputs(found, pred, kind)
+    if outputs:
+        folder = "masks/" if kind == "mask" else "alpha/"
+        info_line(f"note: scoring the {folder} of {outputs} propagate output folder{'s' if outputs != 1 else ''} "
+                  f"in {pred} (heat maps and trimaps are not predictions)")
     pairs = []
     for source in found:
         group = source.name.rsplit("/", 1)[0] if "/" in source.name else "."
@@ -130,7 +174,7 @@ def eval_command(
 
     from icm_cli import io
     from icm_cli.console import error_line, info_line, stdout
-    from icm_cli.sources import find_named
+    from icm_cli.sources import find_named, natural_key
 
     if kind not in KINDS:
         error_line(f"--kind {kind!r} is not known; choose mask or alpha")
@@ -153,7 +197,7 @@ def eval_command(
 
     keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
     try:
-        pairs, unpredicted, unreadable = _collect(pred, gt, recursive)
+        pairs, unpredicted, unreadable = _collect(pred, gt, recursive, kind)
     except SourceError as exc:
         error_line(str(exc))
         raise typer.Exit(2)
@@ -186,7 +230,7 @@ def eval_command(
     if stability and kind == "mask":
         stability_keys = ("T_pred", "T_gt")
         for seq in sequences:
-            members = sorted(groups[seq["sequence"]], key=lambda row: row["name"])
+            members = sorted(groups[seq["sequence"]], key=lambda row: natural_key(row["name"]))
             seq["T_pred"] = _stability([row["pred"] for row in members], max_pixels)
             seq["T_gt"] = _stability([row["gt"] for row in members], max_pixels)
     # DAVIS: mean over sequences of per-sequence means; flat folders: mean over images.
@@ -197,7 +241,9 @@ def eval_command(
         error_line(problem["error"])
     if unpredicted and not quiet:
         shown = ", ".join(unpredicted[:5]) + (" ..." if len(unpredicted) > 5 else "")
-        info_line(f"note: {len(unpredicted)} ground-truth file(s) have no prediction and were not scored: {shown}")
+        n = len(unpredicted)
+        info_line(f"note: {n} ground-truth file{'s have' if n != 1 else ' has'} no prediction and "
+                  f"{'were' if n != 1 else 'was'} not scored: {shown}")
     if not rows and not problems:
         error_line(f"{pred}: no images to score")
 

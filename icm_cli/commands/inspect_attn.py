@@ -45,7 +45,7 @@ def inspect_attn(
     decoder: opts.Decoder = D.decoder,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
-    recursive: opts.Recursive = False,
+    recursive: opts.RecursiveFiles = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
     resize_masks: opts.ResizeMasks = False,
@@ -58,7 +58,7 @@ def inspect_attn(
     """
     from icm_cli import io, render
     from icm_cli.backbones import WeightsError
-    from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
     from icm_cli.console import error_line
     from icm_cli.device import DeviceError
     from icm_cli.predictor import Predictor
@@ -78,7 +78,9 @@ def inspect_attn(
     except (io.InputError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
-    entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output])
+    check_output_name(output)
+    entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output],
+                              quiet=quiet)
     output_folder_or_exit(output)
     try:
         predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder))

@@ -28,7 +28,7 @@ def propagate(
     video: Annotated[Optional[Path], typer.Option(
         "--video", metavar="SEQ", rich_help_panel=opts.INPUTS, show_default=False,
         help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames or a "
-             "video file (pip install av).")] = None,
+             'video file (needs the video extra: pip install -c constraints.txt ".\\[video]").')] = None,
     recursive: opts.Recursive = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
@@ -103,10 +103,16 @@ def propagate(
     """
     from icm_cli.jobs import PropagateJob, UsageProblem
 
+    from icm_cli.commands.common import check_output_name
+    from icm_cli.helpstyle import usage_problem
+
     outcome = BatchOutcome()  # the clock starts now: loading the model counts in the reported time
-    if output is None:
-        error_line("missing -o/--output: the folder to write OUT/masks, OUT/trimaps, ... into")
-        raise typer.Exit(2)
+    missing = [name for name, given in (("--ref", ref), ("--mask", mask), ("SOURCES (or --video)", sources or video),
+                                        ("-o/--output", output is not None)) if not given]
+    if missing and (output is None or not ref):
+        raise usage_problem(ctx, "missing " + ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "")
+                            + missing[-1])
+    check_output_name(output)
     try:
         outputs = OutputConfig.parse(save, kernel)
         videos = _video_outputs(save_video, video_format, fps, video)
@@ -125,6 +131,10 @@ def propagate(
     except (UsageProblem, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
+    from icm_cli.commands.common import note_line
+
+    for note in job.notes if not quiet else ():
+        note_line(note)
     show = not quiet and sys.stdout.isatty()
     echo = (lambda line: print(line, flush=True)) if json_lines else None
     if job.nothing_to_do:
