@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from icm_cli import __version__, console
+from icm_cli.helpstyle import IcmCommand, is_usage_error, render_help, report_usage_error, usage_pieces
 
 
 def _is_cli_exit(exc: BaseException) -> bool:
@@ -30,17 +31,32 @@ class _GuardedGroup(TyperGroup):
       ``icm --debug ...`` (or ``ICM_DEBUG=1``) lets it through with its traceback;
     - Ctrl-C outside a batch's own handling (while loading a model, say) is one
       line and exit 130; a batch stopped this way is resumed by rerunning it.
-    Commands' own exits and usage errors pass unchanged.
+    Usage errors (a bad value, an unknown option) become one ``error:`` line
+    like every other error (:mod:`icm_cli.helpstyle`), exit code 2;
+    commands' own exits pass unchanged.
     """
+
+    def format_help(self, ctx, formatter) -> None:
+        render_help(self, ctx)
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        return usage_pieces(self, ctx)
 
     def parse_args(self, ctx, args):
         ctx.meta["icm.argv"] = list(args)  # the command as typed, for the run record
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as exc:
+            if is_usage_error(exc) and type(exc).__name__ != "NoArgsIsHelpError":
+                raise typer.Exit(report_usage_error(exc)) from None
+            raise
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except Exception as exc:
+            if is_usage_error(exc) and type(exc).__name__ != "NoArgsIsHelpError":
+                raise typer.Exit(report_usage_error(exc)) from None
             if _is_cli_exit(exc):
                 raise
             if isinstance(exc, BrokenPipeError):
@@ -97,15 +113,11 @@ def _register() -> None:
     from icm_cli.commands import (backbones, eval as eval_cmd, inspect_attn, matte, propagate, refine, review,
                                   status, trimap)
 
-    app.command("propagate")(propagate.propagate)
-    app.command("trimap")(trimap.trimap)
-    app.command("refine")(refine.refine)
-    app.command("matte")(matte.matte)
-    app.command("inspect-attn")(inspect_attn.inspect_attn)
-    app.command("eval")(eval_cmd.eval_command)
-    app.command("status")(status.status)
-    app.command("review")(review.review)
-    app.command("backbones")(backbones.backbones)
+    for name, function in (("propagate", propagate.propagate), ("trimap", trimap.trimap), ("refine", refine.refine),
+                           ("matte", matte.matte), ("inspect-attn", inspect_attn.inspect_attn),
+                           ("eval", eval_cmd.eval_command), ("status", status.status), ("review", review.review),
+                           ("backbones", backbones.backbones)):
+        app.command(name, cls=IcmCommand)(function)
 
 
 _register()

@@ -46,6 +46,13 @@ def unexpected(exc: BaseException, where: str = "") -> str:
     return f"{prefix}unexpected {type(exc).__name__}{detail} (run with icm --debug for the traceback)"
 
 
+def count(n: int, plural: str) -> str:
+    """``count(1, "images")`` -> ``"1 image"``, ``count(2, "images")`` -> ``"2 images"``."""
+    if n == 1 and plural.endswith("s"):
+        return f"1 {plural[:-1]}"
+    return f"{n} {plural}"
+
+
 def info_line(message: str, quiet: bool = False) -> None:
     if not quiet:
         stderr.print(escape(message))
@@ -119,12 +126,14 @@ class BatchOutcome:
             return
         if self.mask_like and not quiet:
             n = len(self.mask_like)
-            stderr.print(escape(f"warning: {n} source{'s' if n != 1 else ''} look like masks, not photos "
-                                f"(one channel, two values), e.g. {self.mask_like[0]}; "
-                                "use --exclude (e.g. --exclude '*.png') to leave them out"), style="yellow")
+            looks = "sources look like masks" if n != 1 else "source looks like a mask"
+            them = "them" if n != 1 else "it"
+            stderr.print(escape(f"warning: {n} {looks}, not a photo (one channel, two values), e.g. "
+                                f"{self.mask_like[0]}; use --exclude (e.g. --exclude '*.png') to leave {them} out"),
+                         style="yellow")
         secs = time.perf_counter() - self.started
         empty = f" ({self.empty} empty: object not found)" if self.empty else ""
-        line = (f"{self.done} {what} written{empty}, {self.skipped} skipped (already there), "
+        line = (f"{count(self.done, what)} written{empty}, {self.skipped} skipped (already there), "
                 f"{len(self.failed)} failed in {secs:.1f}s")
         if self.interrupted or self.stopped:
             # Always shown, even with --quiet: the run did not cover every source.

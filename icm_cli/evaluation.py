@@ -21,6 +21,7 @@ from typing import Optional
 from icm_cli import io
 from icm_cli.config import DEFAULT_MAX_PIXELS
 from icm_cli.errors import SettingError
+from icm_cli.sources import natural_key
 
 KINDS = ("mask", "alpha")
 MASK_KEYS = ("J", "F")
@@ -84,6 +85,7 @@ class Evaluation:
     mean: dict[str, Optional[float]]
     unscored: list[Unscored]
     unpredicted: list[str]               # names of ground truth without a prediction
+    output_folders: int = 0              # propagate output folders in PRED whose masks/ (alpha/) were scored
 
     @property
     def complete(self) -> bool:
@@ -119,7 +121,7 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     trimaps = Path(trimaps) if trimaps is not None else None
     _check_arguments(pred, gt, kind, trimaps)
     keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
-    pairs, unpredicted, unreadable = _collect(pred, gt, recursive)
+    pairs, unpredicted, unreadable, output_folders = _collect(pred, gt, recursive, kind)
     images, unscored = [], [Unscored(None, str(p.path), p.message) for p in unreadable]
     for pair in pairs:
         try:
@@ -135,7 +137,7 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     for name, members in groups.items():
         scores = _mean([m.scores for m in members], keys)
         if stability_keys:
-            members = sorted(members, key=lambda m: m.name)
+            members = sorted(members, key=lambda m: natural_key(m.name))
             scores["T_pred"] = _stability([m.pred for m in members], max_pixels)
             scores["T_gt"] = _stability([m.gt for m in members], max_pixels)
         sequences.append(SequenceScore(name, len(members), scores))
@@ -143,7 +145,8 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     mean = _mean([s.scores for s in sequences] if recursive else [i.scores for i in images], keys)
     mean.update(_mean([s.scores for s in sequences], stability_keys))  # stability is a per-sequence figure
     return Evaluation(kind=kind, keys=keys, stability_keys=stability_keys, by_sequence=recursive, images=images,
-                      sequences=sequences, mean=mean, unscored=unscored, unpredicted=unpredicted)
+                      sequences=sequences, mean=mean, unscored=unscored, unpredicted=unpredicted,
+                      output_folders=output_folders)
 
 
 @dataclass
@@ -168,15 +171,55 @@ def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -
         raise io.InputError(f"{trimaps}: --trimaps must be a folder")
 
 
-def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[_Pair], list[str], list]:
+def _is_propagate_output(folder: Path) -> bool:
+    """An ``icm propagate -o`` folder: a manifest, or masks/ beside trimaps/ or heatmaps/."""
+    from icm_cli.runner.manifest import manifest_files
+
+    if not (folder / "masks").is_dir():
+        return False
+    return bool(manifest_files(folder)) or (folder / "trimaps").is_dir() or (folder / "heatmaps").is_dir()
+
+
+def _in_outputs(found: list, pred: Path, kind: str) -> tuple[list, int]:
+    """Predictions inside propagate outputs (``OUT/<seq>/masks/x.png``) named as their sequence's (``<seq>/x``):
+    only the ``masks/`` (``--kind alpha``: ``alpha/``) of such a folder is scored, never its heat maps or
+    trimaps. Returns the sources kept (renamed) and how many output folders were read this way."""
+    import dataclasses
+
+    folder_kind = "masks" if kind == "mask" else "alpha"
+    outputs: dict[Path, bool] = {}
+    kept, used = [], set()
+    for source in found:
+        parts = Path(source.name).parts
+        owner = None
+        for depth in range(len(parts) - 1, -1, -1):
+            folder = pred.joinpath(*parts[:depth])
+            if folder not in outputs:
+                outputs[folder] = _is_propagate_output(folder)
+            if outputs[folder]:
+                owner = depth
+                break
+        if owner is None:
+            kept.append(source)
+        elif len(parts) > owner + 1 and parts[owner] == folder_kind:
+            used.add(parts[:owner])
+            name = "/".join(parts[:owner] + parts[owner + 1:])
+            kept.append(dataclasses.replace(source, name=name, stem=name))
+    return kept, len(used)
+
+
+def _collect(pred: Path, gt: Path, recursive: bool, kind: str = "mask") -> tuple[list[_Pair], list[str], list, int]:
     """Pair every prediction with its ground truth (by name, sub-folders included); also list
-    ground truths nobody predicted, and folders that could not be read."""
+    ground truths nobody predicted, folders that could not be read, and how many propagate
+    output folders PRED held (PRED may be one, or with ``recursive`` a folder of them: only
+    their ``masks/`` are scored)."""
     from icm_cli.sources import find_named, find_sources, output_name
 
     if pred.is_file():
         target = gt if gt.is_file() else find_named(gt, output_name(pred))
-        return [_Pair(output_name(pred), ".", pred, target)], [], []
-    found, problems = find_sources([pred], recursive=recursive, mirror=True)
+        return [_Pair(output_name(pred), ".", pred, target)], [], [], 0
+    found, problems = find_sources([pred], recursive=recursive or _is_propagate_output(pred), mirror=True)
+    found, output_folders = _in_outputs(found, pred, kind)
     pairs = []
     for source in found:
         group = source.name.rsplit("/", 1)[0] if "/" in source.name else "."
@@ -184,7 +227,7 @@ def _collect(pred: Path, gt: Path, recursive: bool) -> tuple[list[_Pair], list[s
     seen = {p.name for p in pairs}
     truths, gt_problems = find_sources([gt], recursive=recursive, mirror=True)
     unpredicted = [t.name for t in truths if t.name not in seen]
-    return pairs, unpredicted, problems + gt_problems
+    return pairs, unpredicted, problems + gt_problems, output_folders
 
 
 def _score(pair: _Pair, gt: Path, trimaps: Optional[Path], kind: str, max_pixels: int,

@@ -61,6 +61,10 @@ def _open(path: Path, max_pixels: int) -> Image.Image | np.ndarray:
     except UnidentifiedImageError:
         if _is_tiff(path):
             return _read_tiff(path, max_pixels)
+        real = sniff_format(path)
+        if real:
+            raise InputError(f"{path}: is {real} (whatever its name says), not an image icm reads (JPEG, PNG, "
+                             "BMP, WebP, TIFF or GIF); convert it, e.g. to PNG") from None
         raise InputError(f"{path}: not an image icm can read (JPEG, PNG, BMP, WebP, TIFF or GIF), "
                          "or its data is corrupt") from None
     except Exception as exc:  # PIL's parsers raise many types on junk headers; all mean "unreadable"
@@ -87,6 +91,40 @@ def _open(path: Path, max_pixels: int) -> Image.Image | np.ndarray:
     except Exception:  # a broken EXIF block must not cost the pixels
         pass
     return img
+
+
+#: File signatures of formats people rename by mistake (an icon saved as .png, a phone's HEIC as .jpg):
+#: read from the first bytes only, so a refusal can say what the file really is.
+_SIGNATURES = (
+    (0, b"\x00\x00\x01\x00", "an ICO (Windows icon) file"),
+    (0, b"\x00\x00\x02\x00", "a CUR (Windows cursor) file"),
+    (0, b"8BPS", "a Photoshop (PSD) file"),
+    (0, b"%PDF", "a PDF document"),
+    (0, b"%!PS", "a PostScript file"),
+    (0, b"\xc5\xd0\xd3\xc6", "an EPS file"),
+    (0, b"\xff\x0a", "a JPEG XL image"),
+    (4, b"JXL ", "a JPEG XL image"),
+    (0, b"qoif", "a QOI image"),
+    (0, b"DDS ", "a DDS texture"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
+    (4, b"ftypheic", "a HEIC image"), (4, b"ftypheix", "a HEIC image"), (4, b"ftypmif1", "a HEIF image"),
+    (4, b"ftypavif", "an AVIF image"),
+    (4, b"ftyp", "an MP4/MOV video"),
+    (0, b"<svg", "an SVG drawing"), (0, b"<?xml", "an XML (SVG?) text file"),
+)
+
+
+def sniff_format(path: str | os.PathLike) -> str | None:
+    """What a file that Pillow may not open really is, from its first bytes ("an ICO (Windows icon) file"), or None."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return name
+    return None
 
 
 def _is_tiff(path: Path) -> bool:

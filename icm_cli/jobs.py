@@ -23,7 +23,7 @@ from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWrite
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
 from icm_cli.shard import Shard
-from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_sources_hint
+from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_sources_hint, skipped_folders_note
 
 if TYPE_CHECKING:
     from icm_cli.predictor import Predictor
@@ -117,6 +117,7 @@ class PropagateJob:
     settings: dict = field(default_factory=dict)
     predictor: Predictor | None = None
     runtime_note: str | None = None      # why --runtime auto fell back to torch (said once)
+    notes: list[str] = field(default_factory=list)   # things to mention before the run (skipped sub-folders)
 
     # ------------------------------------------------------------ checks (no model yet)
     @classmethod
@@ -143,13 +144,13 @@ class PropagateJob:
         plan = OutputPlan(options.output, outputs, overwrite=options.overwrite or options.only_below is not None)
         io.ensure_output_folder(options.output)
 
-        sequence = None
+        sequence, skipped_note = None, None
         if inputs.video is not None:
             sequence = _sequence(inputs, shard)
             sources = (SourceList(sequence.sources, listed=True) if sequence.counted
                        else SourceList((), listed=False))  # a video file's frames are found by decoding
         else:
-            sources = _find_sources(inputs, plan, shard)
+            sources, skipped_note = _find_sources(inputs, plan, shard)
 
         references = load_references(list(inputs.refs), list(inputs.masks), inputs.max_pixels, inputs.resize_masks)
         settings = {"model": model.result_settings(), "outputs": outputs.result_settings(),
@@ -163,6 +164,7 @@ class PropagateJob:
                   video_config=video_config if inputs.video is not None else None, plan=plan,
                   references=references, sources=sources, sequence=sequence, shard=shard, settings=settings)
         job._check_settings(state)
+        job.notes = [skipped_note] if skipped_note else []
         return job
 
     # ------------------------------------------------------------ state
@@ -251,18 +253,44 @@ class PropagateJob:
         """Doubts about the references (a tiny or inverted mask), once the model's grid is known."""
         from icm_cli.references import reference_warnings
 
+        notes = self._references_among_sources()
         if self.predictor is None:
-            return []
-        notes = []
+            return notes
         for ref in self.references:
             notes += reference_warnings(ref, self.predictor.cell_pixels(ref))
         return notes
+
+    def _references_among_sources(self) -> list[str]:
+        """A reference image that is also a source is propagated onto itself: say so once, it flatters scores."""
+        from icm_cli.video import is_same_file, parse_frame_ref
+
+        sources = self.sequence.sources if self.sequence is not None else (
+            list(self.sources) if self.sources.total is not None else [])  # never read stdin twice
+        found = []
+        for ref in self.references:
+            path = ref.image_path or ""
+            frame = parse_frame_ref(path)
+            if frame is not None:
+                if self.sequence is not None and self.sequence.is_clip and is_same_file(frame.path, self.sequence.path):
+                    found.append(path)
+            elif isinstance(sources, list) and any(isinstance(s, Source) and is_same_file(s.path, path)
+                                                   for s in sources):
+                found.append(path)
+        if not found:
+            return []
+        names = ", ".join(found)
+        return [f"{names}: the reference {'is' if len(found) == 1 else 'are'} also among the sources, so "
+                f"{'its' if len(found) == 1 else 'their'} result is the reference mask found again; leave "
+                f"{'it' if len(found) == 1 else 'them'} out when scoring (icm eval), where it flatters the mean"]
 
     def run(self, outcome: BatchOutcome, advance: Callable[[int], None], echo=None) -> BatchOutcome:
         """Every source through the batch runner; the manifest is closed whatever happens."""
         matte = None
         if self.plan.config.needs_matte:
             from icm_cli.matting import solve_alpha as matte
+            if self.sequence is not None:  # frames in order: alphas steadied by the previous frame's
+                from icm_cli.alpha_temporal import SequenceMatte
+                matte = SequenceMatte(matte)
         self.plan.remove_stale_temp_files()
         runner, writer = self._runner(outcome, advance, echo, matte)
         try:
@@ -317,19 +345,18 @@ def _sequence(inputs: RunInputs, shard: Shard | None) -> FrameSequence:
     return sequence
 
 
-def _find_sources(inputs: RunInputs, plan: OutputPlan, shard: Shard | None) -> SourceList:
-    """SOURCES as this run (this shard) takes them; names are given over the full list, so shards write
-    what one run would."""
-    from icm_cli.shard import select
-
+def _find_sources(inputs: RunInputs, plan: OutputPlan, shard: Shard | None) -> tuple[SourceList, str | None]:
+    """SOURCES as this run (this shard) takes them, and a note naming sub-folders left out (no
+    ``--recursive``); names are given over the full list, so shards write what one run would."""
     finder = SourceFinder(inputs.sources, recursive=inputs.recursive, include=inputs.include,
                           exclude=inputs.exclude, avoid=plan.written_folders)
     sources = SourceList.of(finder)
+    note = skipped_folders_note(finder) if sources.total else None
     if shard is not None:
-        return sources.where(lambda e: shard.owns(e.key if isinstance(e, Source) else str(e.path)), lazy=True)
+        return sources.where(lambda e: shard.owns(e.key if isinstance(e, Source) else str(e.path)), lazy=True), note
     if sources.total == 0:
         raise SourceError(no_sources_hint(finder))
-    return sources
+    return sources, note
 
 
 def _below(sources: SourceList, state: ManifestState, threshold: float, plan: OutputPlan) -> SourceList:

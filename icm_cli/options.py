@@ -69,6 +69,12 @@ ResizeMasks = Annotated[bool, typer.Option(
 Recursive = Annotated[bool, typer.Option(
     "--recursive", "-r", rich_help_panel=INPUTS,
     help="Descend into sub-folders; outputs mirror them (a/x.jpg -> OUT/masks/a/x.png).")]
+RecursiveFiles = Annotated[bool, typer.Option(
+    "--recursive", "-r", rich_help_panel=INPUTS,
+    help="Descend into sub-folders; outputs mirror them (a/x.png -> OUT/a/x.png).")]
+RecursiveSources = Annotated[bool, typer.Option(
+    "--recursive", "-r", rich_help_panel=INPUTS,
+    help="Descend into sub-folders of SOURCES, as the run did.")]
 Include = Annotated[List[str], typer.Option(
     "--include", metavar="GLOB", rich_help_panel=INPUTS, show_default=False,
     help="Only sources whose name or relative path matches, e.g. '*.jpg'; repeatable.")]

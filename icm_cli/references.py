@@ -90,9 +90,11 @@ def load_references(refs: list[str], masks: list[str], max_pixels: int = io.DEFA
         raise io.InputError("--ref is required: the reference image that shows the object")
     if len(refs) != len(masks):
         raise io.InputError(f"give one --mask per --ref (got {len(refs)} --ref and {len(masks)} --mask)")
+    from icm_cli.video import read_image_or_frame
+
     pairs = []
     for ref, mask_path in zip(refs, masks):
-        image = io.read_image(ref, max_pixels=max_pixels)
+        image = read_image_or_frame(ref, max_pixels=max_pixels)  # a file, or a frame of a clip: clip.mp4@12
         mask = io.read_mask(mask_path, max_pixels=max_pixels)
         if mask.shape != image.shape[:2] and resize_masks:
             mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(
@@ -103,9 +105,12 @@ def load_references(refs: list[str], masks: list[str], max_pixels: int = io.DEFA
 
 
 def as_image(image) -> np.ndarray:
-    """A path, a PIL image or an array -> ``[H, W, 3]`` uint8 RGB (for the Python API)."""
+    """A path (also ``clip.mp4@12``, a frame of a clip), a PIL image or an array -> ``[H, W, 3]`` uint8 RGB
+    (for the Python API)."""
     if isinstance(image, (str, os.PathLike)):
-        return io.read_image(Path(image))
+        from icm_cli.video import read_image_or_frame
+
+        return read_image_or_frame(image)
     if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
         return np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy
     arr = np.asarray(image)

@@ -42,6 +42,18 @@ def mask_outline(image: np.ndarray, mask: np.ndarray, colour=(255, 64, 64), widt
     return out
 
 
+#: The tint of ``overlay`` videos: a magenta that stands out on skin, sky and foliage alike.
+TINT = (255, 40, 170)
+
+
+def tint(image: np.ndarray, mask: np.ndarray, colour=TINT, opacity: float = 0.45) -> np.ndarray:
+    """``[H, W, 3]`` uint8 with the ``[H, W]`` bool mask as a translucent fill and a 2 px outline."""
+    out = image.astype(np.float32)
+    out[mask] = (1.0 - opacity) * out[mask] + opacity * np.asarray(colour, np.float32)
+    out = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return mask_outline(out, mask, colour=colour, width=2)
+
+
 #: A montage panel is at most this many times as wide as it is high: a 3000x3 strip is
 #: shown letterboxed, not stretched into a panel hundreds of thousands of pixels wide.
 MAX_PANEL_ASPECT = 4

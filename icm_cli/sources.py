@@ -158,6 +158,17 @@ def find_named(folder: Path, name: str) -> Path | None:
     return None
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key for names as people count: ``5_1`` < ``5_2`` < ``5_10``, ``frame2`` < ``frame10``.
+
+    Runs of digits compare as numbers, the rest without case; the name
+    itself breaks ties, so the order is total and the same on every machine.
+    """
+    parts = tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+                  for part in re.split(r"(\d+)", name) if part)
+    return parts, name
+
+
 # ------------------------------------------------------------------ finding
 
 def _matches(patterns: Sequence[str], key: str) -> bool:
@@ -184,9 +195,10 @@ def _inside(path: Path | None, folders: Sequence[Path]) -> Path | None:
 class SourceFinder:
     """Expands SOURCES arguments into :class:`Source` entries (and folder problems), lazily.
 
-    A folder yields its images sorted by name (``recursive`` descends;
-    hidden entries and symlink loops are skipped; ``avoid`` folders, the
-    run's outputs, are never entered); ``-`` yields one path per line of
+    A folder yields its images in natural name order (``5_2`` before
+    ``5_10``, :func:`natural_key`; ``recursive`` descends; hidden entries
+    and symlink loops are skipped; ``avoid`` folders, the run's outputs,
+    are never entered); ``-`` yields one path per line of
     ``stdin``; a file is yielded as given, so a broken one is reported
     when read. ``include``/``exclude`` are shell patterns matched against
     the path relative to its SOURCES folder and against the file name.
@@ -206,6 +218,7 @@ class SourceFinder:
         self.stdin = stdin
         self.mirror = recursive if mirror is None else mirror
         self.sub_folders_skipped = 0  # folders passed over without --recursive (for the "no sources" hint)
+        self.skipped_folders: list[Path] = []  # ... and which ones
         for item in self.items:
             if item == "-":
                 continue
@@ -263,7 +276,7 @@ class SourceFinder:
             return
         seen.add(real)
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = sorted(os.scandir(folder), key=lambda e: natural_key(e.name))
         except OSError as exc:
             yield ListingProblem(folder, f"{folder}: cannot read the folder ({exc.strerror or exc})")
             return
@@ -276,11 +289,12 @@ class SourceFinder:
             except OSError:
                 is_dir = False
             if is_dir:
-                if not self.recursive:
-                    self.sub_folders_skipped += 1
-                    continue
                 if _inside(_resolved(path), self.avoid) is not None:
                     continue  # the run's own outputs are never sources
+                if not self.recursive:
+                    self.sub_folders_skipped += 1
+                    self.skipped_folders.append(path)
+                    continue
                 yield from self._walk(path, folders + (entry.name,), names, seen)
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 key = "/".join(folders + (entry.name,))
@@ -293,6 +307,19 @@ def find_sources(items: Iterable[str | os.PathLike], **options) -> tuple[list[So
     for entry in SourceFinder(items, **options):
         (sources if isinstance(entry, Source) else problems).append(entry)
     return sources, problems
+
+
+def skipped_folders_note(finder: SourceFinder) -> str | None:
+    """A note naming the sub-folders a run without ``--recursive`` did not search, or None."""
+    skipped = finder.skipped_folders
+    if not skipped or finder.recursive:
+        return None
+    shown = ", ".join(p.name for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    parents = sorted({str(p.parent) for p in skipped})
+    where = parents[0] if len(parents) == 1 else "the SOURCES folders"
+    n = len(skipped)
+    return (f"{where} has {n} sub-folder{'s' if n != 1 else ''} ({shown}) that {'were' if n != 1 else 'was'} not "
+            "searched; --recursive descends into them")
 
 
 def no_sources_hint(finder: SourceFinder) -> str:

@@ -151,7 +151,7 @@ def test_doubtful_reference_masks_are_warned_about(scene, tmp_path):
     save_png(tmp_path / "inverted.png", inverted)
     for mask, words in (("tiny.png", "less than one feature cell"), ("inverted.png", "is it inverted?")):
         res = runner.invoke(app, ["propagate", "--ref", str(scene / "ref.png"), "--mask", str(tmp_path / mask),
-                                  str(scene / "src" / "s0.png"), "-o", str(tmp_path / f"out_{mask}"), *FAST])
+                                  str(scene / "src" / "s0.png"), "-o", str(tmp_path / f"out_{mask[:-4]}"), *FAST])
         assert res.exit_code == 0 and "warning:" in res.output and words in res.output, res.output
 
 

@@ -14,7 +14,7 @@ runner = CliRunner()
 
 def _record(src, name, status, time=None, error=None):
     rec = {"input": str(src / f"{name}.png"), "stem": name, "status": status, "outputs": {}, "error": error,
-           "timing": {}}
+           "timing": {}, "run": f"run-{time or 0}"}
     if time:
         rec["time"] = f"2026-01-01T10:00:{time:02d}.000+00:00"
     return json.dumps(rec)
@@ -43,7 +43,9 @@ def test_status_counts_done_failed_and_pending_with_reasons(tmp_path):
     src, out = _run(tmp_path)
     res = runner.invoke(app, ["status", str(out), str(src)])
     assert res.exit_code == 1
-    assert "2 done, 1 skipped (already there), 1 failed, 1 pending of 5 sources (3 manifests)" in res.stdout
+    # a was made by shard 1 and kept by the rerun: done, in an earlier run
+    assert "3 done (1 of them in an earlier run), 0 skipped (already there), 1 failed, 1 pending of 5 sources " \
+           "(3 manifests)" in res.stdout
     assert "model failed: out of memory" in res.stdout and "d.png" in res.stdout
     assert "truncated" not in res.stdout  # b's failure was superseded by a later success
     assert str(src / "e.png") in res.stdout.split("pending:")[1]
@@ -55,7 +57,8 @@ def test_status_json_lists_everything(tmp_path):
     assert res.exit_code == 1
     data = json.loads(res.stdout)
     assert {k: data[k] for k in ("done", "skipped", "failed", "pending", "complete")} == \
-        {"done": 2, "skipped": 1, "failed": 1, "pending": 1, "complete": False}
+        {"done": 3, "skipped": 0, "failed": 1, "pending": 1, "complete": False}
+    assert data["done_earlier"] == 1
     assert [f["stem"] for f in data["failures"]] == ["d"]
     assert data["pending_inputs"] == [str(src / "e.png")]
     assert sorted(data["manifests"]) == ["manifest.1-of-2.jsonl", "manifest.2-of-2.jsonl", "manifest.jsonl"]
@@ -67,7 +70,8 @@ def test_status_without_sources_and_all_done_exits_zero(tmp_path):
            '{"input": "cut short by a kil')
     res = runner.invoke(app, ["status", str(out)])
     assert res.exit_code == 0, res.stdout
-    assert "3 done, 1 skipped (already there), 0 failed, 0 pending (3 manifests)" in res.stdout
+    assert "4 done (1 of them in an earlier run), 0 skipped (already there), 0 failed, 0 pending (3 manifests)" \
+        in res.stdout
     assert "1 manifest line(s) could not be read" in res.stdout
     # Naming the sources brings e back as pending.
     assert runner.invoke(app, ["status", str(out), str(src)]).exit_code == 1

@@ -11,9 +11,12 @@ from icm_cli.console import error_line
 
 
 def sources_or_exit(items: Sequence[str], *, recursive: bool = False, include: Sequence[str] = (),
-                    exclude: Sequence[str] = (), avoid: Sequence[Path] = ()) -> list:
-    """Every input of ``items`` (sources and unreadable-folder problems); exit 2 with a hint when there is none."""
-    from icm_cli.sources import SourceError, SourceFinder, no_sources_hint
+                    exclude: Sequence[str] = (), avoid: Sequence[Path] = (), quiet: bool = False) -> list:
+    """Every input of ``items`` (sources and unreadable-folder problems); exit 2 with a hint when there is none.
+
+    Sub-folders passed over without ``--recursive`` are named in a note (unless ``quiet``).
+    """
+    from icm_cli.sources import SourceError, SourceFinder, no_sources_hint, skipped_folders_note
 
     try:
         finder = SourceFinder(items, recursive=recursive, include=include, exclude=exclude, avoid=avoid)
@@ -24,7 +27,41 @@ def sources_or_exit(items: Sequence[str], *, recursive: bool = False, include: S
     if not entries:
         error_line(no_sources_hint(finder))
         raise typer.Exit(2)
+    note = skipped_folders_note(finder)
+    if note and not quiet:
+        note_line(note)
     return entries
+
+
+def note_line(message: str) -> None:
+    """One ``note:`` line on stderr: something the user may not expect, not an error."""
+    from rich.markup import escape
+
+    from icm_cli.console import one_line, stderr
+
+    stderr.print(f"[bold]note:[/] {escape(one_line(message))}")
+
+
+#: Output names that look like a file: OUT is a folder, so ``-o cut.png`` would make a folder "cut.png".
+_FILE_LIKE = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".mov", ".mp4", ".webm", ".mkv",
+              ".avi", ".m4v"}
+
+
+def check_output_name(output: Path | None) -> None:
+    """Refuse ``-o cut.png`` / ``-o out.mov`` (exit 2, one line): OUT is a folder of outputs, not a file."""
+    if output is None:
+        return
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in _FILE_LIKE or output.is_dir():
+        return
+    if suffix in {".mov", ".mp4", ".webm", ".mkv", ".avi", ".m4v"}:
+        hint = (f"name a folder (-o {output.with_suffix('')}/); for videos of the results give --video and "
+                "--save-video cutout,mask: they are written as OUT/cutout.mov, OUT/mask.mov")
+    else:
+        hint = f"name a folder (-o {output.with_suffix('')}/): each result is written inside it under its own name"
+    error_line(f"-o {output}: OUT is a folder, not a file; {hint}")
+    raise typer.Exit(2)
 
 
 def output_folder_or_exit(folder: Path) -> None:

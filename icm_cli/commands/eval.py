@@ -68,10 +68,16 @@ def eval_command(
         raise typer.Exit(2)
     for problem in result.unscored:
         error_line(problem.error)
+    if result.output_folders:
+        folder = "masks/" if kind == "mask" else "alpha/"
+        n = result.output_folders
+        info_line(f"note: scoring the {folder} of {n} propagate output folder{'s' if n != 1 else ''} "
+                  f"in {pred} (heat maps and trimaps are not predictions)")
     if result.unpredicted and not quiet:
         shown = ", ".join(result.unpredicted[:5]) + (" ..." if len(result.unpredicted) > 5 else "")
-        info_line(f"note: {len(result.unpredicted)} ground-truth file(s) have no prediction and were not scored: "
-                  f"{shown}")
+        n = len(result.unpredicted)
+        info_line(f"note: {n} ground-truth file{'s have' if n != 1 else ' has'} no prediction and "
+                  f"{'were' if n != 1 else 'was'} not scored: {shown}")
     if not result.images and not result.unscored:
         error_line(f"{pred}: no images to score")
     if json_output:

@@ -46,7 +46,7 @@ def inspect_attn(
     runtime: opts.Runtime = D.runtime,
     size: opts.Size = D.size,
     head_steps: opts.HeadSteps = D.head_steps,
-    recursive: opts.Recursive = False,
+    recursive: opts.RecursiveFiles = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
     resize_masks: opts.ResizeMasks = False,
@@ -58,7 +58,7 @@ def inspect_attn(
     Writes OUT/<name>.png (the montage) and OUT/<name>_inter.png, OUT/<name>_intra.png (colour heat maps at the source's size); with --point also OUT/<name>_point.png.
     """
     from icm_cli import io, render
-    from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
     from icm_cli.console import error_line
     from icm_cli.errors import IcmError
     from icm_cli.predictor import Predictor
@@ -78,7 +78,9 @@ def inspect_attn(
     except (IcmError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
-    entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output])
+    check_output_name(output)
+    entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output],
+                              quiet=quiet)
     output_folder_or_exit(output)
     try:
         predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime))

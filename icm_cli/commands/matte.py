@@ -58,7 +58,7 @@ def matte(
         "--solve-pixels", metavar="N", rich_help_panel=opts.QUALITY, callback=opts.at_least(1024, "--solve-pixels"),
         help="Above this many pixels around the unknown band, solve downscaled and upsample edge-aware.")
     ] = DEFAULT_SOLVE_PIXELS,
-    recursive: opts.Recursive = False,
+    recursive: opts.RecursiveFiles = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
     overwrite: opts.Overwrite = False,
@@ -70,7 +70,7 @@ def matte(
     Example: [bold]icm matte photos/ --trimaps trimaps/ -o alpha/ --cutout[/]
     """
     from icm_cli import io
-    from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
     from icm_cli.console import error_line
     from icm_cli.runner.files import process_files
     from icm_cli.sources import find_named
@@ -81,8 +81,9 @@ def matte(
     if not trimaps.is_dir():
         error_line(f"{trimaps}: --trimaps must be a folder of trimaps named like the images")
         raise typer.Exit(2)
+    check_output_name(output)
     entries = sources_or_exit(images, recursive=recursive, include=include, exclude=exclude,
-                              avoid=[output, output / "cutout"])
+                              avoid=[output, output / "cutout"], quiet=quiet)
     output_folder_or_exit(output)
 
     def targets(source) -> list[Path]:

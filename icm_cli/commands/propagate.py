@@ -29,7 +29,7 @@ def propagate(
     video: Annotated[Optional[Path], typer.Option(
         "--video", metavar="SEQ", rich_help_panel=opts.INPUTS, show_default=False,
         help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames or a "
-             "video file (pip install av).")] = None,
+             'video file (needs the video extra: pip install -c constraints.txt ".\\[video]").')] = None,
     recursive: opts.Recursive = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
@@ -42,6 +42,13 @@ def propagate(
         "--kernel", "-k", metavar="PX", rich_help_panel=opts.OUTPUTS, callback=opts.at_least(1, "--kernel"),
         help=f"Trimap band: erosion/dilation in pixels ({DEFAULT_TRIMAP_KERNEL} gave the best alphas on ~800 px "
              "images).")] = DEFAULT_TRIMAP_KERNEL,
+    save_video: Annotated[Optional[str], typer.Option(
+        "--save-video", metavar="KINDS", rich_help_panel=opts.OUTPUTS, show_default=False,
+        help="With --video: also write OUT/<kind>.mov for each of mask, matte, cutout (with alpha), overlay "
+             "(the source with the mask tinted), made from the PNGs once every frame is done.")] = None,
+    video_format: Annotated[str, typer.Option(
+        "--video-format", metavar="EXT", rich_help_panel=opts.OUTPUTS,
+        help="Container of --save-video: mov (ProRes; the cutout ProRes 4444) or webm (VP9).")] = "mov",
     overwrite: opts.Overwrite = False,
     only_below: Annotated[Optional[float], typer.Option(
         "--only-below", metavar="C", rich_help_panel=opts.OUTPUTS, callback=opts.in_unit_range("--only-below"),
@@ -70,6 +77,9 @@ def propagate(
         help="A fixed threshold on the object probability instead of the automatic decision.")] = None,
     radius: opts.Radius = opts.VIDEO_DEFAULTS.radius,
     memory: opts.Memory = opts.VIDEO_DEFAULTS.memory,
+    fps: Annotated[Optional[str], typer.Option(
+        "--fps", metavar="RATE", rich_help_panel=opts.VIDEO, show_default=False,
+        help="Frame rate of a folder or list of frames, for --save-video: 25, 29.97, 30000/1001.")] = None,
     shard: Annotated[Optional[str], typer.Option(
         "--shard", metavar="I/N", rich_help_panel=opts.SCALE, show_default=False,
         help="Only shard I of N (1-based): N runs over the same SOURCES cover each once. "
@@ -96,30 +106,44 @@ def propagate(
     """
     from icm_cli.jobs import PropagateJob, RunInputs, RunOptions, UsageProblem
 
+    from icm_cli.commands.common import check_output_name
+    from icm_cli.helpstyle import usage_problem
+
     outcome = BatchOutcome()  # the clock starts now: loading the model counts in the reported time
-    if output is None:
-        error_line("missing -o/--output: the folder to write OUT/masks, OUT/trimaps, ... into")
-        raise typer.Exit(2)
+    missing = [name for name, given in (("--ref", ref), ("--mask", mask), ("SOURCES (or --video)", sources or video),
+                                        ("-o/--output", output is not None)) if not given]
+    if missing and (output is None or not ref):
+        raise usage_problem(ctx, "missing " + ", ".join(missing[:-1]) + (" and " if len(missing) > 1 else "")
+                            + missing[-1])
+    check_output_name(output)
     try:
+        outputs = OutputConfig.parse(save, kernel)
+        videos = _video_outputs(save_video, video_format, fps, video)
+        for kind in videos.png_kinds if videos else ():
+            outputs = outputs.with_kind(kind)
         job = PropagateJob.check(
             RunInputs(sources=sources or [], video=video, refs=ref, masks=mask, recursive=recursive,
                       include=include, exclude=exclude, resize_masks=resize_masks, max_pixels=max_pixels),
             RunOptions(output=output, overwrite=overwrite, only_below=only_below, shard=shard, engine=engine,
                        address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                        command=invocation(ctx)),
-            outputs=OutputConfig.parse(save, kernel),
+            outputs=outputs,
             model=opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
             video_config=VideoConfig(radius=radius, memory=memory))
     except (UsageProblem, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
+    from icm_cli.commands.common import note_line
+
+    for note in job.notes if not quiet else ():
+        note_line(note)
     show = not quiet and sys.stdout.isatty()
     echo = (lambda line: print(line, flush=True)) if json_lines else None
     if job.nothing_to_do:
         job.record_all_skipped(outcome, echo)
         outcome.summary("frames" if video else "images", quiet=quiet or json_lines)
-        raise typer.Exit(outcome.exit_code)
+        raise typer.Exit(_write_videos(videos, job, outcome, overwrite, quiet, show))
     try:
         with status_spinner("loading the model and building the reference context", enabled=show):
             job.prepare()
@@ -137,4 +161,57 @@ def propagate(
             error_line(str(exc))
             raise typer.Exit(2)
     outcome.summary("frames" if video else "images", quiet=quiet or json_lines)
-    raise typer.Exit(outcome.exit_code)
+    raise typer.Exit(_write_videos(videos, job, outcome, overwrite, quiet, show))
+
+
+def _video_outputs(save_video: Optional[str], video_format: str, fps: Optional[str], video: Optional[Path]):
+    """The checked ``--save-video`` request, or None; ValueError with the reason."""
+    from icm_cli.video import is_video_file
+
+    if save_video is None:
+        if fps is not None or video_format != "mov":
+            raise ValueError("--fps and --video-format go with --save-video")
+        return None
+    from icm_cli.video_out import VideoOutputConfig
+
+    config = VideoOutputConfig.parse(save_video, video_format, fps)
+    if video is None:
+        raise ValueError("--save-video writes videos of a --video SEQUENCE; give --video")
+    clip = is_video_file(Path(video))
+    if clip and fps is not None:
+        raise ValueError(f"--fps is for a folder or list of frames; {video} keeps its own timing")
+    if not clip and fps is None and Path(video).exists():
+        raise ValueError(f"--save-video needs --fps for {video}, a folder or list of frames (e.g. --fps 25)")
+    config.check_encoders()
+    return config
+
+
+def _write_videos(config, job, outcome: BatchOutcome, overwrite: bool, quiet: bool, show: bool) -> int:
+    """Assemble the ``--save-video`` files once every frame is there; the command's exit code."""
+    code = outcome.exit_code
+    sequence = job.sequence
+    if config is None or outcome.interrupted or outcome.stopped or outcome.stdout_closed:
+        return code
+    if sequence is None or (sequence.counted and not len(sequence)):
+        return code  # another shard owns this sequence
+    from icm_cli.console import info_line
+    from icm_cli.video_out import write_videos
+
+    if outcome.failed:  # an older PNG of a failed frame may still be there: a video would mix two runs
+        n = len(outcome.failed)
+        names = ", ".join(str(p) for p in config.paths(job.output).values())
+        error_line(f"{names}: not written: {n} frame{'s' if n != 1 else ''} failed; fix "
+                   f"{'them' if n != 1 else 'it'} and rerun the same command")
+        return max(code, 1)
+    with status_spinner("writing the videos", enabled=show):
+        report = write_videos(config, job.output, sequence, rebuild=overwrite or outcome.done > 0,
+                              max_pixels=job.inputs.max_pixels)
+    for problem in report.problems:
+        error_line(problem)
+    for path, what in report.written:
+        info_line(f"{path}: {what}", quiet=quiet)
+    if report.interrupted:
+        error_line("interrupted while writing the videos; rerun the same command to write them "
+                   "(every frame is done and is skipped)")
+        return 128 + report.interrupted
+    return max(code, 1) if report.problems else code

@@ -33,7 +33,7 @@ def refine(
     weights: opts.Weights = None,
     device: opts.Device = D.device,
     size: opts.Size = D.size,
-    recursive: opts.Recursive = False,
+    recursive: opts.RecursiveFiles = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
     overwrite: opts.Overwrite = False,
@@ -46,7 +46,7 @@ def refine(
     Example: [bold]icm refine coarse/ --images frames/ -o refined/[/]
     """
     from icm_cli import io
-    from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
     from icm_cli.console import error_line
     from icm_cli.runner.files import process_files
     from icm_cli.sources import find_named
@@ -59,7 +59,9 @@ def refine(
     if not images.is_dir():
         error_line(f"{images}: --images must be a folder of images")
         raise typer.Exit(2)
-    entries = sources_or_exit(masks, recursive=recursive, include=include, exclude=exclude, avoid=[output])
+    check_output_name(output)
+    entries = sources_or_exit(masks, recursive=recursive, include=include, exclude=exclude, avoid=[output],
+                              quiet=quiet)
     output_folder_or_exit(output)
 
     import numpy as np

@@ -33,8 +33,18 @@ class RunStatus:
 
     @property
     def counts(self) -> dict[str, int]:
-        return {"done": len(self.with_status("done")), "skipped": len(self.with_status("skipped")),
-                "failed": len(self.with_status("failed")), "pending": len(self.pending)}
+        """done: results icm computed, in the latest run or (``done_earlier`` of them) in an earlier one whose
+        outputs a later run kept; skipped: outputs that were there with no recorded run making them."""
+        skipped = self.with_status("skipped")
+        earlier = sum(1 for r in skipped if r.made_by)
+        return {"done": len(self.with_status("done")) + earlier, "done_earlier": earlier,
+                "skipped": len(skipped) - earlier, "failed": len(self.with_status("failed")),
+                "pending": len(self.pending)}
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """:attr:`counts` without the breakdown: every input once."""
+        return {k: v for k, v in self.counts.items() if k != "done_earlier"}
 
     @property
     def complete(self) -> bool:
@@ -71,7 +81,7 @@ def status(
     sources: Annotated[Optional[List[str]], typer.Argument(
         metavar="SOURCES", show_default=False,
         help="The run's SOURCES, to count what is still pending (- reads paths from stdin).")] = None,
-    recursive: opts.Recursive = False,
+    recursive: opts.RecursiveSources = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
     worst: Annotated[int, typer.Option(
@@ -110,7 +120,7 @@ def status(
     counts = result.counts
     failures = [{"input": r.input, "stem": r.stem, "error": r.error} for r in result.with_status("failed")]
     worst_records = result.least_confident(worst) if worst else []
-    empty = sum(1 for r in result.with_status("done") if r.empty)
+    empty = sum(1 for r in result.latest.values() if r.empty and (r.status == "done" or r.made_by))
     if json_out:
         print(json.dumps({"output": str(output), "manifests": state.manifests, **counts, "empty": empty,
                           "complete": result.complete and not state.unreadable_files, "failures": failures,
@@ -119,16 +129,21 @@ def status(
                           "worst": [{"input": r.input, "stem": r.stem, "status": r.status,
                                      "confidence": r.confidence} for r in worst_records]}, ensure_ascii=False))
     else:
-        total = sum(counts.values())
+        total = sum(result.totals.values())
         of = f" of {total} sources" if listed is not None else ""
         n = len(state.manifests)
-        empty_note = f" ({empty} empty: object not found)" if empty else ""
-        stdout.print(escape(f"{output}: {counts['done']} done{empty_note}, {counts['skipped']} skipped (already "
+        details = []
+        if counts["done_earlier"]:
+            k = counts["done_earlier"]
+            details.append(f"{k} of them in {'an earlier run' if k == 1 else 'earlier runs'}")
+        if empty:
+            details.append(f"{empty} empty: object not found")
+        detail = f" ({'; '.join(details)})" if details else ""
+        stdout.print(escape(f"{output}: {counts['done']} done{detail}, {counts['skipped']} skipped (already "
                             f"there), {counts['failed']} failed, {counts['pending']} pending{of} "
                             f"({n} manifest{'s' if n != 1 else ''})"))
-        _listing(stdout, "failed", [f"{f['input']}: {f['error'] or 'no reason recorded'}"
-                                    if not str(f["error"] or "").startswith(str(f["input"])) else str(f["error"])
-                                    for f in failures], escape, style="bold red")
+        _listing(stdout, "failed", [failure_line(f["input"], f["error"]) for f in failures], escape,
+                 style="bold red")
         _listing(stdout, "pending", result.pending, escape)
         if worst:
             width = max((len(str(r.stem)) for r in worst_records), default=0)
@@ -139,6 +154,20 @@ def status(
             stdout.print(escape(f"{state.unreadable_lines} manifest line(s) could not be read (cut short?) "
                                 "and were ignored"))
     raise typer.Exit(0 if result.complete and not state.unreadable_files else 1)
+
+
+def failure_line(source: str, error: str | None) -> str:
+    """``<source>: <reason>``, the source named once: an error that starts with the path as the run
+    was given it (``data/broken/x.png: empty file``) has that path replaced by the absolute one."""
+    import os
+
+    error = str(error or "no reason recorded")
+    head, sep, reason = error.partition(": ")
+    if sep and head:
+        given = os.path.normpath(head)
+        if os.path.normpath(source) == given or os.path.normpath(source).endswith(os.sep + given.lstrip(os.sep)):
+            return f"{source}: {reason}"
+    return f"{source}: {error}"
 
 
 def _listing(console, title: str, lines: list[str], escape, style: str = "bold", limit: int = _SHOW) -> None:

@@ -28,7 +28,7 @@ def trimap(
     dilate: Annotated[Optional[int], typer.Option(
         "--dilate", metavar="PX", rich_help_panel=opts.OUTPUTS, callback=opts.at_least(1, "--dilate"),
         show_default=False, help="Dilation (outside part) instead of --kernel.")] = None,
-    recursive: opts.Recursive = False,
+    recursive: opts.RecursiveFiles = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
     overwrite: opts.Overwrite = False,
@@ -40,12 +40,14 @@ def trimap(
     Masks are thresholded at half their range. Example: [bold]icm trimap masks/ -o trimaps/ --kernel 10[/]
     """
     from icm_cli import io
-    from icm_cli.commands.common import output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
     from icm_cli.predict.fullres import mask_to_trimap_u8
     from icm_cli.runner.files import process_files
 
     erode_k, dilate_k = erode or kernel, dilate or kernel
-    entries = sources_or_exit(masks, recursive=recursive, include=include, exclude=exclude, avoid=[output])
+    check_output_name(output)
+    entries = sources_or_exit(masks, recursive=recursive, include=include, exclude=exclude, avoid=[output],
+                              quiet=quiet)
     output_folder_or_exit(output)
 
     def work(source) -> None:

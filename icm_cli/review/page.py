@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from icm_cli.config import OUTPUT_KINDS
+from icm_cli.video import source_file
 
 
 def text(value) -> str:
@@ -170,7 +171,7 @@ def _runs(runs: list[RunView], page_dir: Path) -> str:
         refs = []
         for image, mask, thumb, size in r.references:
             pic = _img(thumb, size, "reference with its mask", page_dir, "ref", "reference not readable")
-            refs.append(f'<figure><a href="{href(image, page_dir)}" target="_blank">{pic}</a>'
+            refs.append(f'<figure><a href="{href(source_file(image), page_dir)}" target="_blank">{pic}</a>'
                         f'<figcaption title="{text(image)} + {text(mask)}">{text(Path(image).name)}<br>'
                         f'<a href="{href(mask, page_dir)}" target="_blank">{text(Path(mask).name)}</a></figcaption></figure>')
         latest = " (latest)" if i == 0 and len(runs) > 1 else ""

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from icm_cli.video import parse_frame_ref, read_frame, source_file
+
 #: Thumbnails fit in this box (width, height), aspect kept.
 BOX = (320, 240)
 #: Bumped whenever the pictures change, so old thumbnails are remade.
@@ -72,7 +74,7 @@ def _stat(path: str | None):
     if not path:
         return None
     try:
-        st = os.stat(path)
+        st = os.stat(source_file(path))  # a reference may be a frame of a clip: clip.mp4@12
     except (OSError, ValueError):
         return None
     return [st.st_size, st.st_mtime_ns]
@@ -116,7 +118,14 @@ def _shrink(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _read_small(path: str) -> np.ndarray:
-    """An image decoded near thumbnail size (JPEG DCT scaling), displayed orientation, RGB uint8."""
+    """An image decoded near thumbnail size (JPEG DCT scaling), displayed orientation, RGB uint8.
+
+    A reference taken from a clip (``clip.mp4@12``) is that frame, decoded whole.
+    """
+    ref = parse_frame_ref(path)
+    if ref is not None:
+        picture = read_frame(ref)
+        return _shrink(picture, _fit(picture.shape[1], picture.shape[0]))
     with Image.open(path) as img:
         w, h = img.size
         try:

@@ -33,12 +33,37 @@ def run_video(runner: BatchRunner, sequence: FrameSequence, model) -> BatchOutco
     start = resume_point(sequence, runner)
     for index in range(start):
         runner.skip(sequence.frame_source(index))
+    prime = getattr(runner.matte, "prime", None)  # steadied alphas continue from the last written one
     if start:  # the frames before the resume point lend their written masks, as they did when written
-        first = max(0, start - model.memory_frames)
+        first = max(0, start - max(model.memory_frames, 1 if prime else 0))
         for index, (source, image) in enumerate(sequence.frames(first), start=first):
             if index >= start:
                 break
+            if isinstance(image, str):
+                continue
             mask_path = runner.plan.root / "masks" / f"{source.stem}.png"
-            if not isinstance(image, str) and mask_path.exists():
+            if index >= start - model.memory_frames and mask_path.exists():
                 model.observe_encoded(model.encode(image), io.read_mask(mask_path) >= 0.5)
+            if prime and index == start - 1:
+                alpha = _written_alpha(runner.plan.root, source.stem)
+                if alpha is not None and alpha.shape == image.shape[:2]:
+                    prime(image, alpha)
     return runner.run_sequence(_works(sequence, start), model)
+
+
+def _written_alpha(root, stem: str):
+    """A frame's alpha as written: ``alpha/<stem>.png``, else the cut-out's alpha channel; None if neither."""
+    import numpy as np
+    from PIL import Image
+
+    for kind, channel in (("alpha", None), ("cutout", 3)):
+        path = root / kind / f"{stem}.png"
+        try:
+            with Image.open(path) as img:
+                pixels = np.asarray(img)
+        except (OSError, ValueError):
+            continue
+        pixels = pixels[..., channel] if channel is not None and pixels.ndim == 3 else pixels
+        if pixels.ndim == 2:
+            return pixels.astype(np.float32) / 255.0
+    return None
