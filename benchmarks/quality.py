@@ -113,10 +113,7 @@ def run_icm(cases, variants, backbone_name):
                 for name in group:
                     prop = props[name]
                     t0 = time.perf_counter()
-                    pred = prop.predict_from_features(feats.ft, geo, feats.attn)[0]
-                    if prop.collect_decoder_inputs:
-                        for stride, level in feats.levels.items():
-                            pred.parts[f"level{stride}"] = level
+                    pred = prop.evidence(feats, geo)[0]
                     _, mask = prop.finish(image, pred)
                     seconds[name] += time.perf_counter() - t0 + shared_s
                     a = acc[name]

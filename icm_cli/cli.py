@@ -95,7 +95,7 @@ def _root(
 def _register() -> None:
     # Each command lives in its own module under icm_cli/commands; they import heavy things lazily.
     from icm_cli.commands import (backbones, eval as eval_cmd, inspect_attn, matte, propagate, refine, review,
-                                  status, trimap)
+                                  status, train, trimap)
 
     app.command("propagate")(propagate.propagate)
     app.command("trimap")(trimap.trimap)
@@ -106,6 +106,7 @@ def _register() -> None:
     app.command("status")(status.status)
     app.command("review")(review.review)
     app.command("backbones")(backbones.backbones)
+    app.command("train")(train.train)
 
 
 _register()

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from icm_cli.config import ModelConfig, VideoConfig
-from icm_cli.predict.engine import GridPrediction, Propagator, to_tensor
+from icm_cli.predict.engine import Propagator, to_tensor
+from icm_cli.predict.evidence import Evidence
 from icm_cli.references import Reference, as_image, as_mask, check_reference
 
 
@@ -159,13 +160,14 @@ class Predictor:
                 out[i] = self.finish(imgs[i], coarse)
         return out
 
-    def predict_coarse(self, images: list[np.ndarray]) -> list[GridPrediction]:
-        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass)."""
+    def predict_coarse(self, images: list[np.ndarray]) -> list[Evidence]:
+        """The feature-grid :class:`~icm_cli.predict.evidence.Evidence` of same-size ``[H, W, 3]``
+        uint8 images (one forward pass)."""
         self.check_ready()
         with torch.no_grad():
             return self.engine.predict_grid(images)
 
-    def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
+    def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
         from icm_cli.predict.confidence import assess
 
@@ -183,14 +185,13 @@ class Predictor:
         self.check_ready()
         img = as_image(image)
         with torch.no_grad():
-            maps = self.engine.attention_maps([img])[0]
-            geo = maps["geometry"]
-            full = lambda grid: geo.to_original(grid)[0, 0].numpy()  # noqa: E731
+            evidence, features = self.engine.attention_maps([img])[0]
+            full = lambda grid: evidence.geometry.to_original(grid)[0, 0].numpy()  # noqa: E731
             point_map = None
             if point is not None:
-                point_map = full(self._point_attention(point, maps["ft"]))
-            result = self.finish(img, maps["prediction"])
-            return AttentionMaps(inter=full(maps["inter"]), intra=full(maps["intra"]), result=result,
+                point_map = full(self._point_attention(point, features))
+            result = self.finish(img, evidence)
+            return AttentionMaps(inter=full(evidence.inter), intra=full(evidence.intra), result=result,
                                  point=point_map)
 
     def _point_attention(self, point: tuple[int, int], source_ft: torch.Tensor,
@@ -254,15 +255,15 @@ class VideoPredictor:
             geo, feats = engine.source_features([image])
         return Encoded(geo, feats)
 
-    def predict_encoded(self, encoded: Encoded) -> GridPrediction:
+    def predict_encoded(self, encoded: Encoded) -> Evidence:
         self.predictor.check_ready()
         feats = encoded.features
         with torch.no_grad():
-            return self.predictor.engine.predict_from_features(
-                feats.ft, encoded.geometry, feats.attn, prior=self.temporal.prior(tuple(feats.ft.shape[-2:])),
+            return self.predictor.engine.evidence(
+                feats, encoded.geometry, prior=self.temporal.prior(tuple(feats.ft.shape[-2:])),
                 memory=self.temporal.memory_tokens())[0]
 
-    def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
+    def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         return self.predictor.finish(image, coarse)
 
     def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:

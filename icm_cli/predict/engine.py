@@ -7,7 +7,7 @@ tensor work run on the engine's device. No files and no printing here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ from icm_cli.backbones.base import Backbone, Features
 from icm_cli.core import cross_attention_heat, propagate_heat, roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
-from icm_cli.predict.decoder import (DEFAULT_DECODER, MAP_CHANNELS, MaskDecoder, combine_prototypes, load_decoder,
+from icm_cli.predict.decoder import (DEFAULT_DECODER, MaskDecoder, combine_prototypes, decoder_maps, load_decoder,
                                      reference_prototypes, resolve_decoder)
+from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
 from icm_cli.predict.nearest import background_floor, contrast_similarities
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
@@ -60,23 +61,23 @@ class ReferenceContext:
     prototypes: dict[int, torch.Tensor] | None = None  # decoder: {stride: [2, C]} object/background
 
 
-@dataclass
-class GridPrediction:
-    """One source's coarse result: ``prob`` ``[1, 1, h, w]`` over the working canvas."""
-
-    prob: torch.Tensor
-    geometry: WorkingGeometry
-    parts: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``[H, W, 3]`` uint8 -> ``[1, 3, H, W]`` float32 in [0, 1]."""
     return torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
 
 
 class Propagator:
+    """The model behind :class:`~icm_cli.predictor.Predictor`: a backbone, the reference
+    context and the optional learned decoder.
+
+    collect_decoder_inputs: keep what the decoder reads in each :class:`Evidence`
+    (``base``, ``levels``, the reference prototypes); default: when a decoder
+    is loaded. The decoder's training turns it on without a decoder.
+    """
+
     def __init__(self, backbone: Backbone, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, settings: PropagateSettings | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, settings: PropagateSettings | None = None,
+                 collect_decoder_inputs: bool | None = None) -> None:
         self.backbone = backbone.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dtype = dtype
@@ -91,8 +92,8 @@ class Propagator:
                 raise WeightsError(f"the decoder needs a backbone with fine levels (EfficientNet-Lite), "
                                    f"not {getattr(backbone, 'name', 'this one')}; use --decoder none")
             self.decoder = load_decoder(path).to(self.device)
-        # Keep what the decoder reads (also set by the decoder's training episodes).
-        self.collect_decoder_inputs = self.decoder is not None
+        self.collect_decoder_inputs = (self.decoder is not None if collect_decoder_inputs is None
+                                       else collect_decoder_inputs)
 
     # ---------------------------------------------------------------- geometry
     def geometry_for(self, height: int, width: int) -> WorkingGeometry:
@@ -198,44 +199,71 @@ class Propagator:
     # ----------------------------------------------------------------- sources
     @torch.no_grad()
     def predict_grid(self, images: list[np.ndarray], prior: torch.Tensor | None = None,
-                     memory: ReferenceTokens | None = None, keep_features: bool = False) -> list[GridPrediction]:
-        """Coarse probabilities for images of one size (batched).
-
-        prior: optional ``[B, 1, h, w]`` in [0, 1] multiplied into the
-        probability (video: where the object may be now); memory: extra
-        object/background tokens (video: from earlier predicted frames).
-        ``keep_features`` keeps each image's ``[1, C, h, w]`` features in
-        ``parts["ft"]``.
-        """
+                     memory: ReferenceTokens | None = None) -> list[Evidence]:
+        """The evidence of images of one size (one batched forward pass); see :meth:`evidence`."""
         if self.context is None:
             raise RuntimeError("set_references() must come first")
         geo, feats = self.source_features(images)
-        preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
-        if self.collect_decoder_inputs:  # the decoder's fine levels, computed by the backbone anyway
-            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
-            for i, pred in enumerate(preds):
-                for stride in strides:
-                    pred.parts[f"level{stride}"] = feats.levels[stride][i:i + 1]
-        if keep_features:
-            for i, pred in enumerate(preds):
-                pred.parts["ft"] = feats.ft[i:i + 1].cpu()
-        return preds
+        return self.evidence(feats, geo, prior=prior, memory=memory)
 
     @torch.no_grad()
-    def attention_maps(self, images: list[np.ndarray]) -> list[dict]:
-        """ICM's training-free attention for images of one size.
+    def evidence(self, feats: Features, geo: WorkingGeometry, prior: torch.Tensor | None = None,
+                 memory: ReferenceTokens | None = None, heat: bool = False) -> list[Evidence]:
+        """Each source's :class:`Evidence` from its backbone features: the one builder of
+        the image path, the video path and the attention maps.
 
-        Returns per image ``{"inter": [1,1,h,w], "intra": [1,1,h,w], "prob": [1,1,h,w],
-        "geometry": WorkingGeometry, "ft": [1,C,h,w]}``: the cross-attention heat of
-        the reference's ROI tokens, the same spread by the source's own
-        self-attention (``heat · Aᵀ``) and the engine's object probability.
+        feats: a batch's :class:`Features` (``ft`` ``[B, C, h, w]``, its ``attn``
+        and ``levels``) on ``geo``'s canvas. prior: optional ``[B, 1, h, w]``
+        in [0, 1] multiplied into the probability (video: where the object may
+        be now); memory: extra object/background tokens (video: from earlier
+        predicted frames); heat: compute ICM's inter/intra heat even where
+        neither the gate nor the decoder needs it (``inspect-attn``).
         """
+        s, ctx = self.settings, self.context
+        ft, attn = feats.ft, feats.attn
+        fg, bg = ctx.tokens.fg, ctx.tokens.bg
+        if memory is not None:
+            fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
+        sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
+                                               source_floor=ctx.background_floor if s.source_background else None)
+        prob_nn = torch.sigmoid((sim_fg - sim_bg) / s.temperature)
+        prob = prob_nn
+        head = inter = intra = None
+        if ctx.head is not None:
+            head = ctx.head.to(ft.device).probability_map(ft)
+            prob = (1 - s.head_weight) * prob_nn + s.head_weight * head
+        collect = self.collect_decoder_inputs
+        if (s.attention_prior > 0 or collect or heat) and attn:
+            inter, intra = self.icm_heat(ft, attn)
+            if s.attention_prior > 0:
+                prob = prob * (intra / s.attention_prior).clamp(max=1.0)
+        base = prob if collect else None
+        if prior is not None:
+            prior = prior.to(prob)
+            prob = prob * prior
+            prior = prior.expand_as(prob)
+        levels = {}
+        if collect:  # the decoder's fine levels, computed by the backbone anyway
+            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
+            levels = {stride: feats.levels[stride] for stride in strides}
+
+        def one(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+            return None if t is None else t[i:i + 1].cpu()
+
+        return [Evidence(geometry=geo, prob=one(prob, i), nearest=one(prob_nn, i), sim_fg=one(sim_fg, i),
+                         sim_bg=one(sim_bg, i), head=one(head, i), inter=one(inter, i), intra=one(intra, i),
+                         base=one(base, i), prior=one(prior, i),
+                         levels={stride: lv[i:i + 1] for stride, lv in levels.items()})
+                for i in range(ft.shape[0])]
+
+    @torch.no_grad()
+    def attention_maps(self, images: list[np.ndarray]) -> list[tuple[Evidence, torch.Tensor]]:
+        """ICM's training-free attention for images of one size: per image its
+        :class:`Evidence` (with ``inter`` and ``intra`` heat) and its ``[1, C, h, w]``
+        features (for the attention of one reference point)."""
         geo, feats = self.source_features(images, with_attention=True)
-        ft = feats.ft
-        inter, intra = self.icm_heat(ft, feats.attn)
-        preds = self.predict_from_features(ft, geo, feats.attn)
-        return [{"inter": inter[i:i + 1].cpu(), "intra": intra[i:i + 1].cpu(), "prob": preds[i].prob,
-                 "geometry": geo, "ft": ft[i:i + 1].cpu(), "prediction": preds[i]} for i in range(len(images))]
+        found = self.evidence(feats, geo, heat=True)
+        return [(ev, feats.ft[i:i + 1].cpu()) for i, ev in enumerate(found)]
 
     def icm_heat(self, ft: torch.Tensor, attn: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """ICM's inter and intra heat on the feature grid, each ``[B, 1, h, w]`` with peak 1."""
@@ -246,79 +274,32 @@ class Propagator:
         intra = intra / intra.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return inter, F.interpolate(intra, size=ft.shape[-2:], mode="bilinear", align_corners=False)
 
-    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry, attn: dict | None = None,
-                              prior: torch.Tensor | None = None,
-                              memory: ReferenceTokens | None = None) -> list[GridPrediction]:
-        s, ctx = self.settings, self.context
-        fg, bg = ctx.tokens.fg, ctx.tokens.bg
-        if memory is not None:
-            fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
-        sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
-                                               source_floor=ctx.background_floor if s.source_background else None)
-        prob_nn = torch.sigmoid((sim_fg - sim_bg) / s.temperature)
-        prob = prob_nn
-        parts = {"nearest": prob_nn}
-        if ctx.head is not None:
-            prob_head = ctx.head.to(ft.device).probability_map(ft)
-            parts["head"] = prob_head
-            prob = (1 - s.head_weight) * prob_nn + s.head_weight * prob_head
-        collect = self.collect_decoder_inputs
-        if (s.attention_prior > 0 or collect) and attn:
-            inter, intra = self.icm_heat(ft, attn)
-            parts["intra"] = intra
-            if s.attention_prior > 0:
-                prob = prob * (intra / s.attention_prior).clamp(max=1.0)
-            if collect:
-                parts["inter"] = inter
-        if collect:
-            parts.update(sim_fg=sim_fg, sim_bg=sim_bg, base=prob)
-        if prior is not None:
-            prob = prob * prior.to(prob)
-            if collect:
-                parts["prior"] = prior.to(prob).expand_as(prob)
-        return [GridPrediction(prob[i:i + 1].cpu(), geo, {k: v[i:i + 1].cpu() for k, v in parts.items()})
-                for i in range(ft.shape[0])]
-
     # ----------------------------------------------------------------- decoder
-    def decoder_maps(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, len(MAP_CHANNELS), h, w]``: the in-context maps the decoder reads.
-        Without a head its channel repeats the nearest-neighbour map; without
-        attention maps the intra channel repeats the inter heat."""
-        base = parts["base"]
-        inter = parts.get("inter")
-        if inter is None:
-            inter = torch.ones_like(base)
-        fill = {"prob": base, "head": parts.get("head", parts["nearest"]), "inter": inter,
-                "intra": parts.get("intra", inter)}
-        return torch.cat([fill.get(name, parts.get(name)).float() for name in MAP_CHANNELS], dim=1)
-
     @torch.no_grad()
-    def decode(self, image: np.ndarray, pred: GridPrediction) -> torch.Tensor:
+    def decode(self, image: np.ndarray, evidence: Evidence) -> torch.Tensor:
         """The decoder's ``[1, 1, Hc/s, Wc/s]`` object probability over the canvas (s = 4 or 2)."""
-        geo, dev = pred.geometry, self.device
+        geo, dev = evidence.geometry, self.device
         canvas = geo.to_canvas(to_tensor(image)).to(dev)
-        levels = {int(k[5:]): v.to(dev) for k, v in pred.parts.items() if k.startswith("level")}
-        if not levels:  # e.g. a video run that passed only the stride-8 features: recompute (first blocks only)
-            levels = self.backbone.levels(canvas.to(self.dtype))
+        levels = {stride: lv.to(dev) for stride, lv in evidence.levels.items()}
         protos = {stride: p[None].to(dev) for stride, p in self.context.prototypes.items()}
-        logits = self.decoder(self.decoder_maps(pred.parts).to(dev), canvas, levels, protos)
+        logits = self.decoder(decoder_maps(evidence).to(dev), canvas, levels, protos)
         prob = torch.sigmoid(logits.float())
-        if "prior" in pred.parts:
-            prob = prob * F.interpolate(pred.parts["prior"].to(prob), size=prob.shape[-2:], mode="nearest")
+        if evidence.prior is not None:
+            prob = prob * F.interpolate(evidence.prior.to(prob), size=prob.shape[-2:], mode="nearest")
         return prob.cpu()
 
-    def decodes(self, pred: GridPrediction) -> bool:
-        """Whether :meth:`finish` takes ``pred`` through the learned decoder (its probability is then the
-        decoder's, not the fused training-free map)."""
-        return self.decoder is not None and "base" in pred.parts and self.context.prototypes is not None
+    def decodes(self, evidence: Evidence) -> bool:
+        """Whether :meth:`finish` takes ``evidence`` through the learned decoder (its probability is then
+        the decoder's, not the fused training-free map)."""
+        return self.decoder is not None and evidence.decodable and self.context.prototypes is not None
 
-    def finish(self, image: np.ndarray, pred: GridPrediction) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, image: np.ndarray, evidence: Evidence) -> tuple[np.ndarray, np.ndarray]:
         """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
         s = self.settings
-        if self.decodes(pred):
-            prob = pred.geometry.to_original(self.decode(image, pred))[0, 0].numpy()
+        if self.decodes(evidence):
+            prob = evidence.geometry.to_original(self.decode(image, evidence))[0, 0].numpy()
         else:
-            prob = pred.geometry.to_original(pred.prob)[0, 0].numpy()
+            prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if s.grabcut:
             mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale)
         else:
