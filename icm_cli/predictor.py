@@ -143,10 +143,22 @@ class Predictor:
         return self.engine.backbone.stride * reference.image.shape[0] / geo.resized_h
 
     # ------------------------------------------------------------ images
-    def predict(self, image) -> Result:
-        """The object's mask in one image."""
+    def predict(self, image, prior=None) -> Result:
+        """The object's mask in one image; ``prior``: an optional rough mask of it (last week's mask,
+        another tool's), which a decoder that reads priors weighs against the evidence."""
         img = as_image(image)
-        return self.finish(img, self.predict_coarse([img])[0])
+        priors = None if prior is None else [self._prior_mask(prior, img)]
+        return self.finish(img, self.predict_coarse([img], priors)[0])
+
+    @staticmethod
+    def _prior_mask(prior, image: np.ndarray) -> np.ndarray:
+        from icm_cli.io import InputError
+
+        m = as_mask(prior) >= 0.5
+        if m.shape != image.shape[:2]:
+            raise InputError(f"the prior mask is {m.shape[1]}x{m.shape[0]} but the image is "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        return m
 
     def predict_batch(self, images) -> list[Result]:
         """Masks for several images; those of one size share a forward pass."""
@@ -160,12 +172,12 @@ class Predictor:
                 out[i] = self.finish(imgs[i], coarse)
         return out
 
-    def predict_coarse(self, images: list[np.ndarray]) -> list[Evidence]:
+    def predict_coarse(self, images: list[np.ndarray], priors: list | None = None) -> list[Evidence]:
         """The feature-grid :class:`~icm_cli.predict.evidence.Evidence` of same-size ``[H, W, 3]``
-        uint8 images (one forward pass)."""
+        uint8 images (one forward pass); ``priors``: a ``[H, W]`` bool prior mask or None per image."""
         self.check_ready()
         with torch.no_grad():
-            return self.engine.predict_grid(images)
+            return self.engine.predict_grid(images, priors if self.engine.reads_priors else None)
 
     def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
@@ -173,6 +185,40 @@ class Predictor:
 
         prob, mask = self.engine.finish(image, coarse)
         quality = assess(prob, mask, coarse, self._reference_area, learned=self.engine.decodes(coarse))
+        return Result(probability=prob, mask=mask, confidence=quality.confidence)
+
+    # ------------------------------------------------------------ refinement
+    def refine(self, image, coarse_mask) -> Result:
+        """A better mask from a rough one (a brush mask, a box, another tool's output).
+
+        The coarse mask is the decoder's prior, and the image's own features
+        under it are the in-context reference, so the decoder can outvote what
+        the mask wrongly includes or leaves out; references set with
+        :meth:`set_reference` join that context. Needs a decoder that reads
+        priors (the built-in one does); raises ValueError otherwise, and
+        :class:`~icm_cli.io.InputError` for an empty mask or one of another size.
+        """
+        from icm_cli.io import InputError
+        from icm_cli.predict.confidence import assess, reference_area_share
+
+        engine = self.engine
+        if not engine.reads_priors:
+            raise ValueError("learned refinement needs a decoder that reads prior masks (--decoder auto or "
+                             "builtin with efficientnet-lite0); --method attention works without one")
+        img, coarse = as_image(image), as_mask(coarse_mask) >= 0.5
+        if coarse.shape != img.shape[:2]:
+            raise InputError(f"the coarse mask is {coarse.shape[1]}x{coarse.shape[0]} but the image is "
+                             f"{img.shape[1]}x{img.shape[0]}")
+        if not coarse.any():
+            raise InputError("the coarse mask is empty: nothing to refine")
+        pairs = [(img, coarse.astype(np.float32))] + [(r.image, r.mask) for r in self.references]
+        with torch.no_grad():
+            context = engine.build_context(pairs)
+            geo, feats = engine.source_features([img])
+            evidence = engine.evidence(feats, geo, prior=engine.prior_on_grid(coarse, geo), context=context)[0]
+            prob, mask = engine.finish(img, evidence, context=context)
+        quality = assess(prob, mask, evidence, reference_area_share(context),
+                         learned=engine.decodes(evidence, context))
         return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
     def check_ready(self) -> None:
@@ -257,11 +303,12 @@ class VideoPredictor:
 
     def predict_encoded(self, encoded: Encoded) -> Evidence:
         self.predictor.check_ready()
-        feats = encoded.features
+        feats, engine = encoded.features, self.predictor.engine
         with torch.no_grad():
-            return self.predictor.engine.evidence(
-                feats, encoded.geometry, prior=self.temporal.prior(tuple(feats.ft.shape[-2:])),
-                memory=self.temporal.memory_tokens())[0]
+            prior = self.temporal.prior(encoded.geometry) if engine.reads_priors else None
+            return engine.evidence(feats, encoded.geometry, prior=prior,
+                                   window=self.temporal.window(tuple(feats.ft.shape[-2:])),
+                                   memory=self.temporal.memory_tokens())[0]
 
     def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         return self.predictor.finish(image, coarse)

@@ -7,7 +7,7 @@ tensor work run on the engine's device. No files and no printing here.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -59,6 +59,7 @@ class ReferenceContext:
     roi_tokens: torch.Tensor | None = None   # [1, N, C] min-pooled ICM query tokens
     roi_valid: torch.Tensor | None = None    # [1, N] bool
     prototypes: dict[int, torch.Tensor] | None = None  # decoder: {stride: [2, C]} object/background
+    reference_features: list = field(default_factory=list)  # [(ft [C, h, w], WorkingGeometry)] per reference
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -156,10 +157,23 @@ class Propagator:
     # --------------------------------------------------------------- reference
     @torch.no_grad()
     def set_references(self, references: list[tuple[np.ndarray, np.ndarray]]) -> ReferenceContext:
-        """Build the context from ``(image [H,W,3] uint8, mask [H,W] float)`` pairs."""
+        """Build the context from ``(image [H,W,3] uint8, mask [H,W] float)`` pairs and keep it
+        as the context of every later call."""
+        self.context = self.build_context(references)
+        return self.context
+
+    @property
+    def reference_features(self) -> list[tuple[torch.Tensor, WorkingGeometry]]:
+        """Each reference's ``[C, h, w]`` features and geometry (for the attention of one point)."""
+        return self.context.reference_features if self.context is not None else []
+
+    @torch.no_grad()
+    def build_context(self, references: list[tuple[np.ndarray, np.ndarray]]) -> ReferenceContext:
+        """A :class:`ReferenceContext` of ``(image [H,W,3] uint8, mask [H,W] float)`` pairs
+        (``set_references`` keeps one; ``icm refine`` builds one per image)."""
         s = self.settings
         generator = torch.Generator().manual_seed(s.seed)
-        self.reference_features: list[tuple[torch.Tensor, WorkingGeometry]] = []
+        reference_features: list[tuple[torch.Tensor, WorkingGeometry]] = []
         token_sets, head_sets, roi_sets, proto_sets = [], [], [], []
         for image_np, mask_np in references:
             image = to_tensor(image_np)
@@ -171,7 +185,7 @@ class Propagator:
             if protos is not None:
                 proto_sets.append(protos)
             roi_sets.append(self._icm_roi_tokens(ref_ft, ref_mask_canvas, fallback=tokens))
-            self.reference_features.append((ref_ft.cpu(), ref_geo))
+            reference_features.append((ref_ft.cpu(), ref_geo))
             if tokens.fg.shape[0] == 0:
                 # A tiny object covers no whole cell: take its best-covered cells.
                 tokens.fg = tokens.cells[tokens.cell_targets >= tokens.cell_targets.max() * 0.5]
@@ -190,36 +204,52 @@ class Propagator:
                                      batch=s.head_batch, seed=s.seed, hidden=s.head_hidden)
         floor = background_floor(tokens.fg, tokens.bg, s.k, s.background_quantile)
         roi = torch.cat(roi_sets)[None]
-        self.context = ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
-                                        background_floor=floor, roi_tokens=roi,
-                                        roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),
-                                        prototypes=combine_prototypes(proto_sets) if proto_sets else None)
-        return self.context
+        return ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
+                                background_floor=floor, roi_tokens=roi,
+                                roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),
+                                prototypes=combine_prototypes(proto_sets) if proto_sets else None,
+                                reference_features=reference_features)
 
     # ----------------------------------------------------------------- sources
     @torch.no_grad()
-    def predict_grid(self, images: list[np.ndarray], prior: torch.Tensor | None = None,
-                     memory: ReferenceTokens | None = None) -> list[Evidence]:
-        """The evidence of images of one size (one batched forward pass); see :meth:`evidence`."""
+    def predict_grid(self, images: list[np.ndarray], priors: list[np.ndarray | None] | None = None
+                     ) -> list[Evidence]:
+        """The evidence of images of one size (one batched forward pass); ``priors``: a full-size
+        ``[H, W]`` prior mask per image, or None (see :meth:`evidence`)."""
         if self.context is None:
             raise RuntimeError("set_references() must come first")
         geo, feats = self.source_features(images)
-        return self.evidence(feats, geo, prior=prior, memory=memory)
+        prior = None
+        if priors is not None and any(p is not None for p in priors):
+            prior = torch.cat([self.prior_on_grid(p, geo) if p is not None else torch.full(
+                (1, 1, geo.padded_h // 4, geo.padded_w // 4), float("nan")) for p in priors])
+        return self.evidence(feats, geo, prior=prior)
+
+    @staticmethod
+    def prior_on_grid(mask: np.ndarray, geo: WorkingGeometry) -> torch.Tensor:
+        """A full-size ``[H, W]`` prior mask -> ``[1, 1, Hc/4, Wc/4]``: its object share of each
+        stride-4 cell of the working canvas (what the decoder reads)."""
+        m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        return F.adaptive_avg_pool2d(geo.mask_to_canvas(m), (geo.padded_h // 4, geo.padded_w // 4))
 
     @torch.no_grad()
     def evidence(self, feats: Features, geo: WorkingGeometry, prior: torch.Tensor | None = None,
-                 memory: ReferenceTokens | None = None, heat: bool = False) -> list[Evidence]:
+                 window: torch.Tensor | None = None, memory: ReferenceTokens | None = None,
+                 heat: bool = False, context: ReferenceContext | None = None) -> list[Evidence]:
         """Each source's :class:`Evidence` from its backbone features: the one builder of
-        the image path, the video path and the attention maps.
+        the image path, the video path, refinement and the attention maps.
 
         feats: a batch's :class:`Features` (``ft`` ``[B, C, h, w]``, its ``attn``
-        and ``levels``) on ``geo``'s canvas. prior: optional ``[B, 1, h, w]``
-        in [0, 1] multiplied into the probability (video: where the object may
-        be now); memory: extra object/background tokens (video: from earlier
+        and ``levels``) on ``geo``'s canvas. prior: optional ``[B, 1, Hc/4, Wc/4]``
+        prior mask share (:meth:`prior_on_grid`; NaN for an image without one),
+        which a decoder that reads priors takes in; window: optional ``[B, 1, h, w]``
+        in [0, 1] multiplied into the probability (video: where the object may be
+        now); memory: extra object/background tokens (video: from earlier
         predicted frames); heat: compute ICM's inter/intra heat even where
-        neither the gate nor the decoder needs it (``inspect-attn``).
+        neither the gate nor the decoder needs it (``inspect-attn``); context:
+        another reference context than the one :meth:`set_references` keeps.
         """
-        s, ctx = self.settings, self.context
+        s, ctx = self.settings, context or self.context
         ft, attn = feats.ft, feats.attn
         fg, bg = ctx.tokens.fg, ctx.tokens.bg
         if memory is not None:
@@ -238,10 +268,10 @@ class Propagator:
             if s.attention_prior > 0:
                 prob = prob * (intra / s.attention_prior).clamp(max=1.0)
         base = prob if collect else None
-        if prior is not None:
-            prior = prior.to(prob)
-            prob = prob * prior
-            prior = prior.expand_as(prob)
+        if window is not None:
+            window = window.to(prob)
+            prob = prob * window
+            window = window.expand_as(prob)
         levels = {}
         if collect:  # the decoder's fine levels, computed by the backbone anyway
             strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
@@ -250,9 +280,11 @@ class Propagator:
         def one(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
             return None if t is None else t[i:i + 1].cpu()
 
+        priors = [None if prior is None or torch.isnan(prior[i]).any() else prior[i:i + 1].float().cpu()
+                  for i in range(ft.shape[0])]
         return [Evidence(geometry=geo, prob=one(prob, i), nearest=one(prob_nn, i), sim_fg=one(sim_fg, i),
                          sim_bg=one(sim_bg, i), head=one(head, i), inter=one(inter, i), intra=one(intra, i),
-                         base=one(base, i), prior=one(prior, i),
+                         base=one(base, i), prior=priors[i], window=one(window, i),
                          levels={stride: lv[i:i + 1] for stride, lv in levels.items()})
                 for i in range(ft.shape[0])]
 
@@ -276,28 +308,36 @@ class Propagator:
 
     # ----------------------------------------------------------------- decoder
     @torch.no_grad()
-    def decode(self, image: np.ndarray, evidence: Evidence) -> torch.Tensor:
+    def decode(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext | None = None
+               ) -> torch.Tensor:
         """The decoder's ``[1, 1, Hc/s, Wc/s]`` object probability over the canvas (s = 4 or 2)."""
         geo, dev = evidence.geometry, self.device
         canvas = geo.to_canvas(to_tensor(image)).to(dev)
         levels = {stride: lv.to(dev) for stride, lv in evidence.levels.items()}
-        protos = {stride: p[None].to(dev) for stride, p in self.context.prototypes.items()}
-        logits = self.decoder(decoder_maps(evidence).to(dev), canvas, levels, protos)
+        protos = {stride: p[None].to(dev) for stride, p in (context or self.context).prototypes.items()}
+        prior = evidence.prior.to(dev) if evidence.prior is not None and self.reads_priors else None
+        logits = self.decoder(decoder_maps(evidence).to(dev), canvas, levels, protos, prior=prior)
         prob = torch.sigmoid(logits.float())
-        if evidence.prior is not None:
-            prob = prob * F.interpolate(evidence.prior.to(prob), size=prob.shape[-2:], mode="nearest")
+        if evidence.window is not None:
+            prob = prob * F.interpolate(evidence.window.to(prob), size=prob.shape[-2:], mode="nearest")
         return prob.cpu()
 
-    def decodes(self, evidence: Evidence) -> bool:
+    @property
+    def reads_priors(self) -> bool:
+        """Whether the loaded decoder reads a prior mask (video, refinement, ``--prior``)."""
+        return self.decoder is not None and self.decoder.config.prior
+
+    def decodes(self, evidence: Evidence, context: ReferenceContext | None = None) -> bool:
         """Whether :meth:`finish` takes ``evidence`` through the learned decoder (its probability is then
         the decoder's, not the fused training-free map)."""
-        return self.decoder is not None and evidence.decodable and self.context.prototypes is not None
+        return self.decoder is not None and evidence.decodable and (context or self.context).prototypes is not None
 
-    def finish(self, image: np.ndarray, evidence: Evidence) -> tuple[np.ndarray, np.ndarray]:
+    def finish(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
         s = self.settings
-        if self.decodes(evidence):
-            prob = evidence.geometry.to_original(self.decode(image, evidence))[0, 0].numpy()
+        if self.decodes(evidence, context):
+            prob = evidence.geometry.to_original(self.decode(image, evidence, context))[0, 0].numpy()
         else:
             prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if s.grabcut:

@@ -33,10 +33,14 @@ class Evidence:
     inter, intra: ICM's cross-attention heat of the reference's ROI tokens,
         and the same spread by the source's own self-attention (None when
         neither the gate nor the decoder needed them).
-    base: ``prob`` before the prior, the decoder's starting point (None
+    base: ``prob`` before the window, the decoder's starting point (None
         unless the engine collects decoder inputs).
-    prior: a ``[1, 1, h, w]`` window in [0, 1] that was multiplied into
-        ``prob`` (video: where the object may be now), or None.
+    prior: a prior mask for this source, ``[1, 1, Hc/4, Wc/4]``: its object
+        share of each stride-4 cell of the canvas (the previous frame's mask,
+        a coarse mask to refine, ``--prior``), which a decoder that reads
+        priors takes in; None without one.
+    window: a ``[1, 1, h, w]`` window in [0, 1] multiplied into ``prob``
+        (video: where the object may be now), or None.
     levels: the backbone's finer activations ``{stride: [1, C_s, H/s, W/s]}``
         the decoder reads (empty unless decoder inputs are collected).
     """
@@ -51,6 +55,7 @@ class Evidence:
     intra: torch.Tensor | None = None
     base: torch.Tensor | None = None
     prior: torch.Tensor | None = None
+    window: torch.Tensor | None = None
     levels: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property

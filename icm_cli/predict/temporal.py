@@ -1,4 +1,4 @@
-"""What a video run carries from frame to frame: a search window and a memory.
+"""What a video run carries from frame to frame: the previous mask, a search window and a memory.
 
 Both are rebuilt from the masks already written, so a resumed run continues
 exactly where an uninterrupted one would be.
@@ -17,14 +17,9 @@ from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.tokens import ReferenceTokens, pool_reference_tokens
 
 
-def mask_on_grid(mask: np.ndarray, geo: WorkingGeometry, grid: tuple[int, int]) -> torch.Tensor:
-    """A full-size ``[H, W]`` bool mask -> ``[1, 1, h, w]`` object share of each canvas cell."""
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.adaptive_avg_pool2d(geo.mask_to_canvas(m), grid)
-
-
 class TemporalContext:
-    """Search window from the previous mask plus a ring buffer of predicted-frame tokens.
+    """What a sequence carries from frame to frame: the previous mask (the decoder's prior), a search
+    window around it, and a ring buffer of predicted-frame tokens.
 
     radius: cells the previous mask is grown by to give the window where the
     object may be now (0 = no window). memory: how many earlier predicted
@@ -36,9 +31,10 @@ class TemporalContext:
         self.radius = radius
         self.memory: deque[ReferenceTokens] = deque(maxlen=max(memory, 0) or None)
         self.memory_size = memory
-        self.previous: torch.Tensor | None = None  # [1, 1, h, w] object share
+        self.previous: torch.Tensor | None = None      # [1, 1, h, w] object share on the feature grid
+        self.previous_fine: torch.Tensor | None = None  # [1, 1, Hc/4, Wc/4] object share at stride 4
 
-    def prior(self, grid: tuple[int, int]) -> torch.Tensor | None:
+    def window(self, grid: tuple[int, int]) -> torch.Tensor | None:
         """``[1, 1, h, w]`` 0/1 window, or None (first frame, object gone, or no window)."""
         if self.radius <= 0 or self.previous is None or tuple(self.previous.shape[-2:]) != tuple(grid):
             return None
@@ -47,16 +43,27 @@ class TemporalContext:
             return None  # the object left: search everywhere so it can come back
         return dilate(present.float(), 2 * self.radius + 1)
 
+    def prior(self, geo: WorkingGeometry) -> torch.Tensor | None:
+        """The previous frame's mask as the decoder's prior, ``[1, 1, Hc/4, Wc/4]``; None on the first
+        frame, after a frame of another size, and while the object is gone (an empty prior would
+        vote against finding it when it comes back)."""
+        p = self.previous_fine
+        if p is None or tuple(p.shape[-2:]) != (geo.padded_h // 4, geo.padded_w // 4) or not (p >= 0.5).any():
+            return None
+        return p
+
     def update(self, mask: np.ndarray, geo: WorkingGeometry, ft: torch.Tensor | None) -> None:
         """Record a finished frame: its full-size bool mask and (for memory) its ``[1, C, h, w]`` features."""
         grid = tuple(ft.shape[-2:]) if ft is not None else None
         if grid is None:
             return
-        share = mask_on_grid(mask, geo, grid)
-        self.previous = share
+        m = torch.from_numpy(mask.astype(np.float32))[None, None]
+        canvas = geo.mask_to_canvas(m)
+        self.previous = F.adaptive_avg_pool2d(canvas, grid)
+        self.previous_fine = F.adaptive_avg_pool2d(canvas, (geo.padded_h // 4, geo.padded_w // 4))
         if self.memory_size > 0:
             valid = geo.valid_mask(*grid)
-            self.memory.append(pool_reference_tokens(ft[0], share[0, 0], valid))
+            self.memory.append(pool_reference_tokens(ft[0], self.previous[0, 0], valid))
 
     def memory_tokens(self) -> ReferenceTokens | None:
         if not self.memory:
