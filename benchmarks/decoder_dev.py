@@ -97,13 +97,14 @@ def gated(results: dict[str, tuple], rule: str):
 
 
 def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, radius: int, gate: str | None,
-             stride: int, json_out: bool) -> dict:
+             stride: int, json_out: bool, motion: bool = True) -> dict:
     import torch
 
     from icm_cli import io
     from icm_cli.backbones import create_backbone
     from icm_cli.predict.confidence import assess
     from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.motion import grey_half
     from icm_cli.predict.temporal import TemporalContext
     from icm_cli.training.episodes import episode_settings
 
@@ -130,12 +131,13 @@ def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, rad
             ctx = SimpleNamespace(prototypes={2: torch.from_numpy(arrays["proto2"]),
                                               4: torch.from_numpy(arrays["proto4"])})
             results = {}
+            grey = grey_half(image, geo) if video and motion else None
             for name, prop in props.items():
                 prior = window = None
                 if video:
                     key = (name, e["case"])
-                    tc = temporal.setdefault(key, TemporalContext(radius=radius))
-                    prior = tc.prior(geo) if prop.reads_priors else None
+                    tc = temporal.setdefault(key, TemporalContext(radius=radius, motion=motion))
+                    prior = tc.prior(geo, grey) if prop.reads_priors else None
                     window = tc.window((geo.padded_h // 8, geo.padded_w // 8))
                 ev = evidence_of(arrays, geo, prior)
                 if window is not None:
@@ -143,7 +145,7 @@ def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, rad
                     ev.prob = ev.prob * window
                 prob, mask = prop.finish(image, ev, context=ctx)
                 if video:
-                    tc.update(mask, geo, torch.zeros(1, 1, geo.padded_h // 8, geo.padded_w // 8))
+                    tc.update(mask, geo, torch.zeros(1, 1, geo.padded_h // 8, geo.padded_w // 8), grey)
                 conf = assess(prob, mask, ev, None, learned=prop.decodes(ev, ctx)).confidence
                 results[name] = (prob, mask, conf)
             if gate:
@@ -183,6 +185,7 @@ def main() -> int:
     ap.add_argument("--decoder", action="append", default=[], help="auto, builtin, none or a file; repeatable")
     ap.add_argument("--video", action="store_true", help="DAVIS in frame order with the previous mask as prior")
     ap.add_argument("--radius", type=int, default=6)
+    ap.add_argument("--no-motion", action="store_true", help="--video: the previous mask as it is (no flow)")
     ap.add_argument("--gate", help="conf or conf-margin:M: per image, the decoder or the training-free result")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (not with --video)")
     ap.add_argument("--json", action="store_true")
@@ -197,7 +200,7 @@ def main() -> int:
         if args.video and args.stride > 1:
             raise SystemExit("--video scores every frame")
         evaluate(args.cache, sets, args.decoder or ["auto"], args.video, args.radius, args.gate, args.stride,
-                 args.json)
+                 args.json, motion=not args.no_motion)
     return 0
 
 

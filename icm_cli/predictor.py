@@ -76,10 +76,12 @@ class AttentionMaps:
 
 @dataclass
 class Encoded:
-    """A frame's backbone output, kept until the previous frame's mask is known."""
+    """A frame's backbone output (and, for the motion cue, its half-size grey image), kept until
+    the previous frame's mask is known."""
 
     geometry: object
     features: object
+    grey: np.ndarray | None = None
 
 
 class Predictor:
@@ -282,7 +284,7 @@ class VideoPredictor:
 
         self.predictor = predictor
         self.config = config
-        self.temporal = TemporalContext(radius=config.radius, memory=config.memory)
+        self.temporal = TemporalContext(radius=config.radius, memory=config.memory, motion=config.motion)
 
     def step(self, image) -> Result:
         img = as_image(image)
@@ -299,13 +301,18 @@ class VideoPredictor:
         engine = self.predictor.engine
         with torch.no_grad():
             geo, feats = engine.source_features([image])
-        return Encoded(geo, feats)
+        grey = None
+        if self.config.motion and engine.reads_priors:
+            from icm_cli.predict.motion import grey_half
+
+            grey = grey_half(image, geo)
+        return Encoded(geo, feats, grey)
 
     def predict_encoded(self, encoded: Encoded) -> Evidence:
         self.predictor.check_ready()
         feats, engine = encoded.features, self.predictor.engine
         with torch.no_grad():
-            prior = self.temporal.prior(encoded.geometry) if engine.reads_priors else None
+            prior = self.temporal.prior(encoded.geometry, encoded.grey) if engine.reads_priors else None
             return engine.evidence(feats, encoded.geometry, prior=prior,
                                    window=self.temporal.window(tuple(feats.ft.shape[-2:])),
                                    memory=self.temporal.memory_tokens())[0]
@@ -314,7 +321,7 @@ class VideoPredictor:
         return self.predictor.finish(image, coarse)
 
     def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:
-        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu())
+        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu(), encoded.grey)
 
     @property
     def memory_frames(self) -> int:

@@ -11,7 +11,7 @@ from icm_cli import options as opts
 from icm_cli.config import DEFAULT_MAX_PIXELS
 
 D = opts.MODEL_DEFAULTS
-METHODS = ("decoder", "attention")
+METHODS = ("auto", "decoder", "attention")
 
 
 def refine(
@@ -27,7 +27,8 @@ def refine(
     method: Annotated[str, typer.Option(
         "--method", metavar="NAME", rich_help_panel=opts.QUALITY,
         help="decoder: the learned decoder reads the coarse mask as its prior and the image's own "
-             "features under it as the reference; attention: ICM's training-free attention vote.")] = "decoder",
+             "features under it as the reference; attention: ICM's training-free attention vote; auto: "
+             "decoder when --decoder reads priors (the built-in one does), else attention.")] = "auto",
     ref: Annotated[List[str], typer.Option(
         "--ref", metavar="IMAGE", rich_help_panel=opts.INPUTS, show_default=False,
         help="Optional reference image of the object (decoder method); repeat for several.")] = [],
@@ -75,7 +76,7 @@ def refine(
     if score not in SCORE_TYPES:
         error_line(f"--score {score}: choose one of {', '.join(SCORE_TYPES)}")
         raise typer.Exit(2)
-    if (ref or mask) and method != "decoder":
+    if (ref or mask) and method == "attention":
         error_line("--ref/--mask add references to the decoder method only")
         raise typer.Exit(2)
     if not images.is_dir():
@@ -102,17 +103,22 @@ def refine(
         return image, coarse
 
     try:
-        if method == "decoder":
+        predictor = None
+        if method != "attention":
             from icm_cli.config import ModelConfig
             from icm_cli.predictor import Predictor
-            from icm_cli.references import load_references
 
             predictor = Predictor(ModelConfig(backbone=backbone, weights=weights, device=device, size=size,
                                               head_steps=head_steps, decoder=decoder))
             if not predictor.engine.reads_priors:
-                error_line(f"--decoder {decoder}: this decoder does not read prior masks; use --decoder auto "
-                           "(efficientnet-lite0) or --method attention")
-                raise typer.Exit(2)
+                if method == "decoder" or ref or mask:
+                    error_line(f"--decoder {decoder}: this decoder does not read prior masks; use --decoder auto "
+                               "(efficientnet-lite0) or --method attention")
+                    raise typer.Exit(2)
+                predictor = None  # auto: the attention vote
+        if predictor is not None:
+            from icm_cli.references import load_references
+
             if ref or mask:
                 predictor.set_references(load_references(ref, mask, max_pixels))
 
