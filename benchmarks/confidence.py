@@ -124,8 +124,7 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
         for index, frame in enumerate(frames):
             image = io.read_image(frame)
             geo, feats = prop.source_features([image])
-            pred = prop.predict_from_features(feats.ft, geo, feats.attn,
-                                              prior=temporal.prior(tuple(feats.ft.shape[-2:])))[0]
+            pred = prop.evidence(feats, geo, window=temporal.window(tuple(feats.ft.shape[-2:])))[0]
             prob, mask = prop.finish(image, pred)
             temporal.update(mask, geo, feats.ft.cpu())
             if index == 0 or index % stride:

@@ -1,6 +1,7 @@
-"""Quality on ../shared/data: DAVIS-2016 dev (J, F), MSRC cows dev (mIoU), PerSeg (mIoU), the demo.
+"""Quality on ../shared/data: DAVIS-2016 dev (J, F), MSRC cows dev (mIoU), PerSeg (mIoU), iCoseg dev
+(mean over groups of the mean IoU per group), the demo.
 
-    python benchmarks/quality.py [--sets davis,cows,perseg,demo] [--set key=value ...]
+    python benchmarks/quality.py [--sets davis,cows,perseg,icoseg,demo] [--set key=value ...]
     python benchmarks/quality.py --baseline --variant before:decoder=none --variant after:decoder=builtin
 
 Runs icm's engine with its default settings (or overrides such as
@@ -76,7 +77,17 @@ def demo_cases():
         [(p, root / "truth" / f"{p.stem}.png") for p in srcs]
 
 
-SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases, "demo": demo_cases}
+def icoseg_cases():
+    """iCoseg dev: in each group the first image by name is the reference; the others are scored."""
+    root = DATA / "icoseg-dev"
+    for group in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        images = sorted((root / group / "images").glob("*.jpg"))
+        pairs = [(p, root / group / "masks" / f"{p.stem}.png") for p in images]
+        yield group, pairs[:1], pairs[1:]
+
+
+SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases, "icoseg": icoseg_cases,
+        "demo": demo_cases}
 
 
 def run_icm(cases, variants, backbone_name):
@@ -113,10 +124,7 @@ def run_icm(cases, variants, backbone_name):
                 for name in group:
                     prop = props[name]
                     t0 = time.perf_counter()
-                    pred = prop.predict_from_features(feats.ft, geo, feats.attn)[0]
-                    if prop.collect_decoder_inputs:
-                        for stride, level in feats.levels.items():
-                            pred.parts[f"level{stride}"] = level
+                    pred = prop.evidence(feats, geo)[0]
                     _, mask = prop.finish(image, pred)
                     seconds[name] += time.perf_counter() - t0 + shared_s
                     a = acc[name]
@@ -229,7 +237,7 @@ def parse_settings(base, pairs):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", default="davis,cows,perseg,demo")
+    ap.add_argument("--sets", default="davis,cows,perseg,icoseg,demo")
     ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value,key=value (repeatable): settings compared in the same run")

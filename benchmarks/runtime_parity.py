@@ -44,12 +44,7 @@ def engines():
 
 
 def predict(prop, image):
-    geo, feats = prop.source_features([image])
-    pred = prop.predict_from_features(feats.ft, geo, feats.attn)[0]
-    if prop.collect_decoder_inputs:
-        for stride, level in feats.levels.items():
-            pred.parts[f"level{stride}"] = level
-    return prop.finish(image, pred)[1]
+    return prop.finish(image, prop.predict_grid([image])[0])[1]
 
 
 def run_set(name, cases, props) -> dict:

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from icm_cli.config import DEFAULT_TRIMAP_KERNEL, ModelConfig, VideoConfig
+from icm_cli.errors import SettingError
 from icm_cli.core import peak_normalise
-from icm_cli.predict.engine import GridPrediction, Propagator, to_tensor
+from icm_cli.predict.engine import Propagator, to_tensor
+from icm_cli.predict.evidence import Evidence
 from icm_cli.references import Reference, as_image, as_mask, check_reference
 
 
@@ -77,10 +79,12 @@ class AttentionMaps:
 
 @dataclass
 class Encoded:
-    """A frame's backbone output, kept until the previous frame's mask is known."""
+    """A frame's backbone output (and, for the motion cue, its half-size grey image), kept until
+    the previous frame's mask is known."""
 
     geometry: object
     features: object
+    grey: np.ndarray | None = None
 
 
 class Predictor:
@@ -156,10 +160,22 @@ class Predictor:
         return self.engine.backbone.stride * reference.image.shape[0] / geo.resized_h
 
     # ------------------------------------------------------------ images
-    def predict(self, image) -> Result:
-        """The object's mask in one image."""
+    def predict(self, image, prior=None) -> Result:
+        """The object's mask in one image; ``prior``: an optional rough mask of it (last week's mask,
+        another tool's), which a decoder that reads priors weighs against the evidence."""
         img = as_image(image)
-        return self.finish(img, self.predict_coarse([img])[0])
+        priors = None if prior is None else [self._prior_mask(prior, img)]
+        return self.finish(img, self.predict_coarse([img], priors=priors)[0])
+
+    @staticmethod
+    def _prior_mask(prior, image: np.ndarray) -> np.ndarray:
+        from icm_cli.io import InputError
+
+        m = as_mask(prior) >= 0.5
+        if m.shape != image.shape[:2]:
+            raise InputError(f"the prior mask is {m.shape[1]}x{m.shape[0]} but the image is "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        return m
 
     def predict_batch(self, images) -> list[Result]:
         """Masks for several images; those of one size share a forward pass."""
@@ -173,12 +189,14 @@ class Predictor:
                 out[i] = self.finish(imgs[i], coarse)
         return out
 
-    def predict_coarse(self, images: list[np.ndarray], encoded=None) -> list[GridPrediction]:
-        """Feature-grid probabilities of same-size ``[H, W, 3]`` uint8 images (one forward pass;
-        none when ``encoded``, what :meth:`encode_batch` returned for them, is given)."""
+    def predict_coarse(self, images: list[np.ndarray], encoded=None, priors: list | None = None) -> list[Evidence]:
+        """The feature-grid :class:`~icm_cli.predict.evidence.Evidence` of same-size ``[H, W, 3]`` uint8
+        images (one forward pass; none when ``encoded``, what :meth:`encode_batch` returned for them, is
+        given); ``priors``: a ``[H, W]`` bool prior mask or None per image."""
         self.check_ready()
         with torch.no_grad():
-            return self.engine.predict_grid(images, features=encoded)
+            return self.engine.predict_grid(images, priors if self.engine.reads_priors else None,
+                                            features=encoded)
 
     def encode_batch(self, images: list[np.ndarray]):
         """The backbone's part of :meth:`predict_coarse` for same-size images (the runner's model thread);
@@ -205,12 +223,46 @@ class Predictor:
         finally:
             torch.set_num_threads(threads)
 
-    def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
+    def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
         from icm_cli.predict.confidence import assess
 
         prob, mask = self.engine.finish(image, coarse)
         quality = assess(prob, mask, coarse, self._reference_area, learned=self.engine.decodes(coarse))
+        return Result(probability=prob, mask=mask, confidence=quality.confidence)
+
+    # ------------------------------------------------------------ refinement
+    def refine(self, image, coarse_mask) -> Result:
+        """A better mask from a rough one (a brush mask, a box, another tool's output).
+
+        The coarse mask is the decoder's prior, and the image's own features
+        under it are the in-context reference, so the decoder can outvote what
+        the mask wrongly includes or leaves out; references set with
+        :meth:`set_reference` join that context. Needs a decoder that reads
+        priors (the built-in one does); raises ValueError otherwise, and
+        :class:`~icm_cli.io.InputError` for an empty mask or one of another size.
+        """
+        from icm_cli.io import InputError
+        from icm_cli.predict.confidence import assess, reference_area_share
+
+        engine = self.engine
+        if not engine.reads_priors:
+            raise SettingError("learned refinement needs a decoder that reads prior masks (--decoder auto or "
+                             "builtin with efficientnet-lite0); --method attention works without one")
+        img, coarse = as_image(image), as_mask(coarse_mask) >= 0.5
+        if coarse.shape != img.shape[:2]:
+            raise InputError(f"the coarse mask is {coarse.shape[1]}x{coarse.shape[0]} but the image is "
+                             f"{img.shape[1]}x{img.shape[0]}")
+        if not coarse.any():
+            raise InputError("the coarse mask is empty: nothing to refine")
+        pairs = [(img, coarse.astype(np.float32))] + [(r.image, r.mask) for r in self.references]
+        with torch.no_grad():
+            context = engine.build_context(pairs)
+            geo, feats = engine.source_features([img])
+            evidence = engine.evidence(feats, geo, prior=engine.prior_on_grid(coarse, geo), context=context)[0]
+            prob, mask = engine.finish(img, evidence, context=context)
+        quality = assess(prob, mask, evidence, reference_area_share(context),
+                         learned=engine.decodes(evidence, context))
         return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
     def check_ready(self) -> None:
@@ -223,14 +275,13 @@ class Predictor:
         self.check_ready()
         img = as_image(image)
         with torch.no_grad():
-            maps = self.engine.attention_maps([img])[0]
-            geo = maps["geometry"]
-            full = lambda grid: geo.to_original(grid)[0, 0].numpy()  # noqa: E731
+            evidence, features = self.engine.attention_maps([img])[0]
+            full = lambda grid: evidence.geometry.to_original(grid)[0, 0].numpy()  # noqa: E731
             point_map = None
             if point is not None:
-                point_map = full(self._point_attention(point, maps["ft"]))
-            result = self.finish(img, maps["prediction"])
-            return AttentionMaps(inter=full(maps["inter"]), intra=full(maps["intra"]), result=result,
+                point_map = full(self._point_attention(point, features))
+            result = self.finish(img, evidence)
+            return AttentionMaps(inter=full(evidence.inter), intra=full(evidence.intra), result=result,
                                  point=point_map)
 
     def _point_attention(self, point: tuple[int, int], source_ft: torch.Tensor,
@@ -280,7 +331,7 @@ class VideoPredictor:
 
         self.predictor = predictor
         self.config = config
-        self.temporal = TemporalContext(radius=config.radius, memory=config.memory)
+        self.temporal = TemporalContext(radius=config.radius, memory=config.memory, motion=config.motion)
 
     def step(self, image) -> Result:
         img = as_image(image)
@@ -297,21 +348,27 @@ class VideoPredictor:
         engine = self.predictor.engine
         with torch.no_grad():
             geo, feats = engine.source_features([image])
-        return Encoded(geo, feats)
+        grey = None
+        if self.config.motion and engine.reads_priors:
+            from icm_cli.predict.motion import grey_half
 
-    def predict_encoded(self, encoded: Encoded) -> GridPrediction:
+            grey = grey_half(image, geo)
+        return Encoded(geo, feats, grey)
+
+    def predict_encoded(self, encoded: Encoded) -> Evidence:
         self.predictor.check_ready()
-        feats = encoded.features
+        feats, engine = encoded.features, self.predictor.engine
         with torch.no_grad():
-            return self.predictor.engine.predict_from_features(
-                feats.ft, encoded.geometry, feats.attn, prior=self.temporal.prior(tuple(feats.ft.shape[-2:])),
-                memory=self.temporal.memory_tokens())[0]
+            prior = self.temporal.prior(encoded.geometry, encoded.grey) if engine.reads_priors else None
+            return engine.evidence(feats, encoded.geometry, prior=prior,
+                                   window=self.temporal.window(tuple(feats.ft.shape[-2:])),
+                                   memory=self.temporal.memory_tokens())[0]
 
-    def finish(self, image: np.ndarray, coarse: GridPrediction) -> Result:
+    def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         return self.predictor.finish(image, coarse)
 
     def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:
-        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu())
+        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu(), encoded.grey)
 
     @property
     def memory_frames(self) -> int:

@@ -87,7 +87,7 @@ def test_temporal_memory_is_a_bounded_ring_buffer():
     assert len(ctx.memory) == 3
     tokens = ctx.memory_tokens()
     assert tokens.fg.shape[0] == 3 * 16  # 4x4 whole cells inside, per remembered frame
-    prior = ctx.prior((8, 8))
+    prior = ctx.window((8, 8))
     assert prior.shape == (1, 1, 8, 8)
     assert prior[0, 0, 1:7, 1:7].eq(1).all() and prior[0, 0, 0, 0] == 0  # grown by one cell
 
@@ -97,7 +97,7 @@ def test_object_leaving_the_frame_lifts_the_window():
     ctx = TemporalContext(radius=2, memory=0)
     geo = WorkingGeometry.fit(64, 64, 64, 32)
     ctx.update(np.zeros((64, 64), bool), geo, torch.zeros(1, 4, 8, 8))
-    assert ctx.prior((8, 8)) is None
+    assert ctx.window((8, 8)) is None
 
 
 def test_video_file_frames_are_named_by_index(tmp_path):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.confidence import (EMPTY_CEILING, LEARNED_WEIGHTS, WEIGHTS, assess, combine, confidence_signals,
                                         grid_to_image, reference_area_share, result_confidence)
-from icm_cli.predict.engine import GridPrediction
+from icm_cli.predict.evidence import Evidence
 
 H, W = 120, 200
 
@@ -30,13 +30,12 @@ def _on_grid(full: np.ndarray, geo: WorkingGeometry) -> torch.Tensor:
     return F.adaptive_avg_pool2d(canvas, (geo.padded_h // 8, geo.padded_w // 8))
 
 
-def _prediction(prob_full: np.ndarray, nearest=None, head=None, intra=None) -> GridPrediction:
+def _prediction(prob_full: np.ndarray, nearest=None, head=None, intra=None) -> Evidence:
     geo = WorkingGeometry.fit(H, W, 96, 32)
-    parts = {}
-    for name, m in (("nearest", nearest), ("head", head), ("intra", intra)):
-        if m is not None:
-            parts[name] = _on_grid(m, geo)
-    return GridPrediction(_on_grid(prob_full, geo), geo, parts)
+    grid = {name: None if m is None else _on_grid(m, geo)
+            for name, m in (("nearest", nearest), ("head", head), ("intra", intra))}
+    prob = _on_grid(prob_full, geo)
+    return Evidence(geometry=geo, prob=prob, sim_fg=prob, sim_bg=1 - prob, **grid)
 
 
 OBJECT = _disc(60, 70, 30)

@@ -380,3 +380,25 @@ def test_peak_normalise_divides_each_image_by_its_own_maximum():
     assert out.shape == heat.shape and out.dtype == heat.dtype
     assert out.flatten(1).tolist() == [[0.0, 0.5, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]  # zeros stay zeros
     assert peak_normalise(torch.tensor([[3.0, 6.0]], dtype=torch.float64)).tolist() == [[0.5, 1.0]]
+
+
+def test_seed_compatible_attention_computes_the_engines_heat():
+    """TrainingFreeAttention (the seed's API) and the engine's ICM heat agree on a shared grid."""
+    from types import SimpleNamespace
+
+    from icm_cli.backbones.base import affinity_attention
+    from icm_cli.core import TrainingFreeAttention, roi_tokens
+    from icm_cli.predict.engine import Propagator
+
+    g = torch.Generator().manual_seed(0)
+    ft = torch.nn.functional.normalize(torch.randn(2, 16, 6, 10, generator=g), dim=1)
+    ref_ft = torch.nn.functional.normalize(torch.randn(1, 16, 6, 10, generator=g), dim=1)
+    ref_mask = torch.zeros(1, 1, 48, 80)
+    ref_mask[..., 8:40, 16:56] = 1.0
+    attn = affinity_attention(ft, 0.05)                   # [2, 6, 10, 60]: the same grid as ft
+    tokens, valid = roi_tokens(ref_ft, ref_mask)
+    engine = SimpleNamespace(context=SimpleNamespace(roi_tokens=tokens, roi_valid=valid))
+    inter, intra = Propagator.icm_heat(engine, ft, {(6, 10): attn})
+    seed = TrainingFreeAttention().attend(ft, tokens, valid, attn)
+    torch.testing.assert_close(seed.inter, inter)
+    torch.testing.assert_close(seed.intra, intra)

@@ -3,19 +3,17 @@ reloads bit-identically, the shipped weights load, and the engine uses it (or no
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from icm_cli.backbones import WeightsError, create_backbone
 from icm_cli.predict import DEFAULT_DECODER
 from icm_cli.predict.decoder import (BUILTIN, MAP_CHANNELS, DecoderConfig, MaskDecoder, load_decoder,
                                      read_metadata, reference_prototypes, resolve_decoder, save_decoder)
-from icm_cli.predict.engine import PropagateSettings, Propagator
+from icm_cli.predict.engine import PropagateSettings, Propagator, to_tensor
 
 from conftest import textured_scene
 
@@ -98,47 +96,6 @@ def test_prototypes_average_under_and_outside_the_mask():
     torch.testing.assert_close(protos, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
 
 
-def _tiny_data(root, count=10):
-    """A training-data folder in get_training_data.sh's layout: a few synthetic 'horse' photos."""
-    rows = []
-    for i in range(count):
-        img, mask = textured_scene(72, 96, (12 + 2 * i, 8 + 4 * i, 36, 44), seed=10 + i)
-        for kind, arr in (("images", img), ("masks", mask * 255)):
-            (root / "weizmann_horse" / kind).mkdir(parents=True, exist_ok=True)
-        ip = root / "weizmann_horse" / "images" / f"h{i:03d}.jpg"
-        mp = root / "weizmann_horse" / "masks" / f"h{i:03d}.png"
-        Image.fromarray(img).save(ip, quality=95)
-        Image.fromarray(mask * 255).save(mp)
-        rows.append(("weizmann_horse", str(ip), str(mp), 96, 72, round(float(mask.mean()), 4)))
-    with open(root / "manifest.tsv", "w", newline="") as fh:
-        w = csv.writer(fh, delimiter="\t")
-        w.writerow(["set", "image", "mask", "width", "height", "fg_fraction"])
-        w.writerows(rows)
-
-
-def test_episodes_and_a_few_training_steps_on_tiny_synthetic_data(tmp_path, capsys):
-    from icm_cli import train
-
-    data, cache, out = tmp_path / "data", tmp_path / "cache", tmp_path / "dec.safetensors"
-    _tiny_data(data)
-    plans = train.build_episodes(data, cache, seed=0, workers=1, settings=SMALL, photo_refs=2, photo_targets=2,
-                                 val_refs=1)
-    assert {p.split for p in plans} == {"train", "val"} and all(p.group == "horse" for p in plans)
-    assert len(list((cache / "episodes").glob("*.npz"))) == len(plans)
-    # Resumable: a second call computes nothing.
-    train.build_episodes(data, cache, seed=0, workers=1, settings=SMALL, photo_refs=2, photo_targets=2, val_refs=1)
-    assert "0 to compute" in capsys.readouterr().out
-    fs = train.FitSettings(steps=3, batch=2, crop=64, val_every=3, seed=0)
-    config = DecoderConfig(width8=8, width4=8)
-    model, result = train.fit(cache, out, fs, config)
-    assert result["step"] == 3 and 0.0 <= result["val_mean"] <= 1.0
-    loaded = load_decoder(out)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
-    # Same seed, same weights.
-    again, _ = train.fit(cache, tmp_path / "again.safetensors", fs, config)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
-
-
 def test_engine_uses_the_decoder_and_none_keeps_the_training_free_path():
     torch.set_grad_enabled(False)
     net = create_backbone("efficientnet-lite0")
@@ -153,12 +110,14 @@ def test_engine_uses_the_decoder_and_none_keeps_the_training_free_path():
         assert prob.shape == mask.shape == src.shape[:2]
         masks[decoder] = mask
         if decoder == "none":
-            assert prop.decoder is None and "base" not in pred.parts and not prop.decodes(pred)
+            assert prop.decoder is None and pred.base is None and not pred.levels and not prop.decodes(pred)
         else:
-            assert prop.decoder is not None and {"level4", "base"} <= set(pred.parts) and prop.decodes(pred)
-            # Without the levels (a video run passes stride-8 features only) they are recomputed: same result.
-            bare = dataclasses.replace(pred, parts={k: v for k, v in pred.parts.items() if not k.startswith("level")})
-            assert torch.equal(prop.decode(src, bare), prop.decode(src, pred))
+            assert prop.decoder is not None and pred.base is not None and set(pred.levels) == {4}
+            assert pred.decodable and prop.decodes(pred)
+            # The levels come from the one forward pass: recomputing them from the canvas gives the same.
+            canvas = pred.geometry.to_canvas(to_tensor(src))
+            again = dataclasses.replace(pred, levels={4: net.levels(canvas)[4]})
+            assert torch.equal(prop.decode(src, again), prop.decode(src, pred))
     for mask in masks.values():
         iou = (mask & (truth > 0)).sum() / (mask | (truth > 0)).sum()
         assert iou > 0.6

@@ -91,7 +91,7 @@ def test_video_predictor_follows_the_last_mask_and_can_be_corrected(predictor):
     assert all(not r.empty for r in results)
     assert video.temporal.previous is not None
     video.observe(frames[0][0], np.zeros((72, 96), bool))  # the object left: search everywhere again
-    assert video.temporal.prior(tuple(video.temporal.previous.shape[-2:])) is None
+    assert video.temporal.window(tuple(video.temporal.previous.shape[-2:])) is None
 
 
 def test_configs_are_frozen_and_picklable():

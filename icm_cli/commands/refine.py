@@ -1,4 +1,4 @@
-"""`icm refine`: coarse masks refined with each image's own self-attention."""
+"""`icm refine`: rough masks made better, by the learned decoder or by ICM's attention vote."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from icm_cli import options as opts
 from icm_cli.config import DEFAULT_MAX_PIXELS
 
 D = opts.MODEL_DEFAULTS
+METHODS = ("auto", "decoder", "attention")
 
 
 def refine(
@@ -23,16 +24,29 @@ def refine(
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="OUT", rich_help_panel=opts.OUTPUTS, show_default=False,
         help="Output folder; writes OUT/<name>.png (0/255).")],
+    method: Annotated[str, typer.Option(
+        "--method", metavar="NAME", rich_help_panel=opts.QUALITY,
+        help="decoder: the learned decoder reads the coarse mask as its prior and the image's own "
+             "features under it as the reference; attention: ICM's training-free attention vote; auto: "
+             "decoder when --decoder reads priors (the built-in one does), else attention.")] = "auto",
+    ref: Annotated[List[str], typer.Option(
+        "--ref", metavar="IMAGE", rich_help_panel=opts.INPUTS, show_default=False,
+        help="Optional reference image of the object (decoder method); repeat for several.")] = [],
+    mask: Annotated[List[str], typer.Option(
+        "--mask", metavar="MASK", rich_help_panel=opts.INPUTS, show_default=False,
+        help="Mask of the object in the matching --ref.")] = [],
     iterations: Annotated[int, typer.Option(
         "--iterations", metavar="N", rich_help_panel=opts.QUALITY, callback=opts.at_least(1, "--iterations"),
-        help="Refinement iterations (stops early once stable).")] = 3,
+        help="attention: refinement iterations (stops early once stable).")] = 3,
     score: Annotated[str, typer.Option(
-        "--score", metavar="RULE", rich_help_panel=opts.QUALITY, help="classification, softmax or ratio.")
-    ] = "classification",
+        "--score", metavar="RULE", rich_help_panel=opts.QUALITY,
+        help="attention: classification, softmax or ratio.")] = "classification",
     backbone: opts.Backbone = D.backbone,
     weights: opts.Weights = None,
     device: opts.Device = D.device,
+    decoder: opts.Decoder = D.decoder,
     size: opts.Size = D.size,
+    head_steps: opts.HeadSteps = D.head_steps,
     recursive: opts.RecursiveFiles = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
@@ -40,9 +54,12 @@ def refine(
     max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
     quiet: opts.Quiet = False,
 ) -> None:
-    """Refine coarse masks with ICM's attention vote: a cell is object when it attends more to the object than to the background.
+    """Refine coarse masks (a brush mask, a filled box, another tool's output).
 
-    Only cells whose label changes are rewritten; the rest of each mask keeps its own edges.
+    decoder (default): each image's own features under its coarse mask are the in-context reference and the
+    mask is the decoder's prior, so it can outvote what the mask wrongly includes or misses; GrabCut then
+    sets the edges at full size, as in propagate. attention: a cell is object when it attends more to the
+    object than to the background; only cells whose label changes are rewritten.
     Example: [bold]icm refine coarse/ --images frames/ -o refined/[/]
     """
     from icm_cli import io
@@ -53,8 +70,14 @@ def refine(
 
     from icm_cli.core import SCORE_TYPES
 
+    if method not in METHODS:
+        error_line(f"--method {method}: choose one of {', '.join(METHODS)}")
+        raise typer.Exit(2)
     if score not in SCORE_TYPES:
         error_line(f"--score {score}: choose one of {', '.join(SCORE_TYPES)}")
+        raise typer.Exit(2)
+    if (ref or mask) and method == "attention":
+        error_line("--ref/--mask add references to the decoder method only")
         raise typer.Exit(2)
     if not images.is_dir():
         error_line(f"{images}: --images must be a folder of images")
@@ -67,30 +90,61 @@ def refine(
     import numpy as np
     import torch
 
-    from icm_cli.backbones import create_backbone
-    from icm_cli.device import default_dtype, resolve_device
     from icm_cli.errors import IcmError
-    from icm_cli.predict.selfattention import refine_mask_with_attention
 
-    try:
-        dev = resolve_device(device)
-        dtype = default_dtype(dev)
-        net = create_backbone(backbone, weights).to(dev, dtype).eval()
-    except IcmError as exc:
-        error_line(str(exc))
-        raise typer.Exit(2)
-
-    def work(source) -> None:
+    def read_pair(source):
         image_path = find_named(images, source.name)
         if image_path is None:
             raise io.InputError(f"{source.path}: no image named {source.name}.* in {images}")
         image = io.read_image(image_path, max_pixels=max_pixels)
-        mask = io.read_mask(source.path, max_pixels=max_pixels)
-        if mask.shape != image.shape[:2]:
-            raise io.InputError(f"{source.path}: mask is {mask.shape[1]}x{mask.shape[0]} but "
+        coarse = io.read_mask(source.path, max_pixels=max_pixels)
+        if coarse.shape != image.shape[:2]:
+            raise io.InputError(f"{source.path}: mask is {coarse.shape[1]}x{coarse.shape[0]} but "
                                 f"{image_path} is {image.shape[1]}x{image.shape[0]}")
-        refined, _ = refine_mask_with_attention(net, image, mask, size, iterations, score, dev, dtype)
-        io.write_image_atomic(output / f"{source.stem}.png", refined.astype(np.uint8) * 255)
+        return image, coarse
+
+    try:
+        predictor = None
+        if method != "attention":
+            from icm_cli.config import ModelConfig
+            from icm_cli.predictor import Predictor
+
+            predictor = Predictor(ModelConfig(backbone=backbone, weights=weights, device=device, size=size,
+                                              head_steps=head_steps, decoder=decoder))
+            if not predictor.engine.reads_priors:
+                if method == "decoder" or ref or mask:
+                    error_line(f"--decoder {decoder}: this decoder does not read prior masks; use --decoder auto "
+                               "(efficientnet-lite0) or --method attention")
+                    raise typer.Exit(2)
+                predictor = None  # auto: the attention vote
+        if predictor is not None:
+            from icm_cli.references import load_references
+
+            if ref or mask:
+                predictor.set_references(load_references(ref, mask, max_pixels))
+
+            def work(source) -> None:
+                image, coarse = read_pair(source)
+                if not (coarse >= 0.5).any():
+                    raise io.InputError(f"{source.path}: the coarse mask is empty: nothing to refine")
+                result = predictor.refine(image, coarse)
+                io.write_image_atomic(output / f"{source.stem}.png", result.mask.astype(np.uint8) * 255)
+        else:
+            from icm_cli.backbones import create_backbone
+            from icm_cli.device import default_dtype, resolve_device
+            from icm_cli.predict.selfattention import refine_mask_with_attention
+
+            dev = resolve_device(device)
+            dtype = default_dtype(dev)
+            net = create_backbone(backbone, weights).to(dev, dtype).eval()
+
+            def work(source) -> None:
+                image, coarse = read_pair(source)
+                refined, _ = refine_mask_with_attention(net, image, coarse, size, iterations, score, dev, dtype)
+                io.write_image_atomic(output / f"{source.stem}.png", refined.astype(np.uint8) * 255)
+    except IcmError as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
 
     with torch.no_grad():
         outcome = process_files(entries, lambda s: [output / f"{s.stem}.png"], work, output=output,

@@ -12,6 +12,22 @@ names are kept so readers of the ICM code find their way.
   ``calculate_attention_score``, ``refine_mask_by_attention``,
   ``TrainingFreeAttention``, ``TrainingFreeAttentionBlocks``;
 - :mod:`.modules`: the trainable parts (no weights exist for them here).
+
+What icm runs and what is the seed-compatible API:
+
+- The engine (:mod:`icm_cli.predict.engine`) runs ``roi_tokens``,
+  ``cross_attention_heat`` and ``propagate_heat`` (ICM's inter and intra
+  heat: the gate of every prediction, the decoder's inputs, ``inspect-attn``),
+  ``dilate`` and ``window_padding`` (trimaps, the video window) and
+  ``refine_mask_by_attention`` (``icm refine --method attention``).
+- ``TrainingFreeAttention``, ``TrainingFreeAttentionBlocks``,
+  ``InContextCorrespondence``, ``calculate_attention_score`` on its own and
+  everything in :mod:`.modules` are the **seed-compatible API**: the ICM
+  paper code's names and contracts, kept for readers and for experiments,
+  not called by any command. ``tests/test_core_attention.py`` checks that
+  ``TrainingFreeAttention`` computes the same inter and intra heat as the
+  engine on a shared grid, so the two cannot drift apart. icm's learned
+  part is :mod:`icm_cli.predict.decoder`, not :mod:`.modules`.
 """
 
 from .attention import (

@@ -1,7 +1,7 @@
 """How much to trust one propagated mask: a confidence in [0, 1] from what the prediction already has.
 
 Nothing here is learned and nothing runs the model again: the signals are
-read off the coarse prediction (:class:`~icm_cli.predict.engine.GridPrediction`),
+read off the coarse prediction (:class:`~icm_cli.predict.evidence.Evidence`),
 the full-size probability and the final mask, on a small analysis raster
 (about a quarter of the working size), so one result costs a few
 milliseconds whatever the image size.
@@ -146,9 +146,8 @@ def confidence_signals(prob: np.ndarray, mask: np.ndarray, prediction=None,
 
     prob: ``[H, W]`` float object probability at the source's size (what
     ``Propagator.finish`` returns); mask: ``[H, W]`` bool final mask;
-    prediction: the ``GridPrediction`` it came from (``parts`` with any of
-    ``"nearest"``, ``"head"``, ``"intra"`` as ``[1, 1, h, w]`` grid maps, and
-    ``geometry``), or None; reference_area: the references' object share
+    prediction: the :class:`~icm_cli.predict.evidence.Evidence` it came from
+    (its ``nearest``, ``head`` and ``intra`` grid maps are read where present), or None; reference_area: the references' object share
     (:func:`reference_area_share`) or None. Returns ``{name: value}`` with
     values in [0, 1], NaN where the input needed is missing.
     """
@@ -175,14 +174,12 @@ def confidence_signals(prob: np.ndarray, mask: np.ndarray, prediction=None,
         edge = np.concatenate([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]])
         out["border"] = 1.0 - float(edge.mean())
 
-    parts = getattr(prediction, "parts", None) or {}
-    geometry = getattr(prediction, "geometry", None)
     maps = {}
-    if geometry is not None:
+    if prediction is not None:
         for name in ("nearest", "head", "intra"):
-            part = parts.get(name)
-            if isinstance(part, torch.Tensor) and part.dim() == 4:
-                maps[name] = np.clip(grid_to_image(part, geometry, size), 0.0, 1.0)
+            grid_map = getattr(prediction, name)
+            if grid_map is not None:
+                maps[name] = np.clip(grid_to_image(grid_map, prediction.geometry, size), 0.0, 1.0)
     if "nearest" in maps:
         out["nearest_mask"] = _soft_iou(maps["nearest"], mf)
     if "head" in maps:

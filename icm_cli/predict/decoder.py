@@ -44,7 +44,7 @@ from icm_cli.predict import DEFAULT_DECODER  # noqa: F401  (re-exported)
 MAP_CHANNELS = ("prob", "nearest", "head", "inter", "intra", "sim_fg", "sim_bg")
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "weights"
 BUILTIN = {"efficientnet-lite0": BUILTIN_DIR / "decoder-lite0.safetensors"}
-FORMAT = "icm-decoder-1"
+FORMAT = "icm-decoder-1"  # the header's format tag; the config says which inputs a file reads
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class DecoderConfig:
     width2: int = 0
     level_dims: tuple[tuple[int, int], ...] = ((2, 16), (4, 24))  # (stride, channels) of the backbone levels
     proj: int = 16              # channels the level activations are projected to
+    prior: bool = False         # reads a prior mask (and a flag saying whether one is given)
 
     @property
     def out_stride(self) -> int:
@@ -88,20 +89,23 @@ class _FineStage(nn.Module):
     """One finer stage: upsampled coarse features + projected level + RGB + prototype
     similarities -> features and a residual logit at this stride."""
 
-    def __init__(self, coarse: int, level: int, proj: int, width: int) -> None:
+    def __init__(self, coarse: int, level: int, proj: int, width: int, extra: int = 0) -> None:
         super().__init__()
         self.level_norm = nn.BatchNorm2d(level)
         self.level_proj = nn.Conv2d(level, proj, 1)
-        self.convs = nn.Sequential(ConvNormAct(coarse + proj + 3 + 2, width), ConvNormAct(width, width))
+        self.convs = nn.Sequential(ConvNormAct(coarse + proj + 3 + 2 + extra, width), ConvNormAct(width, width))
         self.logit = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.logit.weight)
         nn.init.zeros_(self.logit.bias)
 
     def forward(self, coarse: torch.Tensor, level: torch.Tensor, rgb: torch.Tensor,
-                sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                sims: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         size = level.shape[-2:]
         up = F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-        x = torch.cat([up, F.relu(self.level_proj(self.level_norm(level))), rgb, sims], dim=1)
+        inputs = [up, F.relu(self.level_proj(self.level_norm(level))), rgb, sims]
+        if extra is not None:
+            inputs.append(extra)
+        x = torch.cat(inputs, dim=1)
         x = self.convs(x)
         return x, self.logit(x)
 
@@ -140,6 +144,37 @@ def combine_prototypes(items: list[dict[int, torch.Tensor]]) -> dict[int, torch.
     return {s: F.normalize(torch.stack([p[s] for p in items]).mean(0), dim=-1, eps=1e-6) for s in items[0]}
 
 
+def decoder_maps(evidence) -> torch.Tensor:
+    """``[B, len(MAP_CHANNELS), h, w]``: the in-context maps the decoder reads from an
+    :class:`~icm_cli.predict.evidence.Evidence` that holds decoder inputs (``base``).
+
+    Without a head its channel repeats the nearest-neighbour map (as
+    :func:`maps_without_head` makes it in training); without attention maps
+    the inter heat is 1 everywhere and the intra channel repeats it.
+    """
+    base = evidence.base
+    inter = evidence.inter if evidence.inter is not None else torch.ones_like(base)
+    by_name = {"prob": base, "nearest": evidence.nearest,
+               "head": evidence.head if evidence.head is not None else evidence.nearest,
+               "inter": inter, "intra": evidence.intra if evidence.intra is not None else inter,
+               "sim_fg": evidence.sim_fg, "sim_bg": evidence.sim_bg}
+    return torch.cat([by_name[name].float() for name in MAP_CHANNELS], dim=1)
+
+
+def maps_without_head(maps: torch.Tensor, attention_prior: float) -> torch.Tensor:
+    """``[B, M, h, w]`` maps of a run with an object head -> the maps the engine makes without one:
+    the head channel repeats the nearest-neighbour contrast and the fused probability is that
+    contrast gated by the intra heat (``attention_prior`` as in the engine's settings).
+    Training shows some episodes this way so that ``--head-steps 0`` is served too."""
+    i = {n: k for k, n in enumerate(MAP_CHANNELS)}
+    out = maps.clone()
+    nearest = maps[:, i["nearest"]]
+    out[:, i["head"]] = nearest
+    gate = (maps[:, i["intra"]] / attention_prior).clamp(max=1.0) if attention_prior > 0 else 1.0
+    out[:, i["prob"]] = nearest * gate
+    return out
+
+
 def base_logit(prob: torch.Tensor) -> torch.Tensor:
     return torch.logit(prob.float().clamp(1e-4, 1 - 1e-4))
 
@@ -153,18 +188,37 @@ class MaskDecoder(nn.Module):
         dims = dict(config.level_dims)
         m = len(MAP_CHANNELS)
         self.map_norm = nn.BatchNorm2d(m)
-        self.coarse = nn.Sequential(ConvNormAct(m, config.width8), ConvNormAct(config.width8, config.width8, 2),
+        prior = 2 if config.prior else 0  # the prior's share of each cell, and the flag
+        self.coarse = nn.Sequential(ConvNormAct(m + prior, config.width8),
+                                    ConvNormAct(config.width8, config.width8, 2),
                                     ConvNormAct(config.width8, config.width8, 4),
                                     ConvNormAct(config.width8, config.width8))
-        self.stage4 = _FineStage(config.width8, dims[4], config.proj, config.width4)
+        self.stage4 = _FineStage(config.width8, dims[4], config.proj, config.width4, extra=prior)
         self.stage2 = _FineStage(config.width4, dims[2], config.proj, config.width2) if config.width2 > 0 else None
 
     def forward(self, maps: torch.Tensor, canvas: torch.Tensor, levels: dict[int, torch.Tensor],
-                protos: dict[int, torch.Tensor]) -> torch.Tensor:
+                protos: dict[int, torch.Tensor], prior: torch.Tensor | None = None,
+                prior_given: torch.Tensor | None = None) -> torch.Tensor:
+        """See the module docstring; prior: ``[B, 1, 8h/4, 8w/4]`` object share of each stride-4
+        cell of the canvas (read only by a decoder built with ``prior``), prior_given: ``[B]``
+        1 where a prior is given (default: all when ``prior`` is given, none otherwise)."""
         rgb = imagenet_normalise(canvas.float())
-        x8 = self.coarse(self.map_norm(maps.float()))
         lv4 = levels[4].float()
-        x4, res4 = self.stage4(x8, lv4, F.avg_pool2d(rgb, 4), prototype_similarity(lv4, protos[4]))
+        coarse_in, extra4 = self.map_norm(maps.float()), None
+        if self.config.prior:
+            b = maps.shape[0]
+            if prior is None:
+                prior = torch.zeros((b, 1, *lv4.shape[-2:]), device=maps.device)
+                prior_given = torch.zeros(b, device=maps.device)
+            elif prior_given is None:
+                prior_given = torch.ones(b, device=maps.device)
+            prior = prior.float() * prior_given.view(-1, 1, 1, 1).float()
+            flag4 = prior_given.view(-1, 1, 1, 1).float().expand(b, 1, *lv4.shape[-2:])
+            extra4 = torch.cat([prior, flag4], dim=1)
+            extra8 = F.adaptive_avg_pool2d(extra4, maps.shape[-2:])
+            coarse_in = torch.cat([coarse_in, extra8], dim=1)
+        x8 = self.coarse(coarse_in)
+        x4, res4 = self.stage4(x8, lv4, F.avg_pool2d(rgb, 4), prototype_similarity(lv4, protos[4]), extra4)
         logit = F.interpolate(base_logit(maps[:, :1]), size=lv4.shape[-2:], mode="bilinear",
                               align_corners=False) + res4
         if self.stage2 is not None:

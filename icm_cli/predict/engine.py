@@ -17,8 +17,9 @@ from icm_cli.backbones.base import Backbone, Features
 from icm_cli.core import cross_attention_heat, peak_normalise, propagate_heat, roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
-from icm_cli.predict.decoder import (DEFAULT_DECODER, MAP_CHANNELS, MaskDecoder, combine_prototypes, load_decoder,
+from icm_cli.predict.decoder import (DEFAULT_DECODER, MaskDecoder, combine_prototypes, decoder_maps, load_decoder,
                                      reference_prototypes, resolve_decoder)
+from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
 from icm_cli.predict.nearest import background_floor, contrast_similarities
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
@@ -58,15 +59,7 @@ class ReferenceContext:
     roi_tokens: torch.Tensor | None = None   # [1, N, C] min-pooled ICM query tokens
     roi_valid: torch.Tensor | None = None    # [1, N] bool
     prototypes: dict[int, torch.Tensor] | None = None  # decoder: {stride: [2, C]} object/background
-
-
-@dataclass
-class GridPrediction:
-    """One source's coarse result: ``prob`` ``[1, 1, h, w]`` over the working canvas."""
-
-    prob: torch.Tensor
-    geometry: WorkingGeometry
-    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    reference_features: list = field(default_factory=list)  # [(ft [C, h, w], WorkingGeometry)] per reference
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -75,8 +68,17 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 class Propagator:
+    """The model behind :class:`~icm_cli.predictor.Predictor`: a backbone, the reference
+    context and the optional learned decoder.
+
+    collect_decoder_inputs: keep what the decoder reads in each :class:`Evidence`
+    (``base``, ``levels``, the reference prototypes); default: when a decoder
+    is loaded. The decoder's training turns it on without a decoder.
+    """
+
     def __init__(self, backbone: Backbone, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, settings: PropagateSettings | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, settings: PropagateSettings | None = None,
+                 collect_decoder_inputs: bool | None = None) -> None:
         self.backbone = backbone.to(device=device, dtype=dtype).eval()
         self.device = torch.device(device)
         self.dtype = dtype
@@ -91,8 +93,8 @@ class Propagator:
                 raise WeightsError(f"the decoder needs a backbone with fine levels (EfficientNet-Lite), "
                                    f"not {getattr(backbone, 'name', 'this one')}; use --decoder none")
             self.decoder = load_decoder(path).to(self.device)
-        # Keep what the decoder reads (also set by the decoder's training episodes).
-        self.collect_decoder_inputs = self.decoder is not None
+        self.collect_decoder_inputs = (self.decoder is not None if collect_decoder_inputs is None
+                                       else collect_decoder_inputs)
 
     # ---------------------------------------------------------------- geometry
     def geometry_for(self, height: int, width: int) -> WorkingGeometry:
@@ -155,10 +157,28 @@ class Propagator:
     # --------------------------------------------------------------- reference
     @torch.no_grad()
     def set_references(self, references: list[tuple[np.ndarray, np.ndarray]]) -> ReferenceContext:
-        """Build the context from ``(image [H,W,3] uint8, mask [H,W] float)`` pairs."""
+        """Build the context from ``(image [H,W,3] uint8, mask [H,W] float)`` pairs and keep it
+        as the context of every later call."""
+        self.context = self.build_context(references)
+        return self.context
+
+    @property
+    def reference_features(self) -> list[tuple[torch.Tensor, WorkingGeometry]]:
+        """Each reference's ``[C, h, w]`` features and geometry (for the attention of one point)."""
+        return self.context.reference_features if self.context is not None else []
+
+    @reference_features.setter
+    def reference_features(self, value) -> None:  # a stored context comes without them (see context_store)
+        if self.context is not None:
+            self.context.reference_features = list(value or [])
+
+    @torch.no_grad()
+    def build_context(self, references: list[tuple[np.ndarray, np.ndarray]]) -> ReferenceContext:
+        """A :class:`ReferenceContext` of ``(image [H,W,3] uint8, mask [H,W] float)`` pairs
+        (``set_references`` keeps one; ``icm refine`` builds one per image)."""
         s = self.settings
         generator = torch.Generator().manual_seed(s.seed)
-        self.reference_features: list[tuple[torch.Tensor, WorkingGeometry]] = []
+        reference_features: list[tuple[torch.Tensor, WorkingGeometry]] = []
         token_sets, head_sets, roi_sets, proto_sets = [], [], [], []
         for image_np, mask_np in references:
             image = to_tensor(image_np)
@@ -170,7 +190,7 @@ class Propagator:
             if protos is not None:
                 proto_sets.append(protos)
             roi_sets.append(self._icm_roi_tokens(ref_ft, ref_mask_canvas, fallback=tokens))
-            self.reference_features.append((ref_ft.cpu(), ref_geo))
+            reference_features.append((ref_ft.cpu(), ref_geo))
             if tokens.fg.shape[0] == 0:
                 # A tiny object covers no whole cell: take its best-covered cells.
                 tokens.fg = tokens.cells[tokens.cell_targets >= tokens.cell_targets.max() * 0.5]
@@ -189,55 +209,100 @@ class Propagator:
                                      batch=s.head_batch, seed=s.seed, hidden=s.head_hidden)
         floor = background_floor(tokens.fg, tokens.bg, s.k, s.background_quantile)
         roi = torch.cat(roi_sets)[None]
-        self.context = ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
-                                        background_floor=floor, roi_tokens=roi,
-                                        roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),
-                                        prototypes=combine_prototypes(proto_sets) if proto_sets else None)
-        return self.context
+        return ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
+                                background_floor=floor, roi_tokens=roi,
+                                roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),
+                                prototypes=combine_prototypes(proto_sets) if proto_sets else None,
+                                reference_features=reference_features)
 
     # ----------------------------------------------------------------- sources
     @torch.no_grad()
-    def predict_grid(self, images: list[np.ndarray], prior: torch.Tensor | None = None,
-                     memory: ReferenceTokens | None = None, keep_features: bool = False,
-                     features: tuple[WorkingGeometry, Features] | None = None) -> list[GridPrediction]:
-        """Coarse probabilities for images of one size (batched).
-
-        prior: optional ``[B, 1, h, w]`` in [0, 1] multiplied into the
-        probability (video: where the object may be now); memory: extra
-        object/background tokens (video: from earlier predicted frames).
-        ``keep_features`` keeps each image's ``[1, C, h, w]`` features in
-        ``parts["ft"]``. ``features``: what :meth:`source_features` returned
-        for ``images``, when the backbone already ran (on another thread).
-        """
+    def predict_grid(self, images: list[np.ndarray], priors: list[np.ndarray | None] | None = None,
+                     features: tuple[WorkingGeometry, Features] | None = None) -> list[Evidence]:
+        """The evidence of images of one size (one batched forward pass); ``priors``: a full-size
+        ``[H, W]`` prior mask per image, or None (see :meth:`evidence`); ``features``: what
+        :meth:`source_features` returned for ``images``, when the backbone already ran (on another
+        thread)."""
         if self.context is None:
             raise RuntimeError("set_references() must come first")
         geo, feats = features if features is not None else self.source_features(images)
-        preds = self.predict_from_features(feats.ft, geo, feats.attn, prior=prior, memory=memory)
-        if self.collect_decoder_inputs:  # the decoder's fine levels, computed by the backbone anyway
-            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
-            for i, pred in enumerate(preds):
-                for stride in strides:
-                    pred.parts[f"level{stride}"] = feats.levels[stride][i:i + 1]
-        if keep_features:
-            for i, pred in enumerate(preds):
-                pred.parts["ft"] = feats.ft[i:i + 1].cpu()
-        return preds
+        prior = None
+        if priors is not None and any(p is not None for p in priors):
+            prior = torch.cat([self.prior_on_grid(p, geo) if p is not None else torch.full(
+                (1, 1, geo.padded_h // 4, geo.padded_w // 4), float("nan")) for p in priors])
+        return self.evidence(feats, geo, prior=prior)
+
+    @staticmethod
+    def prior_on_grid(mask: np.ndarray, geo: WorkingGeometry) -> torch.Tensor:
+        """A full-size ``[H, W]`` prior mask -> ``[1, 1, Hc/4, Wc/4]``: its object share of each
+        stride-4 cell of the working canvas (what the decoder reads)."""
+        m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        return F.adaptive_avg_pool2d(geo.mask_to_canvas(m), (geo.padded_h // 4, geo.padded_w // 4))
 
     @torch.no_grad()
-    def attention_maps(self, images: list[np.ndarray]) -> list[dict]:
-        """ICM's training-free attention for images of one size.
+    def evidence(self, feats: Features, geo: WorkingGeometry, prior: torch.Tensor | None = None,
+                 window: torch.Tensor | None = None, memory: ReferenceTokens | None = None,
+                 heat: bool = False, context: ReferenceContext | None = None) -> list[Evidence]:
+        """Each source's :class:`Evidence` from its backbone features: the one builder of
+        the image path, the video path, refinement and the attention maps.
 
-        Returns per image ``{"inter": [1,1,h,w], "intra": [1,1,h,w], "prob": [1,1,h,w],
-        "geometry": WorkingGeometry, "ft": [1,C,h,w]}``: the cross-attention heat of
-        the reference's ROI tokens, the same spread by the source's own
-        self-attention (``heat · Aᵀ``) and the engine's object probability.
+        feats: a batch's :class:`Features` (``ft`` ``[B, C, h, w]``, its ``attn``
+        and ``levels``) on ``geo``'s canvas. prior: optional ``[B, 1, Hc/4, Wc/4]``
+        prior mask share (:meth:`prior_on_grid`; NaN for an image without one),
+        which a decoder that reads priors takes in; window: optional ``[B, 1, h, w]``
+        in [0, 1] multiplied into the probability (video: where the object may be
+        now); memory: extra object/background tokens (video: from earlier
+        predicted frames); heat: compute ICM's inter/intra heat even where
+        neither the gate nor the decoder needs it (``inspect-attn``); context:
+        another reference context than the one :meth:`set_references` keeps.
         """
+        s, ctx = self.settings, context or self.context
+        ft, attn = feats.ft, feats.attn
+        fg, bg = ctx.tokens.fg, ctx.tokens.bg
+        if memory is not None:
+            fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
+        sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
+                                               source_floor=ctx.background_floor if s.source_background else None)
+        prob_nn = torch.sigmoid((sim_fg - sim_bg) / s.temperature)
+        prob = prob_nn
+        head = inter = intra = None
+        if ctx.head is not None:
+            head = ctx.head.to(ft.device).probability_map(ft)
+            prob = (1 - s.head_weight) * prob_nn + s.head_weight * head
+        collect = self.collect_decoder_inputs
+        if (s.attention_prior > 0 or collect or heat) and attn:
+            inter, intra = self.icm_heat(ft, attn)
+            if s.attention_prior > 0:
+                prob = prob * (intra / s.attention_prior).clamp(max=1.0)
+        base = prob if collect else None
+        if window is not None:
+            window = window.to(prob)
+            prob = prob * window
+            window = window.expand_as(prob)
+        levels = {}
+        if collect:  # the decoder's fine levels, computed by the backbone anyway
+            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
+            levels = {stride: feats.levels[stride] for stride in strides}
+
+        def one(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+            return None if t is None else t[i:i + 1].cpu()
+
+        priors = [None if prior is None or torch.isnan(prior[i]).any() else prior[i:i + 1].float().cpu()
+                  for i in range(ft.shape[0])]
+        return [Evidence(geometry=geo, prob=one(prob, i), nearest=one(prob_nn, i), sim_fg=one(sim_fg, i),
+                         sim_bg=one(sim_bg, i), head=one(head, i), inter=one(inter, i), intra=one(intra, i),
+                         base=one(base, i), prior=priors[i], window=one(window, i),
+                         levels={stride: lv[i:i + 1] for stride, lv in levels.items()})
+                for i in range(ft.shape[0])]
+
+    @torch.no_grad()
+    def attention_maps(self, images: list[np.ndarray]) -> list[tuple[Evidence, torch.Tensor]]:
+        """ICM's training-free attention for images of one size: per image its
+        :class:`Evidence` (with ``inter`` and ``intra`` heat) and its ``[1, C, h, w]``
+        features (for the attention of one reference point)."""
         geo, feats = self.source_features(images, with_attention=True)
-        ft = feats.ft
-        inter, intra = self.icm_heat(ft, feats.attn)
-        preds = self.predict_from_features(ft, geo, feats.attn)
-        return [{"inter": inter[i:i + 1].cpu(), "intra": intra[i:i + 1].cpu(), "prob": preds[i].prob,
-                 "geometry": geo, "ft": ft[i:i + 1].cpu(), "prediction": preds[i]} for i in range(len(images))]
+        found = self.evidence(feats, geo, heat=True)
+        return [(ev, feats.ft[i:i + 1].cpu()) for i, ev in enumerate(found)]
 
     def icm_heat(self, ft: torch.Tensor, attn: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """ICM's inter and intra heat on the feature grid, each ``[B, 1, h, w]`` with peak 1."""
@@ -248,79 +313,40 @@ class Propagator:
         intra = peak_normalise(intra)
         return inter, F.interpolate(intra, size=ft.shape[-2:], mode="bilinear", align_corners=False)
 
-    def predict_from_features(self, ft: torch.Tensor, geo: WorkingGeometry, attn: dict | None = None,
-                              prior: torch.Tensor | None = None,
-                              memory: ReferenceTokens | None = None) -> list[GridPrediction]:
-        s, ctx = self.settings, self.context
-        fg, bg = ctx.tokens.fg, ctx.tokens.bg
-        if memory is not None:
-            fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
-        sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
-                                               source_floor=ctx.background_floor if s.source_background else None)
-        prob_nn = torch.sigmoid((sim_fg - sim_bg) / s.temperature)
-        prob = prob_nn
-        parts = {"nearest": prob_nn}
-        if ctx.head is not None:
-            prob_head = ctx.head.to(ft.device).probability_map(ft)
-            parts["head"] = prob_head
-            prob = (1 - s.head_weight) * prob_nn + s.head_weight * prob_head
-        collect = self.collect_decoder_inputs
-        if (s.attention_prior > 0 or collect) and attn:
-            inter, intra = self.icm_heat(ft, attn)
-            parts["intra"] = intra
-            if s.attention_prior > 0:
-                prob = prob * (intra / s.attention_prior).clamp(max=1.0)
-            if collect:
-                parts["inter"] = inter
-        if collect:
-            parts.update(sim_fg=sim_fg, sim_bg=sim_bg, base=prob)
-        if prior is not None:
-            prob = prob * prior.to(prob)
-            if collect:
-                parts["prior"] = prior.to(prob).expand_as(prob)
-        return [GridPrediction(prob[i:i + 1].cpu(), geo, {k: v[i:i + 1].cpu() for k, v in parts.items()})
-                for i in range(ft.shape[0])]
-
     # ----------------------------------------------------------------- decoder
-    def decoder_maps(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``[B, len(MAP_CHANNELS), h, w]``: the in-context maps the decoder reads.
-        Without a head its channel repeats the nearest-neighbour map; without
-        attention maps the intra channel repeats the inter heat."""
-        base = parts["base"]
-        inter = parts.get("inter")
-        if inter is None:
-            inter = torch.ones_like(base)
-        fill = {"prob": base, "head": parts.get("head", parts["nearest"]), "inter": inter,
-                "intra": parts.get("intra", inter)}
-        return torch.cat([fill.get(name, parts.get(name)).float() for name in MAP_CHANNELS], dim=1)
-
     @torch.no_grad()
-    def decode(self, image: np.ndarray, pred: GridPrediction) -> torch.Tensor:
+    def decode(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext | None = None
+               ) -> torch.Tensor:
         """The decoder's ``[1, 1, Hc/s, Wc/s]`` object probability over the canvas (s = 4 or 2)."""
-        geo, dev = pred.geometry, self.device
+        geo, dev = evidence.geometry, self.device
         canvas = geo.to_canvas(to_tensor(image)).to(dev)
-        levels = {int(k[5:]): v.to(dev) for k, v in pred.parts.items() if k.startswith("level")}
-        if not levels:  # e.g. a video run that passed only the stride-8 features: recompute (first blocks only)
-            levels = self.backbone.levels(canvas.to(self.dtype))
-        protos = {stride: p[None].to(dev) for stride, p in self.context.prototypes.items()}
-        logits = self.decoder(self.decoder_maps(pred.parts).to(dev), canvas, levels, protos)
+        levels = {stride: lv.to(dev) for stride, lv in evidence.levels.items()}
+        protos = {stride: p[None].to(dev) for stride, p in (context or self.context).prototypes.items()}
+        prior = evidence.prior.to(dev) if evidence.prior is not None and self.reads_priors else None
+        logits = self.decoder(decoder_maps(evidence).to(dev), canvas, levels, protos, prior=prior)
         prob = torch.sigmoid(logits.float())
-        if "prior" in pred.parts:
-            prob = prob * F.interpolate(pred.parts["prior"].to(prob), size=prob.shape[-2:], mode="nearest")
+        if evidence.window is not None:
+            prob = prob * F.interpolate(evidence.window.to(prob), size=prob.shape[-2:], mode="nearest")
         return prob.cpu()
 
-    def decodes(self, pred: GridPrediction) -> bool:
-        """Whether :meth:`finish` takes ``pred`` through the learned decoder (its probability is then the
-        decoder's, not the fused training-free map)."""
-        return self.decoder is not None and "base" in pred.parts and self.context.prototypes is not None
+    @property
+    def reads_priors(self) -> bool:
+        """Whether the loaded decoder reads a prior mask (video, refinement, ``--prior``)."""
+        return self.decoder is not None and self.decoder.config.prior
 
-    def finish(self, image: np.ndarray, pred: GridPrediction) -> tuple[np.ndarray, np.ndarray]:
+    def decodes(self, evidence: Evidence, context: ReferenceContext | None = None) -> bool:
+        """Whether :meth:`finish` takes ``evidence`` through the learned decoder (its probability is then
+        the decoder's, not the fused training-free map)."""
+        return self.decoder is not None and evidence.decodable and (context or self.context).prototypes is not None
+
+    def finish(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
         s = self.settings
-        if self.decodes(pred):
-            prob = pred.geometry.to_original(self.decode(image, pred))[0, 0].numpy()
+        if self.decodes(evidence, context):
+            prob = evidence.geometry.to_original(self.decode(image, evidence, context))[0, 0].numpy()
         else:
-            prob = pred.geometry.to_original(pred.prob)[0, 0].numpy()
+            prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if s.grabcut:
             mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale)
         else:

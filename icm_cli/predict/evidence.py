@@ -1,0 +1,64 @@
+"""What the engine found in one source: its in-context evidence, typed.
+
+:meth:`Propagator.evidence <icm_cli.predict.engine.Propagator.evidence>` builds
+one :class:`Evidence` per source, for still images, video frames and the
+attention maps of ``icm inspect-attn`` alike. The learned decoder, the
+confidence and the decoder's training read it; nothing else looks inside.
+
+Every map is ``[1, 1, h, w]`` on the source's stride-8 feature grid unless
+noted, values in [0, 1] for probabilities and heat, cosine similarities for
+``sim_fg`` / ``sim_bg``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from icm_cli.geometry import WorkingGeometry
+
+
+@dataclass
+class Evidence:
+    """One source's evidence over its working canvas.
+
+    prob: the training-free object probability (nearest-neighbour contrast
+        fused with the object head, gated by ICM's intra heat, times any
+        prior); what the training-free path thresholds.
+    nearest: the foreground-vs-background nearest-neighbour contrast.
+    sim_fg, sim_bg: the mean top-k similarities to the object and to the
+        background side, from which ``nearest`` is made.
+    head: the object head's probability (None without a head).
+    inter, intra: ICM's cross-attention heat of the reference's ROI tokens,
+        and the same spread by the source's own self-attention (None when
+        neither the gate nor the decoder needed them).
+    base: ``prob`` before the window, the decoder's starting point (None
+        unless the engine collects decoder inputs).
+    prior: a prior mask for this source, ``[1, 1, Hc/4, Wc/4]``: its object
+        share of each stride-4 cell of the canvas (the previous frame's mask,
+        a coarse mask to refine, ``--prior``), which a decoder that reads
+        priors takes in; None without one.
+    window: a ``[1, 1, h, w]`` window in [0, 1] multiplied into ``prob``
+        (video: where the object may be now), or None.
+    levels: the backbone's finer activations ``{stride: [1, C_s, H/s, W/s]}``
+        the decoder reads (empty unless decoder inputs are collected).
+    """
+
+    geometry: WorkingGeometry
+    prob: torch.Tensor
+    nearest: torch.Tensor
+    sim_fg: torch.Tensor
+    sim_bg: torch.Tensor
+    head: torch.Tensor | None = None
+    inter: torch.Tensor | None = None
+    intra: torch.Tensor | None = None
+    base: torch.Tensor | None = None
+    prior: torch.Tensor | None = None
+    window: torch.Tensor | None = None
+    levels: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def decodable(self) -> bool:
+        """Whether it holds what the learned decoder reads (the engine collected decoder inputs)."""
+        return self.base is not None and bool(self.levels)
