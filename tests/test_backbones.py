@@ -373,3 +373,15 @@ def test_dinov2_status_checks_weights_without_loading(tmp_path):
     save_file({"_conv_stem.weight": torch.zeros(2)}, str(other))
     assert not status(str(other))[0]
     assert status(lite0)[1].endswith("(contents checked when loaded)")
+
+
+def test_building_the_backbone_leaves_its_weights_as_loaded():
+    """The shape probe runs in inference mode: no BatchNorm statistic moves, whatever the thread count."""
+    from icm_cli.backbones.efficientnet import packaged_weights_path
+    from icm_cli.backbones.weights import load_state_dict
+
+    net = create_backbone("efficientnet-lite0")
+    loaded = load_state_dict(packaged_weights_path("efficientnet-lite0"))
+    mean = net.stem[1].running_mean
+    assert torch.equal(mean, loaded["_bn0.running_mean"])
+    assert not net.training
