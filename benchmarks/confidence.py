@@ -65,13 +65,12 @@ def spearman(x, y) -> float:
     return float((rx * ry).sum() / denom) if denom > 0 else float("nan")
 
 
-def scored_row(prop, set_name: str, case: str, image_path, pred, prob, mask, gt, ref_area) -> dict:
+def scored_row(learned: bool, set_name: str, case: str, image_path, pred, prob, mask, gt, ref_area) -> dict:
     """One result's row: set, case, image, IoU, whether the decoder made it, the confidence, its cost and
     every signal (assessed as ``Predictor.finish`` does)."""
     from icm_cli.predict.confidence import assess
 
     t0 = time.perf_counter()
-    learned = prop.decodes(pred)
     result = assess(prob, mask, pred, ref_area, learned=learned)
     return {"set": set_name, "case": case, "image": str(image_path), "iou": quality._iou(mask, gt),
             "confidence": result.confidence, "learned": learned, "seconds": time.perf_counter() - t0,
@@ -96,8 +95,8 @@ def collect(set_name: str, cases, settings) -> list[dict]:
             image = io.read_image(img_path)
             gt = io.read_mask(gt_path) >= 0.5
             pred = prop.predict_grid([image])[0]
-            prob, mask = prop.finish(image, pred)
-            rows.append(scored_row(prop, set_name, case, img_path, pred, prob, mask, gt, ref_area))
+            prob, mask, learned = prop.finish_path(image, pred)
+            rows.append(scored_row(learned, set_name, case, img_path, pred, prob, mask, gt, ref_area))
         print(f"  {set_name}/{case}: {len(targets)} images", file=sys.stderr, flush=True)
     return rows
 
@@ -125,12 +124,12 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
             image = io.read_image(frame)
             geo, feats = prop.source_features([image])
             pred = prop.evidence(feats, geo, window=temporal.window(tuple(feats.ft.shape[-2:])))[0]
-            prob, mask = prop.finish(image, pred)
+            prob, mask, learned = prop.finish_path(image, pred)
             temporal.update(mask, geo, feats.ft.cpu())
             if index == 0 or index % stride:
                 continue
             gt = io.read_mask(root / "Annotations" / seq / f"{frame.stem}.png") >= 0.5
-            rows.append(scored_row(prop, "davis-video", seq, frame, pred, prob, mask, gt, ref_area))
+            rows.append(scored_row(learned, "davis-video", seq, frame, pred, prob, mask, gt, ref_area))
         print(f"  davis-video/{seq}", file=sys.stderr, flush=True)
     return rows
 

@@ -97,7 +97,8 @@ def gated(results: dict[str, tuple], rule: str):
 
 
 def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, radius: int, gate: str | None,
-             stride: int, json_out: bool, motion: bool = True) -> dict:
+             stride: int, json_out: bool, motion: bool = True, overrides: tuple = (),
+             prior_weight: float = 0.5) -> dict:
     import torch
 
     from icm_cli import io
@@ -110,7 +111,8 @@ def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, rad
 
     torch.set_grad_enabled(False)
     net = create_backbone("efficientnet-lite0")
-    props = {d: Propagator(net, settings=dataclasses.replace(episode_settings(), decoder=d)) for d in decoders}
+    base = quality.parse_settings(episode_settings(), overrides)
+    props = {d: Propagator(net, settings=dataclasses.replace(base, decoder=d)) for d in decoders}
     if gate:
         props.setdefault("none", Propagator(net, settings=dataclasses.replace(episode_settings(), decoder="none")))
     report: dict = {}
@@ -140,13 +142,14 @@ def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, rad
                     prior = tc.prior(geo, grey) if prop.reads_priors else None
                     window = tc.window((geo.padded_h // 8, geo.padded_w // 8))
                 ev = evidence_of(arrays, geo, prior)
+                ev.prior_weight = prior_weight
                 if window is not None:
                     ev.window = window
                     ev.prob = ev.prob * window
-                prob, mask = prop.finish(image, ev, context=ctx)
+                prob, mask, learned = prop.finish_path(image, ev, context=ctx)
                 if video:
                     tc.update(mask, geo, torch.zeros(1, 1, geo.padded_h // 8, geo.padded_w // 8), grey)
-                conf = assess(prob, mask, ev, None, learned=prop.decodes(ev, ctx)).confidence
+                conf = assess(prob, mask, ev, None, learned=learned).confidence
                 results[name] = (prob, mask, conf)
             if gate:
                 results["gated"] = gated({"decoder": results[decoders[0]], "none": results["none"]}, gate)
@@ -186,9 +189,11 @@ def main() -> int:
     ap.add_argument("--video", action="store_true", help="DAVIS in frame order with the previous mask as prior")
     ap.add_argument("--radius", type=int, default=6)
     ap.add_argument("--no-motion", action="store_true", help="--video: the previous mask as it is (no flow)")
+    ap.add_argument("--prior-weight", type=float, default=0.5, help="--video: share of the pass reading the prior")
     ap.add_argument("--gate", help="conf or conf-margin:M: per image, the decoder or the training-free result")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (not with --video)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
     args = ap.parse_args()
     if not quality.DATA.is_dir():
         print(f"skipped: {quality.DATA} not found")
@@ -200,7 +205,7 @@ def main() -> int:
         if args.video and args.stride > 1:
             raise SystemExit("--video scores every frame")
         evaluate(args.cache, sets, args.decoder or ["auto"], args.video, args.radius, args.gate, args.stride,
-                 args.json, motion=not args.no_motion)
+                 args.json, motion=not args.no_motion, overrides=tuple(args.set), prior_weight=args.prior_weight)
     return 0
 
 

@@ -112,6 +112,7 @@ class VideoConfig:
     radius: int = 6   # search window around the previous mask, in feature cells; 0 = whole frame
     memory: int = 0   # earlier predicted frames lending tokens (0 measured best: memory drifts)
     motion: bool = True  # carry the previous mask along the optical flow before the decoder reads it
+    prior_weight: float = 0.5  # share of the decoder pass that reads the previous mask (the rest: one without)
 
     def __post_init__(self) -> None:
         if self.radius < 0 or self.memory < 0:

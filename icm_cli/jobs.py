@@ -47,6 +47,7 @@ class RunInputs:
     exclude: tuple[str, ...] = ()
     resize_masks: bool = False           # a reference mask of another size is resized instead of refused
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    prior: Path | None = None            # a folder of prior masks, paired with the sources by name
 
     def __post_init__(self) -> None:  # lists given by a command or a caller become tuples: the value stays frozen
         for name in ("sources", "refs", "masks", "include", "exclude"):
@@ -57,6 +58,12 @@ class RunInputs:
             raise ValueError("give either SOURCES or --video SEQUENCE, not both")
         if self.video is None and not self.sources:
             raise ValueError("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
+        if self.prior is not None:
+            if self.video is not None:
+                raise ValueError("--prior pairs masks with SOURCES by name; a --video run takes each frame's "
+                                 "prior from the frame before")
+            if not Path(self.prior).is_dir():
+                raise ValueError(f"{self.prior}: --prior must be a folder of masks named like the sources")
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class RunOptions:
         if self.engine == "local" and (self.address or self.workers or self.gpus_per_worker):
             raise ValueError("--address, --workers and --gpus-per-worker need --engine ray")
         inputs.check()
+        if inputs.prior is not None and self.engine != "local":
+            raise ValueError("--prior runs on the local engine (or --shard); --engine ray takes no priors")
         if inputs.video is not None and self.engine != "local":
             raise ValueError("--video runs frame after frame on the local engine; --engine ray takes SOURCES")
         if inputs.video is not None and self.only_below is not None:
@@ -157,6 +166,8 @@ class PropagateJob:
                     "references": [r.describe()["digest"] for r in references]}
         if inputs.video is not None:
             settings["video"] = dataclasses.asdict(video_config)
+        if inputs.prior is not None:
+            settings["prior"] = str(Path(inputs.prior).resolve())
         state = read_manifests(options.output)
         if options.only_below is not None:
             sources = _below(sources, state, options.only_below, OutputPlan(options.output, outputs))
@@ -194,6 +205,7 @@ class PropagateJob:
         except io.OutputError as exc:
             raise UsageProblem(str(exc)) from None
         runner = BatchRunner(self.plan, writer, progress=advance, max_pixels=self.inputs.max_pixels, matte=matte,
+                             priors=Path(self.inputs.prior) if self.inputs.prior is not None else None,
                              outcome=outcome)
         runner.begin(list(self.options.command), self.settings, [r.describe() for r in self.references])
         return runner, writer

@@ -123,6 +123,9 @@ Quiet = Annotated[bool, typer.Option(
 Radius = Annotated[int, typer.Option(
     "--radius", metavar="CELLS", rich_help_panel=VIDEO, callback=at_least(0, "--radius"),
     help="Search window around the previous mask, in feature cells (8 px at --size scale); 0 = whole frame.")]
+Motion = Annotated[bool, typer.Option(
+    "--motion/--no-motion", rich_help_panel=VIDEO,
+    help="Carry the previous mask along the optical flow before the decoder reads it as the prior.")]
 Memory = Annotated[int, typer.Option(
     "--memory", metavar="N", rich_help_panel=VIDEO, callback=at_least(0, "--memory"),
     help="Earlier predicted frames lending tokens (0 measured best: memory drifts).")]

@@ -227,8 +227,8 @@ class Predictor:
         """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
         from icm_cli.predict.confidence import assess
 
-        prob, mask = self.engine.finish(image, coarse)
-        quality = assess(prob, mask, coarse, self._reference_area, learned=self.engine.decodes(coarse))
+        prob, mask, learned = self.engine.finish_path(image, coarse)
+        quality = assess(prob, mask, coarse, self._reference_area, learned=learned)
         return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
     # ------------------------------------------------------------ refinement
@@ -260,9 +260,8 @@ class Predictor:
             context = engine.build_context(pairs)
             geo, feats = engine.source_features([img])
             evidence = engine.evidence(feats, geo, prior=engine.prior_on_grid(coarse, geo), context=context)[0]
-            prob, mask = engine.finish(img, evidence, context=context)
-        quality = assess(prob, mask, evidence, reference_area_share(context),
-                         learned=engine.decodes(evidence, context))
+            prob, mask, learned = engine.finish_path(img, evidence, context=context)
+        quality = assess(prob, mask, evidence, reference_area_share(context), learned=learned)
         return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
     def check_ready(self) -> None:
@@ -360,9 +359,11 @@ class VideoPredictor:
         feats, engine = encoded.features, self.predictor.engine
         with torch.no_grad():
             prior = self.temporal.prior(encoded.geometry, encoded.grey) if engine.reads_priors else None
-            return engine.evidence(feats, encoded.geometry, prior=prior,
-                                   window=self.temporal.window(tuple(feats.ft.shape[-2:])),
-                                   memory=self.temporal.memory_tokens())[0]
+            evidence = engine.evidence(feats, encoded.geometry, prior=prior,
+                                       window=self.temporal.window(tuple(feats.ft.shape[-2:])),
+                                       memory=self.temporal.memory_tokens())[0]
+        evidence.prior_weight = self.config.prior_weight
+        return evidence
 
     def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
         return self.predictor.finish(image, coarse)

@@ -36,7 +36,7 @@ DAVIS_PERSON = {
 }
 DAVIS_VAL = {"car-turn", "mallard-fly", "tennis", "rollerblade"}
 POOL_WEIGHTS = {"video-objects": 0.25, "video-people": 0.15, "photos-people": 0.15, "photos-horses": 0.1,
-                "coco": 0.35}
+                "coco": 0.2}
 DESCRIPTION = ("DAVIS-2016 train (CC BY-NC 4.0), Clothing Co-Parsing, Weizmann horses, "
                "tiny COCO (annotations CC BY 4.0, images under their Flickr licences)")
 

@@ -77,6 +77,12 @@ def propagate(
         help="A fixed threshold on the object probability instead of the automatic decision.")] = None,
     radius: opts.Radius = opts.VIDEO_DEFAULTS.radius,
     memory: opts.Memory = opts.VIDEO_DEFAULTS.memory,
+    motion: opts.Motion = opts.VIDEO_DEFAULTS.motion,
+    prior: Annotated[Optional[Path], typer.Option(
+        "--prior", metavar="DIR", rich_help_panel=opts.INPUTS, show_default=False,
+        help="Rough masks of the object per source (last week's, another tool's), paired by name "
+             "(DIR/<name>.*); the decoder weighs them against the evidence. Sources without one are "
+             "predicted as usual.")] = None,
     fps: Annotated[Optional[str], typer.Option(
         "--fps", metavar="RATE", rich_help_panel=opts.VIDEO, show_default=False,
         help="Frame rate of a folder or list of frames, for --save-video: 25, 29.97, 30000/1001.")] = None,
@@ -123,14 +129,15 @@ def propagate(
             outputs = outputs.with_kind(kind)
         job = PropagateJob.check(
             RunInputs(sources=sources or [], video=video, refs=ref, masks=mask, recursive=recursive,
-                      include=include, exclude=exclude, resize_masks=resize_masks, max_pixels=max_pixels),
+                      include=include, exclude=exclude, resize_masks=resize_masks, max_pixels=max_pixels,
+                      prior=prior),
             RunOptions(output=output, overwrite=overwrite, only_below=only_below, shard=shard, engine=engine,
                        address=address, workers=workers, gpus_per_worker=gpus_per_worker, batch_size=batch_size,
                        command=invocation(ctx)),
             outputs=outputs,
             model=opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
-            video_config=VideoConfig(radius=radius, memory=memory))
+            video_config=VideoConfig(radius=radius, memory=memory, motion=motion))
     except (UsageProblem, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)

@@ -26,7 +26,7 @@ def train(
              "or a .safetensors file.")] = "none",
     steps: Annotated[int, typer.Option(
         "--steps", metavar="N", rich_help_panel=TRAINING, callback=opts.at_least(1, "--steps"),
-        help="Optimiser steps (8 crops each).")] = 3000,
+        help="Optimiser steps (8 crops each).")] = 6000,
     lr: Annotated[float, typer.Option(
         "--lr", metavar="RATE", rich_help_panel=TRAINING, callback=opts.at_least(0, "--lr"),
         help="Peak learning rate (lower it when fine-tuning, e.g. 1e-3).")] = 3e-3,

@@ -44,6 +44,9 @@ from icm_cli.predict import DEFAULT_DECODER  # noqa: F401  (re-exported)
 MAP_CHANNELS = ("prob", "nearest", "head", "inter", "intra", "sim_fg", "sim_bg")
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "weights"
 BUILTIN = {"efficientnet-lite0": BUILTIN_DIR / "decoder-lite0.safetensors"}
+#: The built-in weights that read a prior mask (video, ``icm refine``, ``--prior``); with no prior the
+#: ones of :data:`BUILTIN` decode, so a run without priors is what it was before priors existed.
+BUILTIN_PRIOR = {"efficientnet-lite0": BUILTIN_DIR / "decoder-prior-lite0.safetensors"}
 FORMAT = "icm-decoder-1"  # the header's format tag; the config says which inputs a file reads
 
 
@@ -297,6 +300,19 @@ def resolve_decoder(spec: str | None, backbone_name: str) -> Path | None:
     if not path.is_file():
         raise WeightsError(f"{path}: decoder weights file not found (--decoder takes auto, builtin, none "
                            "or a .safetensors file)")
+    return path
+
+
+def resolve_prior_decoder(spec: str | None, backbone_name: str) -> Path | None:
+    """The weights that decode when a prior mask is given, for a ``--decoder`` value: the built-in
+    prior weights for ``auto``/``builtin``, the file itself for a file (used only if it reads priors),
+    None for ``none``."""
+    path = resolve_decoder(spec, backbone_name)
+    if path is None:
+        return None
+    if (spec or "").strip().lower() in ("auto", "builtin"):
+        prior = BUILTIN_PRIOR.get(backbone_name)
+        return prior if prior is not None and prior.is_file() else None
     return path
 
 

@@ -18,7 +18,7 @@ from icm_cli.core import cross_attention_heat, peak_normalise, propagate_heat, r
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
 from icm_cli.predict.decoder import (DEFAULT_DECODER, MaskDecoder, combine_prototypes, decoder_maps, load_decoder,
-                                     reference_prototypes, resolve_decoder)
+                                     reference_prototypes, resolve_decoder, resolve_prior_decoder)
 from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
 from icm_cli.predict.nearest import background_floor, contrast_similarities
@@ -47,6 +47,7 @@ class PropagateSettings:
     source_background: bool = True  # lend each source its own clear background (see nearest.py)
     background_quantile: float = 0.1
     decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
+    gate: bool = True          # per image, keep the training-free result when it is the more confident one
     seed: int = 0
 
 
@@ -93,6 +94,12 @@ class Propagator:
                 raise WeightsError(f"the decoder needs a backbone with fine levels (EfficientNet-Lite), "
                                    f"not {getattr(backbone, 'name', 'this one')}; use --decoder none")
             self.decoder = load_decoder(path).to(self.device)
+        # With a prior mask another decoder may decode (the built-in pair: see BUILTIN_PRIOR).
+        self.prior_decoder: MaskDecoder | None = None
+        prior_path = resolve_prior_decoder(self.settings.decoder, getattr(backbone, "name", "")) if path else None
+        if prior_path is not None:
+            model = self.decoder if prior_path == path else load_decoder(prior_path).to(self.device)
+            self.prior_decoder = model if model.config.prior else None
         self.collect_decoder_inputs = (self.decoder is not None if collect_decoder_inputs is None
                                        else collect_decoder_inputs)
 
@@ -271,7 +278,7 @@ class Propagator:
             prob = (1 - s.head_weight) * prob_nn + s.head_weight * head
         collect = self.collect_decoder_inputs
         if (s.attention_prior > 0 or collect or heat) and attn:
-            inter, intra = self.icm_heat(ft, attn)
+            inter, intra = self.icm_heat(ft, attn, ctx)
             if s.attention_prior > 0:
                 prob = prob * (intra / s.attention_prior).clamp(max=1.0)
         base = prob if collect else None
@@ -281,7 +288,9 @@ class Propagator:
             window = window.expand_as(prob)
         levels = {}
         if collect:  # the decoder's fine levels, computed by the backbone anyway
-            strides = self.decoder.config.strides if self.decoder is not None else tuple(feats.levels)
+            strides = tuple(sorted(set(self.decoder.config.strides) | set(
+                self.prior_decoder.config.strides if self.prior_decoder is not None else ()))) \
+                if self.decoder is not None else tuple(feats.levels)
             levels = {stride: feats.levels[stride] for stride in strides}
 
         def one(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
@@ -304,9 +313,10 @@ class Propagator:
         found = self.evidence(feats, geo, heat=True)
         return [(ev, feats.ft[i:i + 1].cpu()) for i, ev in enumerate(found)]
 
-    def icm_heat(self, ft: torch.Tensor, attn: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def icm_heat(self, ft: torch.Tensor, attn: dict, context: ReferenceContext | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """ICM's inter and intra heat on the feature grid, each ``[B, 1, h, w]`` with peak 1."""
-        ctx = self.context
+        ctx = context or self.context
         inter = cross_attention_heat(ft, ctx.roi_tokens.to(ft.device), ctx.roi_valid.to(ft.device))
         grid, a = next(iter(attn.items()))
         intra = propagate_heat(F.adaptive_avg_pool2d(inter, grid), a.float())
@@ -322,9 +332,16 @@ class Propagator:
         canvas = geo.to_canvas(to_tensor(image)).to(dev)
         levels = {stride: lv.to(dev) for stride, lv in evidence.levels.items()}
         protos = {stride: p[None].to(dev) for stride, p in (context or self.context).prototypes.items()}
-        prior = evidence.prior.to(dev) if evidence.prior is not None and self.reads_priors else None
-        logits = self.decoder(decoder_maps(evidence).to(dev), canvas, levels, protos, prior=prior)
-        prob = torch.sigmoid(logits.float())
+        maps = decoder_maps(evidence).to(dev)
+        w = evidence.prior_weight
+        if evidence.prior is None or not self.reads_priors or w <= 0:
+            prob = torch.sigmoid(self.decoder(maps, canvas, levels, protos).float())
+        else:
+            prior = evidence.prior.to(dev)
+            prob = torch.sigmoid(self.prior_decoder(maps, canvas, levels, protos, prior=prior).float())
+            if w < 1:  # the evidence alone keeps a say: a prior's errors do not carry over whole
+                alone = torch.sigmoid(self.decoder(maps, canvas, levels, protos).float())
+                prob = w * prob + (1 - w) * alone
         if evidence.window is not None:
             prob = prob * F.interpolate(evidence.window.to(prob), size=prob.shape[-2:], mode="nearest")
         return prob.cpu()
@@ -332,7 +349,7 @@ class Propagator:
     @property
     def reads_priors(self) -> bool:
         """Whether the loaded decoder reads a prior mask (video, refinement, ``--prior``)."""
-        return self.decoder is not None and self.decoder.config.prior
+        return self.prior_decoder is not None
 
     def decodes(self, evidence: Evidence, context: ReferenceContext | None = None) -> bool:
         """Whether :meth:`finish` takes ``evidence`` through the learned decoder (its probability is then
@@ -342,11 +359,35 @@ class Propagator:
     def finish(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Full-size ``(prob [H, W] float32, mask [H, W] bool)`` for one source."""
+        prob, mask, _ = self.finish_path(image, evidence, context)
+        return prob, mask
+
+    def finish_path(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """:meth:`finish`, and whether the learned decoder made the result.
+
+        With the gate on (``settings.gate``) and no prior, both paths are finished and the one
+        whose confidence is higher is kept (:func:`~icm_cli.predict.confidence.assess`, each with
+        its own formula): where the evidence lies outside what the decoder learned, the result
+        does not fall below the training-free one."""
+        if not self.decodes(evidence, context):
+            prob, mask = self._full_size(image, evidence.geometry.to_original(evidence.prob)[0, 0].numpy())
+            return prob, mask, False
+        prob, mask = self._full_size(image, evidence.geometry.to_original(
+            self.decode(image, evidence, context))[0, 0].numpy())
+        if not self.settings.gate or evidence.prior is not None:
+            return prob, mask, True
+        from icm_cli.predict.confidence import assess
+
+        free_prob, free_mask = self._full_size(image, evidence.geometry.to_original(evidence.prob)[0, 0].numpy())
+        if assess(free_prob, free_mask, evidence).confidence > assess(prob, mask, evidence, learned=True).confidence:
+            return free_prob, free_mask, False
+        return prob, mask, True
+
+    def _full_size(self, image: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A full-size probability -> ``(prob, mask)``: GrabCut on the uncertain band (or a threshold),
+        holes filled, components without a confident core dropped."""
         s = self.settings
-        if self.decodes(evidence, context):
-            prob = evidence.geometry.to_original(self.decode(image, evidence, context))[0, 0].numpy()
-        else:
-            prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if s.grabcut:
             mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale)
         else:

@@ -39,6 +39,9 @@ class Evidence:
         share of each stride-4 cell of the canvas (the previous frame's mask,
         a coarse mask to refine, ``--prior``), which a decoder that reads
         priors takes in; None without one.
+    prior_weight: the share of the decoder's pass that reads the prior; the
+        rest comes from the prior-free decoder (video: 0.5, so that a prior's
+        errors do not carry over whole from frame to frame).
     window: a ``[1, 1, h, w]`` window in [0, 1] multiplied into ``prob``
         (video: where the object may be now), or None.
     levels: the backbone's finer activations ``{stride: [1, C_s, H/s, W/s]}``
@@ -55,6 +58,7 @@ class Evidence:
     intra: torch.Tensor | None = None
     base: torch.Tensor | None = None
     prior: torch.Tensor | None = None
+    prior_weight: float = 1.0
     window: torch.Tensor | None = None
     levels: dict[int, torch.Tensor] = field(default_factory=dict)
 

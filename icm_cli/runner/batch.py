@@ -57,6 +57,7 @@ class Work:
     error: str | None = None
     decode_s: float = 0.0
     done: bool = False  # every output is there already
+    prior: np.ndarray | None = None  # [H, W] bool prior mask (propagate --prior), when one was found
 
 
 class _Abandoned(Exception):
@@ -153,8 +154,11 @@ class BatchRunner:
 
     def __init__(self, plan: OutputPlan, sink: RecordSink, *, run_id: str | None = None,
                  progress: Callable[[int], None] = lambda n=1: None, max_pixels: int = io.DEFAULT_MAX_PIXELS,
-                 matte: Callable | None = None, outcome: BatchOutcome | None = None) -> None:
+                 matte: Callable | None = None, outcome: BatchOutcome | None = None,
+                 priors: Path | None = None) -> None:
         self.plan = plan
+        #: ``propagate --prior DIR``: each source's prior mask is ``DIR/<name>.*`` when there is one.
+        self.priors = priors
         self.sink = sink
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.progress = progress
@@ -305,7 +309,7 @@ class BatchRunner:
         if encoded is not None:
             t0 = time.perf_counter()
             try:
-                coarse = model.predict_coarse([work.image], encoded=encoded)[0]
+                coarse = model.predict_coarse([work.image], encoded=encoded, **self._priors([work]))[0]
             except Exception as exc:
                 if console.DEBUG:
                     raise
@@ -354,7 +358,20 @@ class BatchRunner:
         if looks_like_mask(image):
             with self._lock:
                 self.outcome.mask_like.append(str(source.path))
-        return Work(source, image=image, decode_s=time.perf_counter() - t0)
+        prior = None
+        if self.priors is not None:
+            from icm_cli.sources import find_named
+
+            path = find_named(self.priors, source.name)
+            if path is not None:  # no file of that name: this source is predicted without a prior
+                try:
+                    prior = io.read_mask(path, max_pixels=self.max_pixels) >= 0.5
+                except io.InputError as exc:
+                    return Work(source, error=f"{source.path}: prior {exc}")
+                if prior.shape != image.shape[:2]:
+                    return Work(source, error=f"{source.path}: prior {path} is {prior.shape[1]}x{prior.shape[0]} "
+                                              f"but the image is {image.shape[1]}x{image.shape[0]}")
+        return Work(source, image=image, decode_s=time.perf_counter() - t0, prior=prior)
 
     def _prepared(self, entries: Iterable[Source | ListingProblem | Work]) -> Iterator[Work | ListingProblem]:
         for entry in entries:
@@ -374,14 +391,19 @@ class BatchRunner:
         try:
             if len(batch) > 1:
                 try:
-                    return model.predict_coarse([w.image for w in batch])
+                    return model.predict_coarse([w.image for w in batch], **self._priors(batch))
                 except Exception:
                     if console.DEBUG:
                         raise
-            return [(self.attempt(w.source, lambda: model.predict_coarse([w.image]), model_step=True) or [None])[0]
-                    for w in batch]
+            return [(self.attempt(w.source, lambda: model.predict_coarse([w.image], **self._priors([w])),
+                                  model_step=True) or [None])[0] for w in batch]
         finally:
             self.seconds["model"] += time.perf_counter() - t0
+
+    def _priors(self, batch: list[Work]) -> dict:
+        """``predict_coarse``'s prior keyword for a batch (nothing without ``--prior``, so models without
+        priors keep working)."""
+        return {"priors": [w.prior for w in batch]} if self.priors is not None else {}
 
     def _encode(self, work: Work, model):
         """The backbone's part of one source (split streams), or None when the model failed on it."""

@@ -41,29 +41,30 @@ from icm_cli.training.episodes import EpisodePlan
 _CH = {n: k for k, n in enumerate(MAP_CHANNELS)}
 
 
+#: How often each kind of episode is drawn from a group that has it (see :mod:`.episodes`).
+KIND_WEIGHTS = {"pair": 0.6, "pasted": 0.2, "augmented": 0.1, "refine": 0.1}
+
+
 @dataclass
 class FitSettings:
-    steps: int = 3000
+    steps: int = 6000
     batch: int = 8
     crop: int = 256
     lr: float = 3e-3
     weight_decay: float = 1e-4
     iou_weight: float = 1.0
     no_head_share: float = 0.2
-    prior_share: float = 0.4
+    prior_share: float = 0.3
     channel_dropout: float = 0.0
     val_every: int = 500
     checkpoint_every: int = 100
     seed: int = 0
     threads: int = 1
     pool_weights: dict[str, float] = field(default_factory=dict)
+    kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-
-#: How often each kind of episode is drawn from a group that has it (see :mod:`.episodes`).
-KIND_WEIGHTS = {"pair": 0.5, "pasted": 0.2, "augmented": 0.15, "refine": 0.15}
 
 
 class EpisodeSet:
@@ -85,14 +86,16 @@ class EpisodeSet:
         with np.load(self.folder / f"{plan.index:05d}.npz") as z:
             return {k: z[k] for k in z.files}
 
-    def draw(self, rng: np.random.Generator, weights: dict[str, float]) -> EpisodePlan:
+    def draw(self, rng: np.random.Generator, weights: dict[str, float],
+             kind_weights: dict[str, float] | None = None) -> EpisodePlan:
         pools = sorted(self.pools)
         w = np.array([weights.get(p, 1.0) for p in pools], dtype=np.float64)
         pool = self.pools[pools[rng.choice(len(pools), p=w / w.sum())]]
         groups = sorted(pool)
         kinds = pool[groups[rng.integers(len(groups))]]
         names = sorted(kinds)
-        kw = np.array([KIND_WEIGHTS.get(k, 0.1) for k in names])
+        kind_weights = KIND_WEIGHTS if kind_weights is None else kind_weights
+        kw = np.array([kind_weights.get(k, 0.1) for k in names]) + 1e-9
         episodes = kinds[names[rng.choice(len(names), p=kw / kw.sum())]]
         return episodes[rng.integers(len(episodes))]
 
@@ -169,7 +172,7 @@ def sample_batch(data: EpisodeSet, rng: np.random.Generator, fs: FitSettings, at
     keys = ("canvas", "gt", "maps", "valid", "proto2", "proto4", "level4", "prior", "prior_given")
     out: dict[str, list] = {k: [] for k in keys}
     for _ in range(fs.batch):
-        plan = data.draw(rng, fs.pool_weights)
+        plan = data.draw(rng, fs.pool_weights, fs.kind_weights)
         item = data.load(plan)
         prior = choose_prior(plan, item, rng, fs, own)
         _, hc, wc = item["canvas"].shape

@@ -74,9 +74,34 @@ def initial_model(options: TrainOptions):
         return MaskDecoder(DecoderConfig(prior=options.prior))
     path = resolve_decoder("builtin" if options.init == "auto" else options.init, "efficientnet-lite0")
     model = load_decoder(path)
+    if options.prior and not model.config.prior:
+        model = with_prior_inputs(model)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def with_prior_inputs(model):
+    """A decoder that reads priors, made from one that does not: the same weights, and zero weights on
+    the new prior and flag inputs, so it starts out computing exactly what ``model`` computes."""
+    import dataclasses
+
+    import torch
+
+    from icm_cli.predict.decoder import MaskDecoder
+
+    grown = MaskDecoder(dataclasses.replace(model.config, prior=True))
+    state = grown.state_dict()
+    for name, value in model.state_dict().items():
+        target = state[name]
+        if target.shape == value.shape:
+            state[name] = value.clone()
+        else:  # a first convolution with more input channels: the old ones first, the prior's at zero
+            grown_value = torch.zeros_like(target)
+            grown_value[:, :value.shape[1]] = value
+            state[name] = grown_value
+    grown.load_state_dict(state)
+    return grown
 
 
 def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, report: Reporter) -> dict:
@@ -117,6 +142,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
     n_val = sum(p.split == "val" for p in plans)
     report.stage(f"{len(plans)} episodes planned ({n_val} held out for validation)")
     build_episodes(data, cache, plans, workers=options.workers, threads=fs.threads, progress=report.episodes)
+    torch.manual_seed(fs.seed)  # the initial weights come from the seed too
     model = initial_model(options)
     settings = episode_settings()
     report.stage(f"training {sum(p.numel() for p in model.parameters()) / 1000:.0f} k parameters for "

@@ -1,0 +1,137 @@
+"""Prior masks: Predictor.refine, icm refine with a prior-reading decoder, propagate's priors, video priors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import save_png, textured_scene
+from icm_cli import Predictor
+from icm_cli.cli import app
+from icm_cli.config import ModelConfig
+from icm_cli.errors import IcmError
+from icm_cli.io import InputError
+from icm_cli.predict.decoder import DecoderConfig, MaskDecoder, save_decoder
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def prior_decoder(tmp_path_factory):
+    """A small decoder that reads priors, random weights, saved and loaded through the real loader."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("dec") / "prior.safetensors"
+    save_decoder(MaskDecoder(DecoderConfig(prior=True, width8=8, width4=8)).eval(), path, {"trained_on": "test"})
+    return path
+
+
+def _iou(a, b):
+    return (a & b).sum() / max(1, (a | b).sum())
+
+
+def test_refine_runs_the_decoder_with_the_coarse_mask_as_prior(prior_decoder):
+    image, mask = textured_scene(96, 128, (20, 30, 40, 50), seed=3)
+    predictor = Predictor(ModelConfig(device="cpu", decoder=str(prior_decoder), size=128, head_steps=10))
+    assert predictor.engine.reads_priors
+    coarse = np.zeros_like(mask, dtype=bool)
+    coarse[25:55, 35:75] = True
+    result = predictor.refine(image, coarse)
+    assert result.mask.shape == mask.shape and result.probability.dtype == np.float32
+    assert 0.0 <= result.confidence <= 1.0
+    with pytest.raises(InputError, match="empty"):
+        predictor.refine(image, np.zeros_like(coarse))
+    with pytest.raises(InputError, match="of another size|but the image is"):
+        predictor.refine(image, coarse[:50])
+    # The prior reaches the decoder: another coarse mask gives another probability.
+    other = np.zeros_like(coarse)
+    other[60:90, 90:120] = True
+    assert not np.array_equal(predictor.refine(image, other).probability, result.probability)
+
+
+def test_refine_without_a_prior_reading_decoder_is_an_icm_error():
+    image, mask = textured_scene(64, 64, (10, 10, 30, 30), seed=1)
+    predictor = Predictor(ModelConfig(device="cpu", decoder="none", size=64, head_steps=0))
+    with pytest.raises(IcmError, match="prior"):
+        predictor.refine(image, mask > 0)
+
+
+def test_icm_refine_decoder_method_through_the_cli(tmp_path, prior_decoder):
+    image, mask = textured_scene(96, 128, (20, 30, 40, 50), seed=4)
+    save_png(tmp_path / "images" / "shot.jpg", image)
+    coarse = np.zeros_like(mask)
+    coarse[22:58, 28:82] = 255
+    save_png(tmp_path / "coarse" / "shot.png", coarse)
+    save_png(tmp_path / "coarse" / "blank.png", np.zeros_like(mask))
+    save_png(tmp_path / "images" / "blank.jpg", image)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["refine", str(tmp_path / "coarse"), "--images", str(tmp_path / "images"), "-o", str(out),
+                              "--decoder", str(prior_decoder), "--size", "128", "--head-steps", "10", "--quiet"])
+    assert res.exit_code == 1, res.output                 # the empty mask failed, the other was written
+    assert "blank.png" in res.output and "empty" in res.output
+    written = np.asarray(Image.open(out / "shot.png"))
+    assert written.shape == mask.shape and set(np.unique(written)) <= {0, 255}
+    # --method decoder with a decoder that reads no priors: one line, exit 2.
+    res = runner.invoke(app, ["refine", str(tmp_path / "coarse"), "--images", str(tmp_path / "images"), "-o",
+                              str(tmp_path / "o2"), "--method", "decoder", "--decoder", "none", "--size", "128"])
+    assert res.exit_code == 2 and "prior" in res.output
+
+
+def test_predict_with_a_prior_reaches_the_decoder(prior_decoder):
+    ref, ref_mask = textured_scene(96, 128, (20, 30, 40, 50), seed=1)
+    src, _ = textured_scene(96, 128, (30, 50, 40, 50), seed=2)
+    predictor = Predictor(ModelConfig(device="cpu", decoder=str(prior_decoder), size=128, head_steps=10))
+    predictor.set_reference(ref, ref_mask)
+    plain = predictor.predict(src)
+    prior = np.zeros(src.shape[:2], bool)
+    prior[30:70, 50:100] = True
+    with_prior = predictor.predict(src, prior=prior)
+    assert not np.array_equal(plain.probability, with_prior.probability)
+    with pytest.raises(InputError):
+        predictor.predict(src, prior=prior[:10])
+
+
+def test_video_carries_the_previous_mask_and_finds_an_object_that_comes_back(prior_decoder):
+    from icm_cli.config import VideoConfig
+
+    ref, ref_mask = textured_scene(96, 128, (20, 30, 40, 50), seed=1)
+    predictor = Predictor(ModelConfig(device="cpu", decoder=str(prior_decoder), size=128, head_steps=10))
+    predictor.set_reference(ref, ref_mask)
+    video = predictor.video(VideoConfig(radius=2, motion=True))
+    frame, _ = textured_scene(96, 128, (22, 34, 40, 50), seed=5)
+    video.step(frame)
+    assert video.temporal.previous_fine is not None and video.temporal.previous_grey is not None
+    # The object leaves: no prior, no window, so nothing stops it being found when it returns.
+    video.observe(frame, np.zeros(frame.shape[:2], bool))
+    geo = predictor.engine.geometry_for(*frame.shape[:2])
+    assert video.temporal.prior(geo) is None and video.temporal.window((geo.padded_h // 8, geo.padded_w // 8)) is None
+    back = video.step(frame)
+    assert back.mask.shape == frame.shape[:2]
+
+
+def test_propagate_prior_folder_pairs_by_name_and_judges_each_source(tmp_path, prior_decoder):
+    ref, ref_mask = textured_scene(96, 128, (20, 30, 40, 50), seed=1)
+    save_png(tmp_path / "ref.png", ref)
+    save_png(tmp_path / "ref_mask.png", ref_mask * 255)
+    for i, name in enumerate(("a", "b", "c")):
+        src, truth = textured_scene(96, 128, (25, 35 + 5 * i, 40, 50), seed=10 + i)
+        save_png(tmp_path / "src" / f"{name}.jpg", src)
+        if name == "a":
+            save_png(tmp_path / "priors" / "a.png", truth * 255)          # a usable prior
+        if name == "b":
+            save_png(tmp_path / "priors" / "b.png", np.zeros((10, 10), np.uint8))  # of another size
+    out = tmp_path / "out"
+    args = ["propagate", str(tmp_path / "src"), "--ref", str(tmp_path / "ref.png"), "--mask",
+            str(tmp_path / "ref_mask.png"), "-o", str(out), "--decoder", str(prior_decoder), "--size", "128",
+            "--head-steps", "10", "--prior", str(tmp_path / "priors"), "--save", "masks"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1, res.output
+    assert "b.jpg" in res.output and "prior" in res.output
+    assert (out / "masks" / "a.png").is_file() and (out / "masks" / "c.png").is_file()  # c: no prior, as usual
+    assert not (out / "masks" / "b.png").exists()
+    res = runner.invoke(app, ["propagate", "--video", str(tmp_path / "src"), "--ref", str(tmp_path / "ref.png"),
+                              "--mask", str(tmp_path / "ref_mask.png"), "-o", str(tmp_path / "v"),
+                              "--prior", str(tmp_path / "priors")])
+    assert res.exit_code == 2 and "--prior" in res.output
