@@ -18,7 +18,7 @@ from icm_cli.cli import app
 from tests.conftest import FAST, propagate_args, run_records, save_png, source_records
 
 runner = CliRunner()
-COMMANDS = ["propagate", "trimap", "refine", "matte", "inspect-attn", "eval", "status", "review", "backbones"]
+COMMANDS = ["propagate", "trimap", "refine", "matte", "inspect-attn", "eval", "status", "review", "backbones", "train"]
 
 
 @pytest.fixture(scope="module")

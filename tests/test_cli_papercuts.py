@@ -17,7 +17,7 @@ from icm_cli.cli import app
 from tests.conftest import FAST, propagate_args, save_png, source_records
 
 runner = CliRunner()
-COMMANDS = ["propagate", "trimap", "refine", "matte", "inspect-attn", "eval", "status", "review", "backbones"]
+COMMANDS = ["propagate", "trimap", "refine", "matte", "inspect-attn", "eval", "status", "review", "backbones", "train"]
 ROOT = Path(__file__).resolve().parents[1]
 
 

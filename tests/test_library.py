@@ -27,9 +27,10 @@ def test_the_readme_library_example_runs(monkeypatch):
         exec(compile(code, "README.md", "exec"), {})
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("(") and "bool" in lines[0] and "of the image" in lines[0]
-    assert lines[1:3] == ["False", "False"] and lines[3].endswith("True")
-    assert lines[4] == "no/such/photo.jpg: file not found"
-    j, f = map(float, re.fullmatch(r"J (\d\.\d\d)  F (\d\.\d\d)", lines[5]).groups())
+    assert lines[1:4] == ["False", "False", "True"]  # the video found the cup; refine trimmed the crude mask
+    assert lines[4].endswith("True")
+    assert lines[5] == "no/such/photo.jpg: file not found"
+    j, f = map(float, re.fullmatch(r"J (\d\.\d\d)  F (\d\.\d\d)", lines[6]).groups())
     assert j >= 0.9 and f >= 0.9  # the demo's moved brick is found
 
 
@@ -62,13 +63,43 @@ def test_the_confidence_follows_the_path_that_made_the_probability(predictor):
     none = Predictor(ModelConfig(device="cpu", size=96, head_steps=10, edges=False, decoder="none"))
     ref, ref_mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
     none.set_reference(ref, ref_mask.astype(bool))
-    for p, learned in ((predictor, True), (none, False)):  # the fixture runs the default (learned) decoder
+    for p, decodes in ((predictor, True), (none, False)):  # the fixture runs the default (learned) decoder
         coarse = p.predict_coarse([src])[0]
-        assert p.engine.decodes(coarse) is learned
+        assert p.engine.decodes(coarse) is decodes
+        _, path_mask, learned = p.engine.finish_path(src, coarse)  # the gate may keep the training-free result
+        assert learned is False or decodes
         result = p.finish(src, coarse)
+        np.testing.assert_array_equal(result.mask, path_mask)
         signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.engine.context))
         assert result.confidence == pytest.approx(combine(signals, learned))
         assert result.confidence != pytest.approx(combine(signals, not learned))
+
+
+def test_the_gate_keeps_whichever_path_is_more_confident(predictor):
+    import dataclasses
+
+    from icm_cli.predict.confidence import assess
+
+    engine = predictor.engine
+    gated = engine.settings
+    try:
+        for seed in (2, 3, 5):
+            src, _ = textured_scene(72, 96, (10, 30, 36, 40), seed=seed)
+            coarse = predictor.predict_coarse([src])[0]
+            engine.settings = dataclasses.replace(gated, gate=False)
+            decoder_prob, decoder_mask, learned = engine.finish_path(src, coarse)
+            assert learned is True
+            engine.settings = dataclasses.replace(gated, gate=True)
+            prob, mask, learned = engine.finish_path(src, coarse)
+            free_prob = coarse.geometry.to_original(coarse.prob)[0, 0].numpy()
+            free_prob, free_mask = engine._full_size(src, free_prob)
+            by_decoder = assess(decoder_prob, decoder_mask, coarse, learned=True).confidence
+            training_free = assess(free_prob, free_mask, coarse).confidence
+            np.testing.assert_array_equal(mask, decoder_mask if learned else free_mask)
+            np.testing.assert_array_equal(prob, decoder_prob if learned else free_prob)
+            assert learned is (by_decoder >= training_free)
+    finally:
+        engine.settings = gated
 
 
 def test_api_errors_are_sentences(predictor):
