@@ -309,7 +309,9 @@ class PropagateJob:
             if self.sequence is not None:
                 from icm_cli.runner.sequence import run_video
 
-                return run_video(runner, self.sequence, self.predictor.video(self.video_config))
+                # three threads share the cores (backbone ahead, the serial chain, writing): one torch thread each
+                with self.predictor.streaming(self.predictor.stream_workers()):
+                    return run_video(runner, self.sequence, self.predictor.video(self.video_config))
             if self.options.engine == "ray":
                 return self._run_ray(runner)
             batch = batch_size_for(self.options.batch_size, on_gpu=self.predictor.device.type != "cpu")

@@ -80,11 +80,13 @@ class AttentionMaps:
 @dataclass
 class Encoded:
     """A frame's backbone output (and, for the motion cue, its half-size grey image), kept until
-    the previous frame's mask is known."""
+    the previous frame's mask is known; without a memory of earlier frames also its evidence
+    before the window and prior (all of the frame's search that does not wait for that mask)."""
 
     geometry: object
     features: object
     grey: np.ndarray | None = None
+    found: Evidence | None = None
 
 
 class Predictor:
@@ -347,21 +349,28 @@ class VideoPredictor:
         engine = self.predictor.engine
         with torch.no_grad():
             geo, feats = engine.source_features([image])
+            # the memory's tokens depend on earlier frames' masks; without one the whole search
+            # is done here, where a runner can overlap it with finishing the previous frame
+            found = engine.evidence(feats, geo)[0] if not self.config.memory and engine.context is not None \
+                else None
         grey = None
         if self.config.motion and engine.reads_priors:
             from icm_cli.predict.motion import grey_half
 
             grey = grey_half(image, geo)
-        return Encoded(geo, feats, grey)
+        return Encoded(geo, feats, grey, found)
 
     def predict_encoded(self, encoded: Encoded) -> Evidence:
         self.predictor.check_ready()
         feats, engine = encoded.features, self.predictor.engine
         with torch.no_grad():
             prior = self.temporal.prior(encoded.geometry, encoded.grey) if engine.reads_priors else None
-            evidence = engine.evidence(feats, encoded.geometry, prior=prior,
-                                       window=self.temporal.window(tuple(feats.ft.shape[-2:])),
-                                       memory=self.temporal.memory_tokens())[0]
+            window = self.temporal.window(tuple(feats.ft.shape[-2:]))
+            if encoded.found is not None:
+                evidence = engine.placed(encoded.found, window=window, prior=prior)
+            else:
+                evidence = engine.evidence(feats, encoded.geometry, prior=prior, window=window,
+                                           memory=self.temporal.memory_tokens())[0]
         evidence.prior_weight = self.config.prior_weight
         return evidence
 

@@ -135,3 +135,46 @@ def test_propagate_prior_folder_pairs_by_name_and_judges_each_source(tmp_path, p
                               "--mask", str(tmp_path / "ref_mask.png"), "-o", str(tmp_path / "v"),
                               "--prior", str(tmp_path / "priors")])
     assert res.exit_code == 2 and "--prior" in res.output
+
+
+def test_placing_a_window_and_a_prior_on_found_evidence():
+    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.evidence import Evidence
+
+    ones = torch.ones(1, 1, 2, 3)
+    found = Evidence(geometry=None, prob=torch.full((1, 1, 2, 3), 0.8), nearest=ones, sim_fg=ones, sim_bg=ones)
+    window = torch.tensor([[[[1.0, 0.0, 1.0], [0.0, 0.5, 1.0]]]])
+    prior = torch.full((1, 1, 4, 6), 0.25)
+    placed = Propagator.placed(found, window=window, prior=prior)
+    assert torch.allclose(placed.prob, torch.tensor([[[[0.8, 0.0, 0.8], [0.0, 0.4, 0.8]]]]))
+    assert placed.window.tolist() == window.tolist() and placed.prior.tolist() == prior.tolist()
+    assert found.prob.unique().tolist() == [pytest.approx(0.8)]  # the found evidence is left as it was
+    assert Propagator.placed(found, prior=torch.full((1, 1, 4, 6), float("nan"))).prior is None  # NaN: no prior
+    assert Propagator.placed(found) is found
+
+
+def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mask(prior_decoder):
+    """Without a memory, the frame's search is made on the backbone's thread, before the previous
+    mask is known; placing the window and prior then gives the evidence of searching with them."""
+    from icm_cli.config import VideoConfig
+
+    ref, ref_mask = textured_scene(96, 128, (20, 30, 40, 50), seed=1)
+    predictor = Predictor(ModelConfig(device="cpu", decoder=str(prior_decoder), size=128, head_steps=10))
+    predictor.set_reference(ref, ref_mask)
+    video = predictor.video(VideoConfig(radius=2, motion=False))
+    first, _ = textured_scene(96, 128, (22, 34, 40, 50), seed=5)
+    second, _ = textured_scene(96, 128, (24, 36, 40, 50), seed=6)
+    video.step(first)
+    encoded = video.encode(second)
+    assert encoded.found is not None
+    ahead = video.predict_encoded(encoded)
+    engine = predictor.engine
+    geo = encoded.geometry
+    window = video.temporal.window(tuple(encoded.features.ft.shape[-2:]))
+    assert window is not None and not bool(window.all())  # the window does cut the search
+    at_once = engine.evidence(encoded.features, geo, prior=video.temporal.prior(geo), window=window)[0]
+    for name in ("prob", "nearest", "sim_fg", "sim_bg", "head", "inter", "intra", "base", "prior", "window"):
+        assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
+    assert video.finish(second, ahead).mask.tolist() == video.finish(second, at_once).mask.tolist()
+    # with a memory of earlier frames the search waits for their masks
+    assert predictor.video(VideoConfig(memory=2)).encode(second).found is None

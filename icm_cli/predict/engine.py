@@ -6,6 +6,8 @@ tensor work run on the engine's device. No files and no printing here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from dataclasses import dataclass, field
 
@@ -263,6 +265,14 @@ class Propagator:
         neither the gate nor the decoder needs it (``inspect-attn``); context:
         another reference context than the one :meth:`set_references` keeps.
         """
+        found = self._found(feats, geo, memory=memory, heat=heat, context=context)
+        return [self.placed(ev, window=None if window is None else window[i:i + 1],
+                            prior=None if prior is None else prior[i:i + 1])
+                for i, ev in enumerate(found)]
+
+    def _found(self, feats: Features, geo: WorkingGeometry, memory: ReferenceTokens | None = None,
+               heat: bool = False, context: ReferenceContext | None = None) -> list[Evidence]:
+        """:meth:`evidence` before any window or prior: what a source shows against the references."""
         s, ctx = self.settings, context or self.context
         ft, attn = feats.ft, feats.attn
         fg, bg = ctx.tokens.fg, ctx.tokens.bg
@@ -282,10 +292,6 @@ class Propagator:
             if s.attention_prior > 0:
                 prob = prob * (intra / s.attention_prior).clamp(max=1.0)
         base = prob if collect else None
-        if window is not None:
-            window = window.to(prob)
-            prob = prob * window
-            window = window.expand_as(prob)
         levels = {}
         if collect:  # the decoder's fine levels, computed by the backbone anyway
             strides = tuple(sorted(set(self.decoder.config.strides) | set(
@@ -296,13 +302,24 @@ class Propagator:
         def one(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
             return None if t is None else t[i:i + 1].cpu()
 
-        priors = [None if prior is None or torch.isnan(prior[i]).any() else prior[i:i + 1].float().cpu()
-                  for i in range(ft.shape[0])]
         return [Evidence(geometry=geo, prob=one(prob, i), nearest=one(prob_nn, i), sim_fg=one(sim_fg, i),
                          sim_bg=one(sim_bg, i), head=one(head, i), inter=one(inter, i), intra=one(intra, i),
-                         base=one(base, i), prior=priors[i], window=one(window, i),
-                         levels={stride: lv[i:i + 1] for stride, lv in levels.items()})
+                         base=one(base, i), levels={stride: lv[i:i + 1] for stride, lv in levels.items()})
                 for i in range(ft.shape[0])]
+
+    @staticmethod
+    def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.Tensor | None = None
+               ) -> Evidence:
+        """``evidence`` with a search window ``[1, 1, h, w]`` multiplied into its probability and a
+        prior mask ``[1, 1, Hc/4, Wc/4]`` attached (NaN: none). Video frames get both once the
+        previous frame's mask is known; their evidence is found ahead (:meth:`evidence`)."""
+        changes = {}
+        if window is not None:
+            window = window.to(evidence.prob)
+            changes.update(prob=evidence.prob * window, window=window.expand_as(evidence.prob).cpu())
+        if prior is not None and not torch.isnan(prior).any():
+            changes["prior"] = prior.float().cpu()
+        return dataclasses.replace(evidence, **changes) if changes else evidence
 
     @torch.no_grad()
     def attention_maps(self, images: list[np.ndarray]) -> list[tuple[Evidence, torch.Tensor]]:

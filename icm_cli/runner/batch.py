@@ -486,50 +486,97 @@ class BatchRunner:
         return self.outcome
 
     # ------------------------------------------------------------ sequences
+    def _write(self, work: Work, result, finish_s: float) -> tuple:
+        """Writer thread: render and write a finished frame. Returns what :meth:`_settle` expects."""
+        if self.outcome.stopped:  # the disk filled up meanwhile: leave this frame to the rerun
+            raise _Abandoned
+        t0 = time.perf_counter()
+        arrays = self.plan.render(work.image, result, self.matte)
+        written = {}
+        for kind, path in self.plan.paths(work.source.stem).items():
+            try:
+                io.write_image_atomic(path, arrays[kind])
+            except io.OutputError as exc:
+                reason = io.fatal_write_error(exc)
+                if reason:
+                    self.stop(f"cannot write to {self.plan.root} ({reason})")
+                raise
+            written[kind] = path
+        work.image = None
+        return result, written, finish_s + time.perf_counter() - t0, 0.0
+
     def run_sequence(self, frames: Iterable[Work], model) -> BatchOutcome:
-        """Frames in order; each is predicted with what the written masks of the earlier ones say.
+        """Frames in order; each is predicted with what the masks of the earlier ones say.
 
-        Frame t+1's backbone forward runs while frame t is finished on the
-        writer thread; its prediction waits for t's mask (``observe_encoded``).
+        Only the chain that must be serial stays on this thread: a frame's
+        prediction waits for the previous frame's mask, and its full-size
+        mask is passed on (``observe_encoded``) as soon as it is decided.
+        The backbone runs a frame ahead on its own thread (it needs no
+        earlier mask), and rendering and writing run behind on the writer
+        thread; records still follow frame order.
         """
-        pending: tuple[Work, Future, float, object] | None = None
+        pending: deque[tuple[Work, Future, float]] = deque()
+        queued: deque[tuple[Work, Future | None]] = deque()
 
-        def settle() -> None:
-            nonlocal pending
-            if pending is None:
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                self._settle(*pending.popleft())
+
+        def attempt(work: Work, step: Callable[[], T], model_step: bool = False) -> T | None:
+            """:meth:`attempt`, with the earlier frames still being written recorded first."""
+            try:
+                return step()
+            except Exception as exc:
+                caught = exc
+            drain(0)
+
+            def again():
+                raise caught
+            return self.attempt(work.source, again, model_step=model_step)
+
+        def step(work: Work, encoding: Future | None) -> None:
+            if work.error is not None:
+                drain(0)
+                self.fail(work.source, work.error)
                 return
-            work, future, model_s, encoded = pending
-            pending = None
-            result = self._settle(work, future, model_s)
-            if result is not None:
-                model.observe_encoded(encoded, result.mask)
+            t0 = time.perf_counter()
+            encoded = attempt(work, encoding.result, model_step=True)
+            coarse = None if encoded is None else \
+                attempt(work, lambda: model.predict_encoded(encoded), model_step=True)
+            model_s = time.perf_counter() - t0
+            self.seconds["model"] += model_s
+            if coarse is None:
+                return
+            t1 = time.perf_counter()
+            result = attempt(work, lambda: model.finish(work.image, coarse))
+            if result is None:
+                return
+            model.observe_encoded(encoded, result.mask)  # the next frame's window and prior
+            pending.append((work, writer.submit(self._write, work, result, time.perf_counter() - t1), model_s))
+            drain(2)
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icm-write") as writer:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="icm-write") as writer, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="icm-encode") as encoder:
             items = prefetch(frames, 3, halt=self.halt)
             try:
                 with self.handling_signals():
                     for work in items:
                         if self.halt.is_set():
                             break
-                        if work.error is not None:
-                            settle()
-                            self.fail(work.source, work.error)
-                            continue
-                        t0 = time.perf_counter()
-                        encoded = self.attempt(work.source, lambda: model.encode(work.image), model_step=True)
-                        settle()  # frame t is written; its mask sets the window for this one
-                        if encoded is None:
-                            continue
-                        coarse = self.attempt(work.source, lambda: model.predict_encoded(encoded), model_step=True)
-                        model_s = time.perf_counter() - t0
-                        self.seconds["model"] += model_s
-                        if coarse is not None:
-                            pending = (work, writer.submit(self._finish, work, coarse, model), model_s, encoded)
-                    settle()
+                        queued.append((work, None if work.error is not None
+                                       else encoder.submit(model.encode, work.image)))
+                        if len(queued) > 2:  # the backbone and the search stay up to two frames ahead
+                            step(*queued.popleft())
+                    while queued and not self.halt.is_set():
+                        step(*queued.popleft())
+                    drain(0)  # what is predicted is written and recorded, even when stopping
             except BaseException:
-                if pending is not None:
-                    pending[1].cancel()
+                for _, fut, _ in pending:
+                    fut.cancel()
                 raise
             finally:
+                for _, fut in queued:
+                    if fut is not None:
+                        fut.cancel()
                 items.close()
         return self.outcome
