@@ -109,6 +109,17 @@ def test_default_backbone_non_square_contract(lite0):
     assert feats.stride == lite0.stride == 8
 
 
+def test_lite0_channel_counts_match_its_layers_and_loading_leaves_the_weights_as_stored(lite0):
+    from icm_cli.backbones.weights import load_state_dict
+
+    with torch.no_grad():
+        taps, levels = lite0._taps(torch.zeros(1, 3, 64, 64))
+    assert lite0.tap_dims == tuple(t.shape[1] for t in taps) == (40, 112, 192) and lite0.feature_dim == 344
+    assert lite0.level_dims == {s: t.shape[1] for s, t in levels.items()} == {2: 16, 4: 24}
+    stored = load_state_dict(lite0.weights_path)["_blocks.3._bn2.running_mean"]
+    assert torch.equal(lite0.blocks[3]._bn2.running_mean, stored)  # building it ran nothing in training mode
+
+
 def test_default_backbone_rejects_sizes_off_its_multiple(lite0):
     with pytest.raises(ValueError, match="multiples of 32"):
         lite0(torch.rand(1, 3, 100, 160))

@@ -113,13 +113,12 @@ class EfficientNetLite(Backbone):
         self.attention_temperature = attention_temperature
         #: When set (an :class:`~icm_cli.backbones.onnx_trunk.OnnxTrunk`), ``forward`` runs ``_taps`` on it.
         self.trunk = None
-        # Inference mode before the probe: in training mode its blank batch would move every BatchNorm's
-        # running statistics (by an amount that depends on the thread count).
         self.eval()
-        with torch.no_grad():
-            dims, levels = self._taps(torch.zeros(1, 3, 64, 64))
-        self.tap_dims = tuple(d.shape[1] for d in dims)
-        self.level_dims = {s: t.shape[1] for s, t in levels.items()}
+        # Channel counts read from each block's last convolution, not from a probe pass: a pass costs
+        # about a third of a second at start-up, the time to a rerun's first result.
+        out_channels = lambda block: self.blocks[block]._project_conv.out_channels  # noqa: E731
+        self.tap_dims = tuple(out_channels(b) for b in self.taps)
+        self.level_dims = {s: out_channels(b) for s, b in self.level_blocks.items()}
         self.feature_dim = sum(self.tap_dims)
 
     def _taps(self, x: torch.Tensor, upto: int | None = None) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:

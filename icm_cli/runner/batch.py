@@ -434,7 +434,8 @@ class BatchRunner:
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icm-write") as writer:
             def drain(limit: int) -> None:
-                while len(pending) > limit:
+                # past the limit wait; below it record what is already finished, so results show as they come
+                while len(pending) > limit or (pending and pending[0][1].done()):
                     self._settle(*pending.popleft())
 
             def flush() -> None:
@@ -519,7 +520,7 @@ class BatchRunner:
         queued: deque[tuple[Work, Future | None]] = deque()
 
         def drain(limit: int) -> None:
-            while len(pending) > limit:
+            while len(pending) > limit or (pending and pending[0][1].done()):
                 self._settle(*pending.popleft())
 
         def attempt(work: Work, step: Callable[[], T], model_step: bool = False) -> T | None:
