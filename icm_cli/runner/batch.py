@@ -317,6 +317,10 @@ class BatchRunner:
             coarse_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = model.finish(work.image, coarse)
+        return result, self._write_outputs(work, result), time.perf_counter() - t0, coarse_s
+
+    def _write_outputs(self, work: Work, result) -> dict[str, Path]:
+        """Render one source's outputs and write each atomically; ``{kind: path}`` of what was written."""
         arrays = self.plan.render(work.image, result, self.matte)
         written = {}
         for kind, path in self.plan.paths(work.source.stem).items():
@@ -329,7 +333,7 @@ class BatchRunner:
                 raise
             written[kind] = path
         work.image = None  # written: let the pixels go
-        return result, written, time.perf_counter() - t0, coarse_s
+        return written
 
     def _settle(self, work: Work, future: Future, model_s: float):
         """Wait for one source's finishing; record it done (returns the result) or failed (None)."""
@@ -492,18 +496,7 @@ class BatchRunner:
         if self.outcome.stopped:  # the disk filled up meanwhile: leave this frame to the rerun
             raise _Abandoned
         t0 = time.perf_counter()
-        arrays = self.plan.render(work.image, result, self.matte)
-        written = {}
-        for kind, path in self.plan.paths(work.source.stem).items():
-            try:
-                io.write_image_atomic(path, arrays[kind])
-            except io.OutputError as exc:
-                reason = io.fatal_write_error(exc)
-                if reason:
-                    self.stop(f"cannot write to {self.plan.root} ({reason})")
-                raise
-            written[kind] = path
-        work.image = None
+        written = self._write_outputs(work, result)
         return result, written, finish_s + time.perf_counter() - t0, 0.0
 
     def run_sequence(self, frames: Iterable[Work], model) -> BatchOutcome:
