@@ -51,12 +51,13 @@ def test_video_processes_frames_in_name_order_and_writes_every_mask(tmp_path):
         assert iou > 0.6, (stem, iou)
 
 
-def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("memory", ["2", "0"])  # 0 (the default): each frame is searched ahead of its prior
+def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path, memory):
     _frames(tmp_path / "frames", count=6)
     ref, ref_mask = textured_scene(96, 128, (30, 10, 40, 50), seed=100)
     save_png(tmp_path / "ref.png", ref)
     save_png(tmp_path / "ref_mask.png", ref_mask * 255)
-    common = ["--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"), "--memory", "2",
+    common = ["--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"), "--memory", memory,
               "--save", "masks,trimaps"]
     full = tmp_path / "full"
     assert _run(["--video", str(tmp_path / "frames"), "-o", str(full), *common]).exit_code == 0
