@@ -6,10 +6,8 @@ tensor work run on the engine's device. No files and no printing here.
 
 from __future__ import annotations
 
-import dataclasses
-
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -319,7 +317,7 @@ class Propagator:
             changes.update(prob=evidence.prob * window, window=window.expand_as(evidence.prob).cpu())
         if prior is not None and not torch.isnan(prior).any():
             changes["prior"] = prior.float().cpu()
-        return dataclasses.replace(evidence, **changes) if changes else evidence
+        return replace(evidence, **changes) if changes else evidence
 
     @torch.no_grad()
     def attention_maps(self, images: list[np.ndarray]) -> list[tuple[Evidence, torch.Tensor]]:

@@ -335,6 +335,12 @@ class BatchRunner:
         work.image = None  # written: let the pixels go
         return written
 
+    def _drain(self, pending: deque, limit: int) -> None:
+        """Record the oldest of ``pending`` ``(work, future, model_s)``, in order: waiting while more than
+        ``limit`` are queued, then those already finished, so results show as they come."""
+        while len(pending) > limit or (pending and pending[0][1].done()):
+            self._settle(*pending.popleft())
+
     def _settle(self, work: Work, future: Future, model_s: float):
         """Wait for one source's finishing; record it done (returns the result) or failed (None)."""
         outcome = self.attempt(work.source, future.result)
@@ -438,9 +444,7 @@ class BatchRunner:
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="icm-write") as writer:
             def drain(limit: int) -> None:
-                # past the limit wait; below it record what is already finished, so results show as they come
-                while len(pending) > limit or (pending and pending[0][1].done()):
-                    self._settle(*pending.popleft())
+                self._drain(pending, limit)
 
             def flush() -> None:
                 if not batch:
@@ -505,16 +509,16 @@ class BatchRunner:
         Only the chain that must be serial stays on this thread: a frame's
         prediction waits for the previous frame's mask, and its full-size
         mask is passed on (``observe_encoded``) as soon as it is decided.
-        The backbone runs a frame ahead on its own thread (it needs no
-        earlier mask), and rendering and writing run behind on the writer
-        thread; records still follow frame order.
+        ``model.encode`` (the backbone, and without a memory the frame's
+        search too: neither needs an earlier mask) runs up to two frames
+        ahead on its own thread, and rendering and writing run behind on the
+        writer thread; records still follow frame order.
         """
         pending: deque[tuple[Work, Future, float]] = deque()
         queued: deque[tuple[Work, Future | None]] = deque()
 
         def drain(limit: int) -> None:
-            while len(pending) > limit or (pending and pending[0][1].done()):
-                self._settle(*pending.popleft())
+            self._drain(pending, limit)
 
         def attempt(work: Work, step: Callable[[], T], model_step: bool = False) -> T | None:
             """:meth:`attempt`, with the earlier frames still being written recorded first."""
