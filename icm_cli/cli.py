@@ -52,6 +52,9 @@ class _GuardedGroup(TyperGroup):
             raise
 
     def invoke(self, ctx):
+        if not {"-h", "--help"} & set(ctx.meta.get("icm.argv", ())):  # a command will run, not a help page
+            from icm_cli.process_settings import claim_for_command_line
+            claim_for_command_line()
         try:
             return super().invoke(ctx)
         except Exception as exc:

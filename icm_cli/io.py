@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from icm_cli.config import DEFAULT_MAX_PIXELS
 from icm_cli.errors import IcmError
+from icm_cli.process_settings import open_unguarded
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -32,10 +33,6 @@ RASTER_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "WEBP", "TIFF", "GIF")
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "InputError", "OutputError", "read_image", "read_mask",
            "read_trimap", "binary_mask", "write_image_atomic", "write_text_atomic", "ensure_output_folder",
            "remove_stale_temp_files", "fatal_write_error"]
-
-# PIL's own bomb guard would raise its own warning/error types at a limit we
-# do not control; we check the header size ourselves against max_pixels.
-Image.MAX_IMAGE_PIXELS = None
 
 
 class InputError(IcmError):
@@ -55,7 +52,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image | np.ndarray:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes), not an image")
         Image.init()  # registers every plugin (once), so the named formats are all known
-        img = Image.open(path, formats=RASTER_FORMATS)
+        # Pillow's bomb guard is the host's setting: icm checks the size against max_pixels below.
+        img = open_unguarded(path, formats=RASTER_FORMATS)
     except InputError:
         raise
     except UnidentifiedImageError:

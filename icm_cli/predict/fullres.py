@@ -13,9 +13,7 @@ import numpy as np
 
 from icm_cli.core import window_padding
 from icm_cli.core.morphology import cap_kernel
-
-cv2.setNumThreads(1)
-
+from icm_cli.process_settings import opencv_single_threaded
 
 GRABCUT_SEED = 0
 
@@ -51,10 +49,11 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
     # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG, whose
     # state advances with every call: without a fixed seed a mask would depend on
     # which sources the same thread refined before (order, resume, shards, workers).
-    cv2.setRNGSeed(GRABCUT_SEED)
     try:
-        cv2.grabCut(np.ascontiguousarray(small_img[..., ::-1]), labels, None, bgd, fgd, iterations,
-                    cv2.GC_INIT_WITH_MASK)
+        with opencv_single_threaded():
+            cv2.setRNGSeed(GRABCUT_SEED)
+            cv2.grabCut(np.ascontiguousarray(small_img[..., ::-1]), labels, None, bgd, fgd, iterations,
+                        cv2.GC_INIT_WITH_MASK)
     except cv2.error:
         return threshold
     small_fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)

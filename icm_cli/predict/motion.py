@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icm_cli.process_settings import opencv_single_threaded
+
 PRESETS = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}
 
@@ -44,7 +46,8 @@ def warp_back(previous_mask: np.ndarray, previous_grey: np.ndarray, grey: np.nda
               preset: str = "fast") -> np.ndarray:
     """The previous ``[h2, w2]`` mask sampled where each pixel of the current frame was in the previous one."""
     dis = cv2.DISOpticalFlow_create(PRESETS[preset])
-    flow = dis.calc(grey, previous_grey, None)  # current -> previous displacement of every current pixel
+    with opencv_single_threaded():  # the same flow, bit for bit, whatever the host's thread count
+        flow = dis.calc(grey, previous_grey, None)  # current -> previous displacement of every current pixel
     h, w = grey.shape
     xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(previous_mask, xx + flow[..., 0], yy + flow[..., 1], cv2.INTER_LINEAR,

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from icm_cli.process_settings import open_unguarded, opencv_single_threaded
 from icm_cli.video import parse_frame_ref, read_frame, source_file
 
 #: Thumbnails fit in this box (width, height), aspect kept.
@@ -32,8 +33,6 @@ FILL = np.array([255, 0, 170], np.float32)   # translucent object fill (rare in 
 OUTLINE = (255, 236, 0)                      # mask boundary
 FILL_OPACITY = 0.38
 JPEG_QUALITY = 82
-
-Image.MAX_IMAGE_PIXELS = None  # sizes were checked when the run read these files
 
 
 def _umask() -> int:
@@ -126,7 +125,7 @@ def _read_small(path: str) -> np.ndarray:
     if ref is not None:
         picture = read_frame(ref)
         return _shrink(picture, _fit(picture.shape[1], picture.shape[0]))
-    with Image.open(path) as img:
+    with open_unguarded(path) as img:  # sizes were checked when the run read these files
         w, h = img.size
         try:
             swap = img.getexif().get(0x0112, 1) in _TRANSPOSING
@@ -152,7 +151,7 @@ def _read_mask_small(path: str, size: tuple[int, int]) -> np.ndarray:
     """A mask (any format icm reads) as ``[h, w]`` bool at ``size`` (width, height)."""
     from icm_cli import io
 
-    with Image.open(path) as img:
+    with open_unguarded(path) as img:  # sizes were checked when the run read these files
         if img.mode == "L":  # icm's own 0/255 masks: no float copy of the full image
             img.load()
             return _shrink(np.asarray(_displayed(img)), size) >= 128
@@ -208,7 +207,7 @@ def make(job: Job, folder: Path, expect_source: bool = True) -> Thumbs:
         try:
             size = (base.shape[1], base.shape[0]) if base is not None else None
             if size is None:
-                with Image.open(job.mask) as probe:
+                with open_unguarded(job.mask) as probe:
                     size = _fit(*_displayed(probe).size)
             mask = _read_mask_small(job.mask, size)
         except Exception as exc:
@@ -271,8 +270,8 @@ class ThumbnailCache:
         todo = [i for i, r in enumerate(results) if r is None]
         workers = workers or min(8, os.cpu_count() or 1)
         if todo:
-            cv2.setNumThreads(1)  # parallel over thumbnails, not inside each
-            with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="icm-thumb") as pool:
+            with opencv_single_threaded(), ThreadPoolExecutor(  # parallel over thumbnails, not inside each
+                max_workers=max(1, workers), thread_name_prefix="icm-thumb") as pool:
                 made = pool.map(lambda i: make(jobs[i][0], self.folder, jobs[i][1]), todo)
                 for i, thumbs in zip(todo, made):
                     results[i] = thumbs
