@@ -14,6 +14,12 @@ fault. The kinds (each also importable from where it is raised):
 - :class:`icm_cli.engines.ray_engine.RayEngineError`: a Ray run that could not start or broke down.
 - :class:`icm_cli.jobs.UsageProblem`: a propagate run that cannot start as asked.
 - :class:`SettingError` (also a ``ValueError``): a setting out of its range.
+- :class:`ArrayError` (also a ``ValueError``): an image or mask array the Python API cannot use
+  (wrong shape, float pixels).
+- :class:`NotReadyError` (also a ``RuntimeError``): a call that needs a reference before one was set.
+- :class:`icm_cli.video_out.VideoOutputError`: a video that could not be written.
+- :class:`icm_cli.backbones.onnx_trunk.RuntimeUnavailable` (also a ``ValueError``): ONNX Runtime
+  cannot run this backbone here.
 
 Nothing here imports anything, so every module can derive from it.
 """
@@ -27,3 +33,11 @@ class IcmError(Exception):
 
 class SettingError(IcmError, ValueError):
     """A setting out of its range (``ModelConfig(size=10)``); still a ``ValueError`` for older callers."""
+
+
+class ArrayError(IcmError, ValueError):
+    """An image or mask given as an array that icm cannot use (shape, dtype); still a ``ValueError``."""
+
+
+class NotReadyError(IcmError, RuntimeError):
+    """A prediction asked for before any reference was set; still a ``RuntimeError`` for older callers."""

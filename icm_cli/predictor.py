@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from icm_cli.config import DEFAULT_TRIMAP_KERNEL, ModelConfig, VideoConfig
-from icm_cli.errors import SettingError
+from icm_cli.errors import NotReadyError, SettingError
 from icm_cli.core import peak_normalise
 from icm_cli.predict.engine import Propagator, to_tensor
 from icm_cli.predict.evidence import Evidence
@@ -144,7 +144,7 @@ class Predictor:
             refs.append(Reference(img, msk, image if isinstance(image, str) else None,
                                   mask if isinstance(mask, str) else None))
         if not refs:
-            raise ValueError("give at least one reference (image, mask) pair")
+            raise SettingError("give at least one reference (image, mask) pair")
         from icm_cli.predict.confidence import reference_area_share
 
         from icm_cli.predict import context_store
@@ -268,7 +268,7 @@ class Predictor:
 
     def check_ready(self) -> None:
         if self.engine.context is None:
-            raise RuntimeError("set_reference() must come before predict()")
+            raise NotReadyError("set_reference() must come before predict()")
 
     # ------------------------------------------------------------ attention
     def attention(self, image, point: tuple[int, int] | None = None) -> AttentionMaps:
@@ -299,7 +299,7 @@ class Predictor:
         ref_ft, geo = self.engine.reference_features[0]
         x, y = point
         if not (0 <= x < geo.orig_w and 0 <= y < geo.orig_h):
-            raise ValueError(f"--point {x},{y} lies outside the first reference ({geo.orig_w}x{geo.orig_h})")
+            raise SettingError(f"the point {x},{y} lies outside the first reference ({geo.orig_w}x{geo.orig_h})")
         gh, gw = ref_ft.shape[-2:]
         row = min(gh - 1, int(y * geo.resized_h / geo.orig_h * gh / geo.padded_h))
         col = min(gw - 1, int(x * geo.resized_w / geo.orig_w * gw / geo.padded_w))

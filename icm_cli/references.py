@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from icm_cli import io
+from icm_cli.errors import ArrayError
 
 
 @dataclass
@@ -117,9 +118,9 @@ def as_image(image) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected an [H, W, 3] RGB image, got an array of shape {arr.shape}")
+        raise ArrayError(f"expected an [H, W, 3] RGB image, got an array of shape {arr.shape}")
     if arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels (0-255), got {arr.dtype}")
+        raise ArrayError(f"expected uint8 pixels (0-255), got {arr.dtype}")
     return np.ascontiguousarray(arr[..., :3])
 
 
@@ -133,7 +134,7 @@ def as_mask(mask) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., :3].max(axis=2)
     if arr.ndim != 2:
-        raise ValueError(f"expected an [H, W] mask, got an array of shape {arr.shape}")
+        raise ArrayError(f"expected an [H, W] mask, got an array of shape {arr.shape}")
     if arr.dtype == bool:
         return arr.astype(np.float32)
     return io.mask_to_float(arr, "L")

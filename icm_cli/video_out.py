@@ -36,6 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from icm_cli import io, render
+from icm_cli.errors import IcmError
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
 VIDEO_KINDS = ("mask", "matte", "cutout", "overlay")
@@ -62,7 +63,7 @@ _NTSC = {"23.976": Fraction(24000, 1001), "29.97": Fraction(30000, 1001), "47.95
          "59.94": Fraction(60000, 1001), "119.88": Fraction(120000, 1001)}
 
 
-class VideoOutputError(Exception):
+class VideoOutputError(IcmError):
     """A video could not be written; the message is one line naming the file."""
 
 

@@ -184,3 +184,26 @@ def test_a_library_user_catching_icm_error_gets_each_bad_input(tmp_path):
         p.set_reference(img, np.zeros((40, 48), bool))
     with pytest.raises(IcmError):  # a mask of another size
         p.set_reference(img, np.ones((20, 20), bool))
+
+
+def test_predicting_too_early_or_on_an_unusable_array_raises_an_icm_error_that_keeps_its_old_base():
+    from icm_cli import IcmError
+    from icm_cli.backbones.onnx_trunk import RuntimeUnavailable
+    from icm_cli.errors import ArrayError, NotReadyError
+    from icm_cli.video_out import VideoOutputError
+
+    p = Predictor(ModelConfig(device="cpu", size=96, head_steps=0, edges=False))
+    img, mask = textured_scene(40, 48, (10, 12, 20, 20), seed=4)
+    with pytest.raises(NotReadyError, match="set_reference"):  # before any reference
+        p.predict(img)
+    p.set_reference(img, mask)
+    with pytest.raises(ArrayError, match="uint8"):  # a float array
+        p.predict(img.astype(np.float32))
+    with pytest.raises(ArrayError, match=r"\[H, W, 3\]"):  # a wrong shape
+        p.predict(np.zeros((4, 40, 48, 3), np.uint8))
+    with pytest.raises(ArrayError, match=r"\[H, W\] mask"):
+        p.set_reference(img, np.zeros((2, 2, 2, 2), bool))
+    for kind in (ArrayError, NotReadyError, VideoOutputError, RuntimeUnavailable):
+        assert issubclass(kind, IcmError), kind
+    assert issubclass(ArrayError, ValueError) and issubclass(NotReadyError, RuntimeError)
+    assert issubclass(RuntimeUnavailable, ValueError)

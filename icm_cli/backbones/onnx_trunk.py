@@ -36,6 +36,7 @@ import torch
 
 from icm_cli import cache
 from icm_cli.config import RUNTIMES
+from icm_cli.errors import IcmError
 OPSET = 17
 FORMAT = "icm-onnx-trunk-1"
 #: Largest |onnx - torch| accepted on the check input, relative to the largest |torch| value
@@ -44,7 +45,7 @@ TOLERANCE = 1e-4
 INSTALL_HINT = "pip install onnxruntime onnx"
 
 
-class RuntimeUnavailable(ValueError):
+class RuntimeUnavailable(IcmError, ValueError):
     """ONNX Runtime cannot run this backbone here; the message says why, in one line (a usage problem)."""
 
 
