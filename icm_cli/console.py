@@ -7,7 +7,6 @@ non-terminal stdout behave the same in every command.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -166,6 +165,3 @@ def invocation(ctx) -> list[str]:
     """The command line as typed (``icm propagate ...``), kept by the CLI in the context's meta."""
     return ["icm", *ctx.meta.get("icm.argv", [ctx.info_name or ""])]
 
-
-def is_stdout_terminal() -> bool:
-    return sys.stdout.isatty()

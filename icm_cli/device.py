@@ -6,7 +6,6 @@ Nothing else in icm picks a device; library code receives the
 
 from __future__ import annotations
 
-import random
 import re
 
 import torch
@@ -72,26 +71,3 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     kind = device.type if isinstance(device, torch.device) else torch.device(device).type
     return torch.float16 if kind == "cuda" else torch.float32
 
-
-def set_deterministic(device: torch.device | str | None = None, seed: int = 0) -> None:
-    """Seed every generator and prefer deterministic kernels.
-
-    On the CPU this asks torch for deterministic algorithms (warning, never
-    failing, where an op has none). On CUDA it only turns off cuDNN
-    autotuning and picks deterministic cuDNN kernels: full
-    ``use_deterministic_algorithms`` there needs ``CUBLAS_WORKSPACE_CONFIG``
-    set before CUDA starts and can turn ordinary ops into errors.
-    """
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        pass
-    kind = (device.type if isinstance(device, torch.device) else torch.device(device).type) if device else "cpu"
-    if kind == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif kind == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -9,7 +9,6 @@ column and squeeze the descriptions on an 80-column terminal.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
@@ -86,9 +85,6 @@ MaxPixels = Annotated[int, typer.Option(
     help="Refuse images with more pixels than this (checked before decoding).")]
 
 # ------------------------------------------------------------------ outputs
-Output = Annotated[Path, typer.Option(
-    "--output", "-o", metavar="OUT", rich_help_panel=OUTPUTS, show_default=False,
-    help="Output folder.")]
 Overwrite = Annotated[bool, typer.Option(
     "--overwrite", rich_help_panel=OUTPUTS, help="Recompute sources whose outputs exist (default: skip them).")]
 

@@ -34,7 +34,8 @@ DAVIS_PERSON = {
     "motocross-bumps", "motorbike", "paragliding", "rollerblade", "scooter-gray", "stroller", "surf", "swing",
     "tennis",
 }
-DAVIS_VAL = {"car-turn", "mallard-fly", "tennis", "rollerblade"}
+# DAVIS-2016 *train* sequences kept for validation (never trained on); the dev set's sequences are elsewhere.
+DAVIS_TRAIN_VALIDATION = {"car-turn", "mallard-fly", "tennis", "rollerblade"}
 POOL_WEIGHTS = {"video-objects": 0.25, "video-people": 0.15, "photos-people": 0.15, "photos-horses": 0.1,
                 "coco": 0.2}
 DESCRIPTION = ("DAVIS-2016 train (CC BY-NC 4.0), Clothing Co-Parsing, Weizmann horses, "
@@ -68,7 +69,7 @@ def flat_sets(src: Path, out: Path) -> None:
         stem = Path(r["image"]).stem
         seq, frame = stem.rsplit("_", 1)
         meta = {"sequence": True, "pool": "video-people" if seq in DAVIS_PERSON else "video-objects"}
-        if seq in DAVIS_VAL:
+        if seq in DAVIS_TRAIN_VALIDATION:
             meta["split"] = "val"
         folder = write_group(out, f"davis-{seq}", meta)
         link(Path(r["image"]), folder / "images" / f"{frame}.jpg")

