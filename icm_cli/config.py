@@ -14,7 +14,10 @@ import math
 from dataclasses import dataclass
 
 from icm_cli.errors import SettingError
-from icm_cli.predict import DEFAULT_DECODER
+
+#: What --decoder and ``ModelConfig.decoder`` default to (declared here, the bottom layer, so the command
+#: line can show it without importing torch; ``icm_cli.predict`` re-exports it).
+DEFAULT_DECODER = "auto"
 
 #: Images with more pixels than this are refused before they are decoded
 #: (about 16k x 16k); ``--max-pixels`` changes it.
@@ -55,6 +58,42 @@ def batch_size_for(requested: int, on_gpu: bool) -> int:
     return GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
 
 
+#: The working short side and the object head's steps: the defaults of both settings layers.
+DEFAULT_SIZE = 384
+DEFAULT_HEAD_STEPS = 100
+
+
+@dataclass
+class PropagateSettings:
+    """Every knob of the propagation engine (:class:`~icm_cli.predict.engine.Propagator`), torch-free.
+
+    Defaults were chosen by measurement on the dev data (see benchmarks/quality.py).
+    :meth:`ModelConfig.engine_settings` derives them from the user-facing knobs;
+    ``threshold`` here is the one used where GrabCut is off, while
+    ``ModelConfig.threshold`` None means "GrabCut decides"."""
+
+    size: int = DEFAULT_SIZE   # short side of the working size, in pixels
+    min_size: int = 320        # small images are upscaled to at most this short side
+    k: int = 5                 # nearest neighbours averaged per side
+    temperature: float = 0.05  # sharpness of the fg-vs-bg contrast
+    head_steps: int = DEFAULT_HEAD_STEPS  # test-time-trained object head: optimiser steps (0 = no head)
+    augmentations: int = 4     # augmented copies of each reference for the head (8: same quality, 2x set-up)
+    head_batch: int = 4096     # cells per optimiser step
+    head_hidden: int = 0       # hidden width of the head; 0 = linear (generalised better than MLPs)
+    head_weight: float = 0.5   # share of the head in the fused probability
+    grabcut: bool = True       # colour-model refinement of the uncertain band
+    grabcut_scale: float = 0.5
+    clean: bool = True         # fill holes, drop components without a confident core
+    threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
+    attention_prior: float = 0.1   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
+    source_background: bool = True  # lend each source its own clear background (see nearest.py)
+    background_quantile: float = 0.1
+    decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
+    gate: bool = True          # per image, keep the training-free result when it is the more confident one
+    seed: int = 0
+
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """How masks are predicted: the backbone and every choice that changes a result.
@@ -65,8 +104,8 @@ class ModelConfig:
     backbone: str = "efficientnet-lite0"
     weights: str | None = None        # local weights file or folder for the backbone
     device: str = "auto"              # auto, cpu, cuda, cuda:N or mps
-    size: int = 384                   # working short side in pixels
-    head_steps: int = 100             # steps of the per-run object head; 0 = none
+    size: int = DEFAULT_SIZE          # working short side in pixels
+    head_steps: int = DEFAULT_HEAD_STEPS  # steps of the per-run object head; 0 = none
     edges: bool = True                # GrabCut refinement of the uncertain band
     fine_edges: bool = False          # ... at full instead of half resolution
     threshold: float | None = None    # a fixed threshold instead of GrabCut's decision
@@ -92,9 +131,7 @@ class ModelConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "runtime")}
 
     def engine_settings(self):
-        """The engine's full :class:`~icm_cli.predict.engine.PropagateSettings` for this config."""
-        from icm_cli.predict.engine import PropagateSettings
-
+        """The engine's full :class:`PropagateSettings` for this config."""
         settings = PropagateSettings(size=self.size, head_steps=self.head_steps, decoder=self.decoder)
         if self.threshold is not None:
             return dataclasses.replace(settings, grabcut=False, threshold=self.threshold)

@@ -17,38 +17,13 @@ from icm_cli.backbones.base import Backbone, Features
 from icm_cli.core import cross_attention_heat, peak_normalise, propagate_heat, roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
-from icm_cli.predict.decoder import (DEFAULT_DECODER, MaskDecoder, combine_prototypes, decoder_maps, load_decoder,
+from icm_cli.config import PropagateSettings  # noqa: F401  (declared in config, torch-free; re-exported)
+from icm_cli.predict.decoder import (MaskDecoder, combine_prototypes, decoder_maps, load_decoder,
                                      reference_prototypes, resolve_decoder, resolve_prior_decoder)
 from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
 from icm_cli.predict.nearest import background_floor, contrast_similarities
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
-
-
-@dataclass
-class PropagateSettings:
-    """Every knob of the propagation. Defaults were chosen by measurement on
-    the dev data (see the closing notes / benchmarks/quality.py)."""
-
-    size: int = 384            # short side of the working size, in pixels
-    min_size: int = 320        # small images are upscaled to at most this short side
-    k: int = 5                 # nearest neighbours averaged per side
-    temperature: float = 0.05  # sharpness of the fg-vs-bg contrast
-    head_steps: int = 100      # test-time-trained object head: optimiser steps (0 = no head)
-    augmentations: int = 4     # augmented copies of each reference for the head (8: same quality, 2x set-up)
-    head_batch: int = 4096     # cells per optimiser step
-    head_hidden: int = 0       # hidden width of the head; 0 = linear (generalised better than MLPs)
-    head_weight: float = 0.5   # share of the head in the fused probability
-    grabcut: bool = True       # colour-model refinement of the uncertain band
-    grabcut_scale: float = 0.5
-    clean: bool = True         # fill holes, drop components without a confident core
-    threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
-    attention_prior: float = 0.1   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
-    source_background: bool = True  # lend each source its own clear background (see nearest.py)
-    background_quantile: float = 0.1
-    decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
-    gate: bool = True          # per image, keep the training-free result when it is the more confident one
-    seed: int = 0
 
 
 @dataclass

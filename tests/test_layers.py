@@ -1,0 +1,38 @@
+"""The package's layers: a module never imports one of a higher layer (issue 27)."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "icm_cli"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every ``icm_cli...`` module a file imports, at any depth (lazy imports inside functions too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("icm_cli"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("icm_cli"))
+    return found
+
+
+def test_the_bottom_layers_import_nothing_from_the_model():
+    for bottom in ("config.py", "errors.py", "process_settings.py"):
+        imported = _imports(PACKAGE / bottom)
+        assert not [m for m in imported if m.startswith(("icm_cli.predict", "icm_cli.runner", "icm_cli.commands",
+                                                          "icm_cli.predictor", "icm_cli.jobs"))], (bottom, imported)
+
+
+def test_the_pure_tensor_core_imports_nothing_else_of_icm():
+    for path in (PACKAGE / "core").glob("*.py"):
+        outside = [m for m in _imports(path) if not m.startswith("icm_cli.core")]
+        assert not outside, (path.name, outside)
+
+
+def test_nothing_below_the_command_line_imports_a_command():
+    for path in PACKAGE.rglob("*.py"):
+        if path.parent.name == "commands" or path.name in ("cli.py", "__main__.py"):
+            continue
+        assert not [m for m in _imports(path) if m.startswith("icm_cli.commands")], path
