@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icm_cli.metrics import iou
 from icm_cli.predict.decoder import MAP_CHANNELS, MaskDecoder, maps_without_head
 from icm_cli.training.corrupt import random_corruption
 from icm_cli.training.episodes import EpisodePlan
@@ -226,11 +227,6 @@ def decoder_loss(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, io
 
 # ------------------------------------------------------------------ validation
 
-def _iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    union = (pred | gt).sum()
-    return 1.0 if union == 0 else float((pred & gt).sum() / union)
-
-
 @torch.no_grad()
 def validate(model: MaskDecoder, data: EpisodeSet, seed: int = 0) -> dict[str, dict[str, float]]:
     """Per pool, mean IoU at the canvas size (threshold 0.5) of: the decoder without a prior,
@@ -247,13 +243,13 @@ def validate(model: MaskDecoder, data: EpisodeSet, seed: int = 0) -> dict[str, d
         gt = item["gt"][:rh, :rw] >= 128
         base = F.interpolate(torch.from_numpy(item["maps"][:1].astype(np.float32))[None],
                              size=item["canvas"].shape[-2:], mode="bilinear", align_corners=False)[0, 0].numpy()
-        row = {"decoder": _iou(predict_item(model, item)[:rh, :rw] >= 0.5, gt),
-               "training_free": _iou(base[:rh, :rw] >= 0.5, gt)}
+        row = {"decoder": iou(predict_item(model, item)[:rh, :rw] >= 0.5, gt),
+               "training_free": iou(base[:rh, :rw] >= 0.5, gt)}
         if model.config.prior:
             prior = item["prev"][0] if "prev" in item and len(item["prev"]) else \
                 random_corruption(item["gt"] >= 128, rng).astype(np.uint8) * 255
-            row["with_prior"] = _iou(predict_item(model, item, prior)[:rh, :rw] >= 0.5, gt)
-            row["prior_alone"] = _iou(prior[:rh, :rw] >= 128, gt)
+            row["with_prior"] = iou(predict_item(model, item, prior)[:rh, :rw] >= 0.5, gt)
+            row["prior_alone"] = iou(prior[:rh, :rw] >= 128, gt)
         for k, v in row.items():
             scores.setdefault(plan.pool, {}).setdefault(k, []).append(v)
     model.train(was_training)

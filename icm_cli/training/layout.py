@@ -30,11 +30,11 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from icm_cli.io import IMAGE_SUFFIXES, InputError
+from icm_cli.sources import natural_key  # noqa: F401  (one natural order in icm; re-exported)
 
 #: Masks covering less of their image than this are not used as references.
 MIN_REFERENCE_SHARE = 0.005
@@ -43,11 +43,6 @@ SPLITS = ("train", "val", "skip")
 
 class LayoutError(InputError):
     """DATA does not hold the layout described in this module."""
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders ``frame2`` before ``frame10``."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 @dataclass(frozen=True)
