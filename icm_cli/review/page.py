@@ -216,8 +216,8 @@ def render(data: PageData, page_path: Path) -> str:
 <div class="summary">
 <div class="counts">
 <span class="n">{of}</span>
-<span class="k k-done"><b>{counts.get("done", 0)}</b> done</span>
-<span class="k k-skipped" title="outputs made by an earlier run, kept by a rerun"><b>{counts.get("skipped", 0)}</b> skipped (already there)</span>
+<span class="k k-done" title="results icm computed: {counts.get("done_earlier", 0)} of them by an earlier run, kept by a rerun"><b>{counts.get("done", 0)}</b> done</span>
+<span class="k k-skipped" title="outputs that were there, made by no recorded run"><b>{counts.get("skipped", 0)}</b> skipped (already there)</span>
 <span class="k k-failed"><b>{counts.get("failed", 0)}</b> failed</span>
 <span class="k k-low"><b>{below}</b> below {data.threshold:g}</span>
 </div>
