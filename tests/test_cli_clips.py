@@ -338,3 +338,24 @@ def test_a_whole_clip_as_reference_asks_for_its_frame_and_leaves_nothing(finishe
     assert len(_errors(res.output)) == 1
     assert f"--ref {clip}@0 (frame 0)" in res.output and "@N" in res.output
     assert not out.exists()
+
+
+def test_frames_are_counted_without_decoding_also_where_the_container_keeps_no_count(tmp_path):
+    from icm_cli.video import FrameSequence, probe_frame_count
+
+    for suffix, codec in ((".mkv", "mpeg4"), (".webm", "libvpx-vp9"), (".mp4", "mpeg4")):
+        path = tmp_path / f"clip{suffix}"
+        container = av.open(str(path), mode="w")
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for i in range(5):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(_frame(i)[0], format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        container.close()
+        with av.open(str(path)) as opened:
+            recorded = opened.streams.video[0].frames
+        assert recorded == (5 if suffix == ".mp4" else 0), suffix  # Matroska and WebM keep no count
+        assert probe_frame_count(path) == 5 == len(decoded_frames(path)), suffix
+        assert [s.stem for s in FrameSequence(path).listed_frames()] == [f"{i:05d}" for i in range(5)]
