@@ -285,12 +285,14 @@ def probe_frame_count(path: str | os.PathLike, *, first_frame: bool = False) -> 
         if first_frame and not _decodes_a_frame(container, stream):
             said = f" (its header promises {promised} frame{'s' if promised != 1 else ''})" if promised else ""
             raise io.InputError(f"{path}: holds no frame that can be decoded{said}")
-        return promised or probe_packet_count(path)
+        return promised or _count_packets(path)
     finally:
         container.close()
 
 
-def probe_packet_count(path: Path) -> int:
+def _count_packets(path: Path) -> int:
+    """The video packets of a clip (one per frame), read without decoding; a file of its own is opened,
+    so frames another reader has decoded are counted too."""
     container = _open_clip(path)
     try:
         return _count_rest(container, container.streams.video[0])
@@ -554,5 +556,5 @@ def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 __all__ = ["VIDEO_SUFFIXES", "ClipFrame", "ClipInfo", "FrameRef", "FrameSequence", "Orientation", "TruncatedClip",
-           "decode_clip", "frame_of_input", "has_video_suffix", "is_video_file", "natural_key", "parse_frame_ref", "probe_frame_count",
-           "read_frame", "read_image_or_frame", "source_file", "whole_clip_hint"]
+           "decode_clip", "frame_of_input", "has_video_suffix", "is_video_file", "natural_key", "parse_frame_ref",
+           "probe_frame_count", "read_frame", "read_image_or_frame", "source_file", "whole_clip_hint"]

@@ -263,7 +263,8 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
                             cwd=str(r.cwd or ""), version=str(r.version or ""), references=run_references[i])
             for i, r in enumerate(results.runs)]
 
-    data = pagemod.PageData(out=out.resolve(), cards=cards, total=total, counts=result_counts(results.records()), runs=runs, sort=sort,
+    counts = result_counts(results.records())  # kept results of earlier runs count as done, as in icm status
+    data = pagemod.PageData(out=out.resolve(), cards=cards, total=total, counts=counts, runs=runs, sort=sort,
                             threshold=threshold, unreadable_lines=results.unreadable_lines,
                             manifests=results.manifests,
                             generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -274,7 +275,7 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
     except OSError as exc:
         raise ReviewError(f"{page_path}: cannot write ({exc.strerror or exc})") from None
     confs = [r.confidence for r in results.records() if r.status in ("done", "skipped")]
-    return ReviewReport(page=page_path, total=total, shown=len(cards), counts=result_counts(results.records()),
+    return ReviewReport(page=page_path, total=total, shown=len(cards), counts=counts,
                         below=sum(1 for c in confs if c is not None and c < threshold),
                         unknown=sum(1 for c in confs if c is None), made=cache.made, reused=cache.reused,
                         seconds=time.perf_counter() - t0, problems=problems)
