@@ -221,10 +221,11 @@ def decode_clip(path: str | os.PathLike, max_pixels: int = io.DEFAULT_MAX_PIXELS
     time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
     rate = _rate(stream)
     width, height = stream.codec_context.width, stream.codec_context.height
-    if width * height > max_pixels:
+    try:
+        _check_pixels(path, stream, max_pixels)
+    except io.InputError:
         container.close()
-        raise io.InputError(f"{path}: {width}x{height} = {width * height} pixels a frame is over the limit of "
-                            f"{max_pixels} (raise it with --max-pixels)")
+        raise
     info = ClipInfo(rate, time_base, width, height, orientation)
     promised = max(int(stream.frames or 0), 0)  # 0: the container does not say (Matroska, WebM)
 
@@ -257,6 +258,14 @@ def decode_clip(path: str | os.PathLike, max_pixels: int = io.DEFAULT_MAX_PIXELS
     return info, frames()
 
 
+def _check_pixels(path: Path, stream, max_pixels: int) -> None:
+    """Refuse frames over ``max_pixels`` from the stream's header, before any frame is decoded."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > max_pixels:
+        raise io.InputError(f"{path}: {width}x{height} = {width * height} pixels a frame is over the limit of "
+                            f"{max_pixels} (raise it with --max-pixels)")
+
+
 def _count_rest(container, stream) -> int:
     """Packets of ``stream`` left after a decoding error (to tell a file cut short from a broken frame)."""
     count = 0
@@ -268,20 +277,23 @@ def _count_rest(container, stream) -> int:
     return count
 
 
-def probe_frame_count(path: str | os.PathLike, *, first_frame: bool = False) -> int:
+def probe_frame_count(path: str | os.PathLike, *, first_frame: bool = False,
+                      max_pixels: int = io.DEFAULT_MAX_PIXELS) -> int:
     """How many frames a clip holds, without decoding them: the count its container records (MP4,
     MOV, AVI), else its video packets counted (Matroska, WebM record none). A header probe: a
     fraction of a second even for a long clip in MP4.
 
-    ``first_frame``: also decode the first frame, and raise :class:`io.InputError` when there is
-    none (a header that promises frames the file does not hold). Raises :class:`io.InputError`
-    when the file cannot be opened.
+    ``first_frame``: also decode the first frame (frames over ``max_pixels`` are refused first),
+    and raise :class:`io.InputError` when there is none (a header that promises frames the file
+    does not hold). Raises :class:`io.InputError` when the file cannot be opened.
     """
     path = Path(path)
     container = _open_clip(path)
     try:
         stream = container.streams.video[0]
         promised = int(stream.frames) if stream.frames and stream.frames > 0 else 0
+        if first_frame:
+            _check_pixels(path, stream, max_pixels)
         if first_frame and not _decodes_a_frame(container, stream):
             said = f" (its header promises {promised} frame{'s' if promised != 1 else ''})" if promised else ""
             raise io.InputError(f"{path}: holds no frame that can be decoded{said}")
@@ -483,7 +495,7 @@ class FrameSequence:
         if is_video_file(self.path):
             try:
                 require_av(self.path)
-                self.frame_count = probe_frame_count(self.path, first_frame=True)
+                self.frame_count = probe_frame_count(self.path, first_frame=True, max_pixels=max_pixels)
             except io.InputError as exc:
                 raise SourceError(str(exc)) from None
             return

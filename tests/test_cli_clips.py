@@ -359,3 +359,15 @@ def test_frames_are_counted_without_decoding_also_where_the_container_keeps_no_c
         assert recorded == (5 if suffix == ".mp4" else 0), suffix  # Matroska and WebM keep no count
         assert probe_frame_count(path) == 5 == len(decoded_frames(path)), suffix
         assert [s.stem for s in FrameSequence(path).listed_frames()] == [f"{i:05d}" for i in range(5)]
+
+
+def test_a_clip_over_the_pixel_limit_is_refused_from_its_header_before_any_frame_is_decoded(finished, tmp_path,
+                                                                                          monkeypatch):
+    root, clip, _, _ = finished
+    monkeypatch.setattr("icm_cli.predictor.Predictor", _NoModel)
+    res = runner.invoke(app, ["propagate", "--video", str(clip), "--ref", str(root / "first_mask.png"),
+                              "--mask", str(root / "first_mask.png"), "-o", str(tmp_path / "out"),
+                              "--max-pixels", "1000", *FAST])
+    assert res.exit_code == 2, res.output
+    assert _errors(res.output) == [f"error: {clip}: 64x48 = 3072 pixels a frame is over the limit of 1000 "
+                                   "(raise it with --max-pixels)"]
