@@ -58,12 +58,23 @@ class RunInputs:
             raise ValueError("give either SOURCES or --video SEQUENCE, not both")
         if self.video is None and not self.sources:
             raise ValueError("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
+        self._check_clips()
         if self.prior is not None:
             if self.video is not None:
                 raise ValueError("--prior pairs masks with SOURCES by name; a --video run takes each frame's "
                                  "prior from the frame before")
             if not Path(self.prior).is_dir():
                 raise ValueError(f"{self.prior}: --prior must be a folder of masks named like the sources")
+
+    def _check_clips(self) -> None:
+        """A video file given whole where its frames are meant (a SOURCE, a ``--ref`` without ``@N``):
+        refused with the way to say it, before OUT is created."""
+        from icm_cli.video import whole_clip_hint
+
+        for text, role in [*((s, "source") for s in self.sources), *((r, "ref") for r in self.refs)]:
+            hint = whole_clip_hint(text, role)
+            if hint is not None:
+                raise ValueError(hint)
 
 
 @dataclass(frozen=True)
@@ -110,8 +121,9 @@ class PropagateJob:
     """One checked run: its inputs and options, the configs, and what was found before any model loads.
 
     ``sources`` are the images of a SOURCES run, or the frames of a
-    ``--video`` sequence when they are listed (a video file's frames are
-    found by decoding, so they are a stream here).
+    ``--video`` sequence (a video file's as its container counts them, so
+    a rerun knows which are done, and the progress bar its total, before
+    anything is decoded).
     """
 
     inputs: RunInputs
@@ -156,8 +168,7 @@ class PropagateJob:
         sequence, skipped_note = None, None
         if inputs.video is not None:
             sequence = _sequence(inputs, shard)
-            sources = (SourceList(sequence.sources, listed=True) if sequence.counted
-                       else SourceList((), listed=False))  # a video file's frames are found by decoding
+            sources = SourceList(sequence.listed_frames(), listed=True)  # a clip's as its container counts them
         else:
             sources, skipped_note = _find_sources(inputs, plan, shard)
 
@@ -189,7 +200,7 @@ class PropagateJob:
 
     @property
     def total(self) -> int | None:
-        """Sources in the run when known in advance (not for stdin or a video file)."""
+        """Sources in the run when known in advance (not for stdin)."""
         return self.sources.total
 
     @property

@@ -41,6 +41,29 @@ def is_video_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES
 
 
+def has_video_suffix(text: str | os.PathLike) -> bool:
+    """``text`` names a video file by its suffix (``clip.MP4``), whether or not it exists."""
+    return Path(os.fspath(text)).suffix.lower() in VIDEO_SUFFIXES
+
+
+def whole_clip_hint(text: str | os.PathLike, role: str) -> str | None:
+    """Why a video file cannot stand where one image (or one SOURCE) is expected, or None.
+
+    ``role`` is ``"ref"`` (``--ref clip.mp4``: which frame?) or ``"source"``
+    (``icm propagate clip.mp4``: frames of a clip go through ``--video``).
+    A folder with a video-like name is not a video; a file really named
+    ``x.mp4@2`` is taken as that file.
+    """
+    text = os.fspath(text)
+    if not has_video_suffix(text) or not os.path.isfile(text):
+        return None  # a folder named like a video is a folder; a missing file is reported as missing
+    if role == "ref":
+        return (f"{text}: is a video; name the frame the mask is drawn on: --ref {text}@0 (frame 0), "
+                f"{text}@N (frame N) or {text}@1.5s (by time)")
+    return (f"{text}: is a video file, not an image; did you mean `--video {text}`? (its frames are then the "
+            "sources, named 00000.png, 00001.png, ...)")
+
+
 def require_av(path: str | os.PathLike = "") -> object:
     """The ``av`` module, or an :class:`io.InputError` saying how to install it."""
     try:
@@ -164,14 +187,31 @@ def _rate(stream) -> Fraction:
     return Fraction(25)
 
 
+class TruncatedClip(io.InputError):
+    """A clip that holds fewer frames than its container promises (a copy cut short)."""
+
+    def __init__(self, path: Path, readable: int, promised: int) -> None:
+        self.path, self.readable, self.promised = Path(path), readable, promised
+        super().__init__(f"{path}: {self.detail}")
+
+    @property
+    def detail(self) -> str:
+        return (f"truncated: holds only {self.readable} readable frame{'s' if self.readable != 1 else ''} "
+                f"of {self.promised} promised")
+
+
 def decode_clip(path: str | os.PathLike, max_pixels: int = io.DEFAULT_MAX_PIXELS
                 ) -> tuple[ClipInfo, Iterator[ClipFrame]]:
     """Open a clip: its :class:`ClipInfo` and an iterator over every frame in presentation order.
 
     The iterator raises :class:`io.InputError` naming the file and the frame
-    when decoding fails part-way, and closes the file when it ends or is
-    closed. Raises :class:`io.InputError` at once when the file cannot be
-    opened, has no video stream, or has frames over ``max_pixels``.
+    when decoding fails part-way, :class:`TruncatedClip` at the end when the
+    file holds fewer frames than its container promises (FFmpeg's frame
+    threads drop the frames of a cut-off file without an error, so the
+    frames are counted), and an :class:`io.InputError` when no frame at all
+    could be decoded; it closes the file when it ends or is closed. Raises
+    :class:`io.InputError` at once when the file cannot be opened, has no
+    video stream, or has frames over ``max_pixels``.
     """
     path = Path(path)
     orientation = _first_orientation(path)
@@ -181,28 +221,104 @@ def decode_clip(path: str | os.PathLike, max_pixels: int = io.DEFAULT_MAX_PIXELS
     time_base = Fraction(stream.time_base) if stream.time_base else Fraction(1, 90000)
     rate = _rate(stream)
     width, height = stream.codec_context.width, stream.codec_context.height
-    if width * height > max_pixels:
+    try:
+        _check_pixels(path, stream, max_pixels)
+    except io.InputError:
         container.close()
-        raise io.InputError(f"{path}: {width}x{height} = {width * height} pixels a frame is over the limit of "
-                            f"{max_pixels} (raise it with --max-pixels)")
+        raise
     info = ClipInfo(rate, time_base, width, height, orientation)
+    promised = max(int(stream.frames or 0), 0)  # 0: the container does not say (Matroska, WebM)
 
     def frames() -> Iterator[ClipFrame]:
-        index, start = 0, None
+        index, start, packets, failed = 0, None, 0, None
         try:
-            for frame in container.decode(stream):
-                if start is None:
-                    start = frame.pts if frame.pts is not None else 0
-                rel = None if frame.pts is None else frame.pts - start
-                seconds = float(rel * time_base) if rel is not None else index / float(rate)
-                yield ClipFrame(index, rel, seconds, frame)
-                index += 1
-        except Exception as exc:
-            raise io.InputError(f"{path}: decoding stopped at frame {index} ({console_line(exc)})") from None
+            try:
+                for packet in container.demux(stream):
+                    if packet.size:
+                        packets += 1
+                    for frame in packet.decode():
+                        if start is None:
+                            start = frame.pts if frame.pts is not None else 0
+                        rel = None if frame.pts is None else frame.pts - start
+                        seconds = float(rel * time_base) if rel is not None else index / float(rate)
+                        yield ClipFrame(index, rel, seconds, frame)
+                        index += 1
+            except Exception as exc:  # av raises its own error family for every FFmpeg failure
+                failed = exc
+                packets += _count_rest(container, stream)
         finally:
             container.close()
+        if promised and packets < promised:  # the file ends before the frames its header lists
+            raise TruncatedClip(path, index, promised)
+        if failed is not None:
+            raise io.InputError(f"{path}: decoding stopped at frame {index} ({console_line(failed)})")
+        if index == 0:
+            raise io.InputError(f"{path}: holds no frame that can be decoded")
 
     return info, frames()
+
+
+def _check_pixels(path: Path, stream, max_pixels: int) -> None:
+    """Refuse frames over ``max_pixels`` from the stream's header, before any frame is decoded."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > max_pixels:
+        raise io.InputError(f"{path}: {width}x{height} = {width * height} pixels a frame is over the limit of "
+                            f"{max_pixels} (raise it with --max-pixels)")
+
+
+def _count_rest(container, stream) -> int:
+    """Packets of ``stream`` left after a decoding error (to tell a file cut short from a broken frame)."""
+    count = 0
+    try:
+        for packet in container.demux(stream):
+            count += 1 if packet.size else 0
+    except Exception:
+        pass
+    return count
+
+
+def probe_frame_count(path: str | os.PathLike, *, first_frame: bool = False,
+                      max_pixels: int = io.DEFAULT_MAX_PIXELS) -> int:
+    """How many frames a clip holds, without decoding them: the count its container records (MP4,
+    MOV, AVI), else its video packets counted (Matroska, WebM record none). A header probe: a
+    fraction of a second even for a long clip in MP4.
+
+    ``first_frame``: also decode the first frame (frames over ``max_pixels`` are refused first),
+    and raise :class:`io.InputError` when there is none (a header that promises frames the file
+    does not hold). Raises :class:`io.InputError` when the file cannot be opened.
+    """
+    path = Path(path)
+    container = _open_clip(path)
+    try:
+        stream = container.streams.video[0]
+        promised = int(stream.frames) if stream.frames and stream.frames > 0 else 0
+        if first_frame:
+            _check_pixels(path, stream, max_pixels)
+        if first_frame and not _decodes_a_frame(container, stream):
+            said = f" (its header promises {promised} frame{'s' if promised != 1 else ''})" if promised else ""
+            raise io.InputError(f"{path}: holds no frame that can be decoded{said}")
+        return promised or _count_packets(path)
+    finally:
+        container.close()
+
+
+def _count_packets(path: Path) -> int:
+    """The video packets of a clip (one per frame), read without decoding; a file of its own is opened,
+    so frames another reader has decoded are counted too."""
+    container = _open_clip(path)
+    try:
+        return _count_rest(container, container.streams.video[0])
+    finally:
+        container.close()
+
+
+def _decodes_a_frame(container, stream) -> bool:
+    try:
+        for _ in container.decode(stream):
+            return True
+    except Exception:  # a first frame that cannot be decoded: none
+        return False
+    return False
 
 
 def _first_orientation(path: Path) -> Orientation:
@@ -280,7 +396,7 @@ def read_frame(ref: FrameRef, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> np.nda
     frame_s = 1.0 / float(info.rate)
     chosen, count, end = None, 0, 0.0
     try:
-        for frame in frames:
+        for frame in _until_truncated(frames, ref):
             count += 1
             end = frame.seconds + frame_s
             if ref.index is not None:
@@ -304,12 +420,36 @@ def _raise(message: str):
     raise io.InputError(message)
 
 
+def _until_truncated(frames: Iterator[ClipFrame], ref: FrameRef) -> Iterator[ClipFrame]:
+    """``frames``; a clip cut short before the frame ``ref`` names is an error saying so (not "has N frames")."""
+    try:
+        yield from frames
+    except TruncatedClip as cut:
+        raise io.InputError(f"{ref.text}: {cut.path} is {cut.detail}") from None
+
+
 def read_image_or_frame(text: str | os.PathLike, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> np.ndarray:
     """An image file, or a frame of a clip (``clip.mp4@12``): ``[H, W, 3]`` uint8 as displayed."""
     ref = parse_frame_ref(text)
     if ref is not None:
         return read_frame(ref, max_pixels)
+    hint = whole_clip_hint(text, "ref")
+    if hint is not None:
+        raise io.InputError(hint)
     return io.read_image(text, max_pixels=max_pixels)
+
+
+_FRAME_INPUT = re.compile(r"^(?P<path>.+)#(?P<index>\d+)$")
+
+
+def frame_of_input(text: str | os.PathLike) -> FrameRef | None:
+    """The frame a ``--video`` run's record names (``/abs/clip.mp4#12``, as :meth:`FrameSequence.frame_source`
+    writes it) as ``clip.mp4@12``; None for anything else, or when the clip is not there any more."""
+    match = _FRAME_INPUT.match(os.fspath(text))
+    if not match or not has_video_suffix(match["path"]) or not os.path.isfile(match["path"]):
+        return None
+    index = int(match["index"])
+    return FrameRef(Path(match["path"]), f"{match['path']}@{index}", index=index)
 
 
 def source_file(text: str | os.PathLike) -> str:
@@ -347,12 +487,15 @@ class FrameSequence:
         self.path = Path(path)
         self.max_pixels = max_pixels
         self.sources: list[Source] | None = None  # None for a video file: frames are found by decoding
+        #: A video file's frames as its container counts them (:func:`probe_frame_count`); decoding
+        #: finds fewer in a file cut short, and says so (:class:`TruncatedClip`).
+        self.frame_count = 0
         if not self.path.exists():
             raise SourceError(f"{self.path}: not found")
         if is_video_file(self.path):
             try:
                 require_av(self.path)
-                _open_clip(self.path).close()
+                self.frame_count = probe_frame_count(self.path, first_frame=True, max_pixels=max_pixels)
             except io.InputError as exc:
                 raise SourceError(str(exc)) from None
             return
@@ -381,6 +524,12 @@ class FrameSequence:
     def is_clip(self) -> bool:
         """A video file (rather than a folder or a list of frames)."""
         return self.sources is None
+
+    def listed_frames(self) -> list[Source]:
+        """Every frame as a :class:`Source`: a folder's or list's, or those a clip's container counts."""
+        if self.sources is not None:
+            return list(self.sources)
+        return [self.frame_source(i) for i in range(self.frame_count)]
 
     def frame_source(self, index: int) -> Source:
         if self.sources is not None:
@@ -418,5 +567,6 @@ def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return False
 
 
-__all__ = ["VIDEO_SUFFIXES", "ClipFrame", "ClipInfo", "FrameRef", "FrameSequence", "Orientation", "decode_clip",
-           "is_video_file", "natural_key", "parse_frame_ref", "read_frame", "read_image_or_frame", "source_file"]
+__all__ = ["VIDEO_SUFFIXES", "ClipFrame", "ClipInfo", "FrameRef", "FrameSequence", "Orientation", "TruncatedClip",
+           "decode_clip", "frame_of_input", "has_video_suffix", "is_video_file", "natural_key", "parse_frame_ref",
+           "probe_frame_count", "read_frame", "read_image_or_frame", "source_file", "whole_clip_hint"]

@@ -159,8 +159,11 @@ class VideoWriter:
         self._av, self._colorspace = av, Colorspace.ITU709
         self._range = ColorRange.JPEG if full else ColorRange.MPEG
         self._full = ColorRange.JPEG
-        fd, self.temp = tempfile.mkstemp(prefix=f".{io.temp_tag()}-", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
+        try:
+            fd, self.temp = tempfile.mkstemp(prefix=f".{io.temp_tag()}-", suffix=".tmp", dir=self.path.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from None
         try:
             self.container = av.open(self.temp, "w", format=fmt)
             stream = self.container.add_stream(codec, rate=info.rate, options=dict(options))
@@ -175,6 +178,8 @@ class VideoWriter:
             self.stream = stream
         except BaseException as exc:
             self._remove_temp()
+            if isinstance(exc, OSError):
+                raise _write_error(self.path, exc) from None
             if isinstance(exc, Exception):
                 raise VideoOutputError(f"{self.path}: cannot start the video ({_reason(exc)})") from None
             raise
@@ -189,8 +194,11 @@ class VideoWriter:
         frame = frame.reformat(format=self.pix_fmt, src_color_range=self._full, dst_colorspace=self._colorspace,
                                dst_color_range=self._range)  # PNG pixels are full range
         frame.pts, frame.time_base = pts, self.info.time_base
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
+        try:
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+        except OSError as exc:  # PyAV's errors for a full disk, a quota, a read-only file system
+            raise _write_error(self.path, exc) from None
         self.frames += 1
 
     def finish(self) -> None:
@@ -203,7 +211,7 @@ class VideoWriter:
             os.replace(self.temp, self.path)
         except OSError as exc:
             self.abort()
-            raise io.OutputError(f"{self.path}: cannot write ({exc.strerror or exc})", exc.errno) from None
+            raise _write_error(self.path, exc) from None
         except Exception as exc:
             self.abort()
             raise VideoOutputError(f"{self.path}: cannot finish the video ({_reason(exc)})") from None
@@ -220,6 +228,12 @@ class VideoWriter:
             os.unlink(self.temp)
         except OSError:
             pass
+
+
+def _write_error(path: Path, exc: OSError) -> io.OutputError:
+    """The project's output error for an OSError of the encoder, the muxer or the file system
+    (:func:`io.fatal_write_error` then tells a full disk from a one-off failure)."""
+    return io.OutputError(f"{path}: cannot write ({exc.strerror or _reason(exc)})", exc.errno)
 
 
 def _reason(exc: BaseException) -> str:
@@ -272,20 +286,20 @@ def _folder_frames(sequence: FrameSequence, fps: Fraction, root: Path, first_kin
 
 
 def _png_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
+    from icm_cli.process_settings import open_unguarded
 
     try:
-        with Image.open(path) as img:
+        with open_unguarded(path) as img:  # icm's own output: its size was checked when the source was read
             return img.size
     except (OSError, ValueError) as exc:
         raise VideoOutputError(f"{path}: cannot read ({_reason(exc)})") from None
 
 
 def _read_png(path: Path, mode: str) -> np.ndarray:
-    from PIL import Image
+    from icm_cli.process_settings import open_unguarded
 
     try:
-        with Image.open(path) as img:
+        with open_unguarded(path) as img:  # icm's own output: its size was checked when the source was read
             return np.asarray(img.convert(mode))
     except FileNotFoundError:
         raise
@@ -311,6 +325,20 @@ class VideoReport:
     written: list[tuple[Path, str]]   # path, one-line description
     problems: list[str]               # one line each, naming the file
     interrupted: int = 0              # the signal that stopped the writing, or 0
+    stopped: str | None = None        # why no video can be written now (a full disk), as the batch says it
+
+
+def _stale(video: Path, pngs: Path) -> bool:
+    """``video`` is missing, or older than a PNG in the folder it is made from (recomputed since)."""
+    try:
+        made = video.stat().st_mtime_ns
+    except OSError:
+        return True
+    try:
+        with os.scandir(pngs) as entries:
+            return any(e.name.endswith(".png") and e.stat().st_mtime_ns > made for e in entries)
+    except OSError:
+        return False  # no PNG folder to compare with: the writing itself says what is missing
 
 
 def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence, *, rebuild: bool,
@@ -318,7 +346,9 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
     """Assemble every video of ``config`` from the PNGs under ``root`` (one pass over the frames).
 
     ``rebuild``: frames were (re)computed by this run, so existing videos
-    are stale; otherwise only missing videos are written. A video is
+    are stale; otherwise only videos that are missing or older than a PNG
+    they are made of are written (a finished run's videos are left as
+    they are: nothing to decode, nothing to encode). A video is
     written only when every frame of the source has its PNG: otherwise it is
     a problem naming the first frame without one, and nothing is written
     under its name. Ctrl-C / SIGTERM stop the writing and remove the
@@ -326,7 +356,8 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
     """
     root = Path(root)
     report = VideoReport([], [])
-    todo = {kind: path for kind, path in config.paths(root).items() if rebuild or not path.exists()}
+    todo = {kind: path for kind, path in config.paths(root).items()
+            if rebuild or _stale(path, root / PNG_KIND[kind])}
     if not todo:
         return report
     writers: dict[str, VideoWriter] = {}
@@ -371,6 +402,9 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
         for writer in writers.values():
             writer.abort()
         report.problems.append(str(exc))
+        reason = io.fatal_write_error(exc)
+        if reason:  # the other videos cannot be written either; the PNGs (and videos already there) stay
+            report.stopped = f"cannot write to {root} ({reason})"
     except BaseException:
         for writer in writers.values():
             writer.abort()

@@ -217,6 +217,15 @@ def _write_videos(config, job, outcome: BatchOutcome, overwrite: bool, quiet: bo
         error_line(problem)
     for path, what in report.written:
         info_line(f"{path}: {what}", quiet=quiet)
+    if report.stopped:  # always shown (--quiet too), as the batch shows a full disk
+        from rich.markup import escape
+
+        from icm_cli.console import stderr
+
+        line = (f"stopped: {report.stopped}; the PNGs are kept: free space and rerun the same command to write "
+                "the videos (every frame is done and is skipped)")
+        stderr.print(f"[bold red]{escape(line)}[/]")
+        return max(code, 1)
     if report.interrupted:
         error_line("interrupted while writing the videos; rerun the same command to write them "
                    "(every frame is done and is skipped)")

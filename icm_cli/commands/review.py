@@ -62,8 +62,9 @@ def review(
         c = report.counts
         shown = f"{report.shown} of {report.total}" if report.shown < report.total else f"{report.total}"
         unknown = f", {report.unknown} without a confidence" if report.unknown else ""
+        earlier = f" ({c['done_earlier']} of them in earlier runs)" if c.get("done_earlier") else ""
         stdout.print(escape(
-            f"{report.page}: {shown} results ({c['done']} done, {c['skipped']} skipped, {c['failed']} failed; "
+            f"{report.page}: {shown} results ({c['done']} done{earlier}, {c['skipped']} skipped, {c['failed']} failed; "
             f"{report.below} below {below:g}{unknown}); thumbnails {report.made} made, {report.reused} reused "
             f"in {report.seconds:.1f}s"))
     raise typer.Exit(1 if report.problems else 0)

@@ -35,11 +35,9 @@ class RunStatus:
     def counts(self) -> dict[str, int]:
         """done: results icm computed, in the latest run or (``done_earlier`` of them) in an earlier one whose
         outputs a later run kept; skipped: outputs that were there with no recorded run making them."""
-        skipped = self.with_status("skipped")
-        earlier = sum(1 for r in skipped if r.made_by)
-        return {"done": len(self.with_status("done")) + earlier, "done_earlier": earlier,
-                "skipped": len(skipped) - earlier, "failed": len(self.with_status("failed")),
-                "pending": len(self.pending)}
+        from icm_cli.runner.manifest import result_counts
+
+        return {**result_counts(self.latest.values()), "pending": len(self.pending)}
 
     @property
     def totals(self) -> dict[str, int]:
@@ -59,14 +57,18 @@ class RunStatus:
 
 
 def read_status(folder: Path, sources: Optional[list] = None) -> RunStatus:
-    """Merge the manifests of ``folder``; with ``sources`` (paths), judge exactly those inputs."""
+    """Merge the manifests of ``folder``; with ``sources`` (paths), judge exactly those inputs.
+
+    A video file among ``sources`` stands for its frames, as ``propagate --video`` records them
+    (``clip.mp4#0``, ``clip.mp4#1``, ...; :func:`clip_frames`).
+    """
     from icm_cli.runner.manifest import input_key, read_manifests
 
     state = read_manifests(folder)
     if sources is None:
         return RunStatus(state, dict(state.latest))
     status = RunStatus(state)
-    for path in sources:
+    for path in (frame for source in sources for frame in clip_frames(Path(source), state)):
         key = input_key(str(path))
         if key in state.latest:
             status.latest[key] = state.latest[key]
@@ -75,12 +77,31 @@ def read_status(folder: Path, sources: Optional[list] = None) -> RunStatus:
     return status
 
 
+def clip_frames(path: Path, state) -> list[Path]:
+    """The inputs a ``--video`` run of ``path`` records: ``path#0`` ... for a video file (as many as its
+    container counts; without PyAV, as many as the manifest records), ``[path]`` for anything else."""
+    from icm_cli.io import InputError
+    from icm_cli.runner.manifest import input_key
+    from icm_cli.video import is_video_file, probe_frame_count
+
+    if not is_video_file(path):
+        return [path]
+    try:
+        count = probe_frame_count(path)
+    except InputError:  # PyAV missing or the file unreadable now: the frames the run recorded
+        prefix = input_key(str(path)) + "#"
+        indices = [key[len(prefix):] for key in state.latest if key.startswith(prefix)]
+        count = 1 + max((int(i) for i in indices if i.isdigit()), default=-1)
+    return [Path(f"{path}#{index}") for index in range(count)] or [path]
+
+
 def status(
     output: Annotated[Path, typer.Argument(metavar="OUT", show_default=False,
                                            help="The -o folder of `icm propagate` (one run or all its shards).")],
     sources: Annotated[Optional[List[str]], typer.Argument(
         metavar="SOURCES", show_default=False,
-        help="The run's SOURCES, to count what is still pending (- reads paths from stdin).")] = None,
+        help="The run's SOURCES, to count what is still pending (- reads paths from stdin); a video file "
+             "counts its frames.")] = None,
     recursive: opts.RecursiveSources = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],

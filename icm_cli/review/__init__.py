@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from icm_cli.config import OUTPUT_KINDS
 from icm_cli.errors import IcmError
-from icm_cli.runner.manifest import ManifestState, SourceRecord, read_manifests
+from icm_cli.runner.manifest import ManifestState, SourceRecord, read_manifests, result_counts
 
 if TYPE_CHECKING:
     from icm_cli.review.thumbs import Job
@@ -100,13 +100,18 @@ def _outputs(record: SourceRecord, plan: "OutputPlan", cwd: str | None) -> dict[
 
 def _source_file(path: str | None, stem) -> str | None:
     """The image file a record's input names; for a frame folder (what a resumed ``--video`` run records
-    for the frames it skipped) the frame of that stem in it; None when there is no such file."""
+    for the frames it skipped) the frame of that stem in it; for a frame of a clip (``clip.mp4#12``)
+    ``clip.mp4@12``; None when there is no such file."""
     from icm_cli.io import IMAGE_SUFFIXES
+    from icm_cli.video import frame_of_input
 
     if not path:
         return None
     if os.path.isfile(path):
         return path
+    frame = frame_of_input(path)  # a frame of a clip (--video clip.mp4): decoded from the clip for its thumbnail
+    if frame is not None:
+        return frame.text
     if os.path.isdir(path) and isinstance(stem, str) and stem and "/" not in stem:
         for suffix in sorted(IMAGE_SUFFIXES):
             for candidate in (f"{stem}{suffix}", f"{stem}{suffix.upper()}"):
@@ -161,6 +166,7 @@ def _result_cards(records: list[SourceRecord], results: ManifestState, plan: "Ou
     """``(card, thumbnail job, expect a source picture)`` for each result record, in page order."""
     from icm_cli.review import page as pagemod
     from icm_cli.review.thumbs import Job
+    from icm_cli.video import source_file
 
     run_index = {r.run: i for i, r in enumerate(results.runs)}
     cwd_of = {r.run: r.cwd for r in results.runs}
@@ -174,10 +180,13 @@ def _result_cards(records: list[SourceRecord], results: ManifestState, plan: "Ou
         maker = rec.made_by or rec.run
         if len(results.runs) > 1 and maker in run_index:
             label = pagemod.run_label(run_index[maker])
+        # Outputs a rerun kept, made by a recorded earlier run, are that run's results: done, as status counts them.
+        status = "done" if rec.status == "skipped" and rec.made_by else rec.status
         card = pagemod.Card(
-            ident=job.ident, name=str(rec.stem or Path(rec.input).name), status=rec.status,
+            ident=job.ident, name=str(rec.stem or Path(rec.input).name), status=status,
             confidence=rec.confidence if rec.status != "failed" else None, input=rec.input,
-            source_path=job.source, outputs=outputs, error=rec.error or None, empty=rec.empty,
+            source_path=source_file(job.source) if job.source else None,  # a clip's frame links to the clip
+            outputs=outputs, error=rec.error or None, empty=rec.empty,
             mask_area=rec.mask_area, run_label=label)
         made.append((card, job, rec.status != "failed"))
     return made
@@ -254,7 +263,8 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
                             cwd=str(r.cwd or ""), version=str(r.version or ""), references=run_references[i])
             for i, r in enumerate(results.runs)]
 
-    data = pagemod.PageData(out=out.resolve(), cards=cards, total=total, counts=results.counts, runs=runs, sort=sort,
+    counts = result_counts(results.records())  # kept results of earlier runs count as done, as in icm status
+    data = pagemod.PageData(out=out.resolve(), cards=cards, total=total, counts=counts, runs=runs, sort=sort,
                             threshold=threshold, unreadable_lines=results.unreadable_lines,
                             manifests=results.manifests,
                             generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -265,7 +275,7 @@ def build_review(out: str | os.PathLike, page: str | os.PathLike | None = None, 
     except OSError as exc:
         raise ReviewError(f"{page_path}: cannot write ({exc.strerror or exc})") from None
     confs = [r.confidence for r in results.records() if r.status in ("done", "skipped")]
-    return ReviewReport(page=page_path, total=total, shown=len(cards), counts=results.counts,
+    return ReviewReport(page=page_path, total=total, shown=len(cards), counts=counts,
                         below=sum(1 for c in confs if c is not None and c < threshold),
                         unknown=sum(1 for c in confs if c is None), made=cache.made, reused=cache.reused,
                         seconds=time.perf_counter() - t0, problems=problems)

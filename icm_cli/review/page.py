@@ -200,6 +200,7 @@ def render(data: PageData, page_path: Path) -> str:
         notes.append(f"{unknown} result(s) without a confidence (—): written by an icm without confidences; "
                      "they are listed after the others")
     cards = "".join(_card(c, page_dir, data.threshold, i) for i, c in enumerate(data.cards))
+    done_title = f"results icm computed: {counts.get('done_earlier', 0)} of them by an earlier run, kept by a rerun"
     sort_opts = "".join(
         f'<option value="{v}"{" selected" if v == data.sort else ""}>{label}</option>'
         for v, label in (("confidence", "least confident first"), ("confidence-desc", "most confident first"),
@@ -216,8 +217,9 @@ def render(data: PageData, page_path: Path) -> str:
 <div class="summary">
 <div class="counts">
 <span class="n">{of}</span>
-<span class="k k-done"><b>{counts.get("done", 0)}</b> done</span>
-<span class="k k-skipped" title="outputs made by an earlier run, kept by a rerun"><b>{counts.get("skipped", 0)}</b> skipped (already there)</span>
+<span class="k k-done" title="{done_title}"><b>{counts.get("done", 0)}</b> done</span>
+<span class="k k-skipped" title="outputs that were there, made by no recorded run"><b>{counts.get("skipped", 0)}</b> \
+skipped (already there)</span>
 <span class="k k-failed"><b>{counts.get("failed", 0)}</b> failed</span>
 <span class="k k-low"><b>{below}</b> below {data.threshold:g}</span>
 </div>

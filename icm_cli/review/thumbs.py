@@ -17,13 +17,14 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
 from icm_cli.process_settings import open_unguarded, opencv_single_threaded
-from icm_cli.video import parse_frame_ref, read_frame, source_file
+from icm_cli.video import decode_clip, parse_frame_ref, read_frame, source_file
 
 #: Thumbnails fit in this box (width, height), aspect kept.
 BOX = (320, 240)
@@ -188,15 +189,15 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def make(job: Job, folder: Path, expect_source: bool = True) -> Thumbs:
+def make(job: Job, folder: Path, expect_source: bool = True, base: np.ndarray | None = None) -> Thumbs:
     """Make one result's thumbnails in ``folder``. Problems are reported, never raised.
 
     ``expect_source``: whether an unreadable source is a problem (it is not
-    for a failed result, which often failed because of it).
+    for a failed result, which often failed because of it). ``base``: the
+    source already decoded at thumbnail size (a clip's frame), else it is read.
     """
     out = Thumbs()
-    base = None
-    if job.source:
+    if base is None and job.source:
         try:
             base = _read_small(job.source)
         except Exception as exc:  # PIL raises many types on bad files
@@ -235,6 +236,30 @@ def make(job: Job, folder: Path, expect_source: bool = True) -> Thumbs:
     return out
 
 
+def _clip_bases(clip: Path, wanted: dict[int, list[int]]) -> Iterator[tuple[int, np.ndarray | None]]:
+    """``(job, the frame at thumbnail size)`` for every job of ``wanted`` (frame index -> jobs), decoding
+    ``clip`` once up to the last frame wanted. Frames it cannot give (a clip cut short) come with None:
+    :func:`make` then reads them itself and says why they cannot be shown."""
+    left = dict(wanted)
+    try:
+        _, frames = decode_clip(clip)
+        try:
+            for frame in frames:
+                jobs = left.pop(frame.index, None)
+                if jobs is not None:
+                    picture = frame.image()
+                    base = _shrink(picture, _fit(picture.shape[1], picture.shape[0]))
+                    yield from ((i, base) for i in jobs)
+                if not left:
+                    break
+        finally:
+            frames.close()
+    except Exception:  # PyAV raises many types on broken files; each frame left says why in make()
+        pass
+    for jobs in left.values():
+        yield from ((i, None) for i in jobs)
+
+
 class ThumbnailCache:
     """The thumbnail folder and its index; :meth:`get_all` makes what is missing or stale."""
 
@@ -271,10 +296,20 @@ class ThumbnailCache:
         workers = workers or min(8, os.cpu_count() or 1)
         if todo:
             with opencv_single_threaded(), ThreadPoolExecutor(  # parallel over thumbnails, not inside each
-                max_workers=max(1, workers), thread_name_prefix="icm-thumb") as pool:
-                made = pool.map(lambda i: make(jobs[i][0], self.folder, jobs[i][1]), todo)
-                for i, thumbs in zip(todo, made):
-                    results[i] = thumbs
+                    max_workers=max(1, workers), thread_name_prefix="icm-thumb") as pool:
+                made = {}
+                by_clip: dict[Path, dict[int, list[int]]] = {}  # clip -> frame index -> jobs showing it
+                for i in todo:
+                    frame = parse_frame_ref(jobs[i][0].source) if jobs[i][0].source else None
+                    if frame is not None and frame.index is not None:
+                        by_clip.setdefault(frame.path, {}).setdefault(frame.index, []).append(i)
+                    else:
+                        made[i] = pool.submit(make, jobs[i][0], self.folder, jobs[i][1])
+                for clip, wanted in by_clip.items():  # one pass over each clip, not one decode per frame
+                    for i, base in _clip_bases(clip, wanted):
+                        made[i] = pool.submit(make, jobs[i][0], self.folder, jobs[i][1], base)
+                for i in todo:
+                    thumbs = results[i] = made[i].result()
                     self.index[jobs[i][0].ident] = {"sig": sigs[i], "overlay": thumbs.overlay, "heat": thumbs.heat,
                                                     "size": list(thumbs.size) if thumbs.size else None,
                                                     "problems": thumbs.problems}

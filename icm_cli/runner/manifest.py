@@ -329,6 +329,17 @@ def read_manifests(folder: Path) -> ManifestState:
     return state
 
 
+def result_counts(records) -> dict[str, int]:
+    """How ``status`` and ``review`` count the latest records: done (results icm computed, in the latest
+    run or, ``done_earlier`` of them, in an earlier run whose outputs a rerun kept), skipped (outputs that
+    were there with no recorded run making them), failed."""
+    records = list(records)
+    earlier = sum(1 for r in records if r.status == "skipped" and r.made_by)
+    return {"done": sum(1 for r in records if r.status == "done") + earlier, "done_earlier": earlier,
+            "skipped": sum(1 for r in records if r.status == "skipped") - earlier,
+            "failed": sum(1 for r in records if r.status == "failed")}
+
+
 def least_confident(records, n: int) -> list[SourceRecord]:
     """The ``n`` results (done or skipped, with a confidence) of lowest confidence, lowest first."""
     scored = [r for r in records if r.status in ("done", "skipped") and r.confidence is not None]

@@ -54,12 +54,13 @@ def run_video(runner: BatchRunner, sequence: FrameSequence, model) -> BatchOutco
 def _written_alpha(root, stem: str):
     """A frame's alpha as written: ``alpha/<stem>.png``, else the cut-out's alpha channel; None if neither."""
     import numpy as np
-    from PIL import Image
+
+    from icm_cli.process_settings import open_unguarded
 
     for kind, channel in (("alpha", None), ("cutout", 3)):
         path = root / kind / f"{stem}.png"
         try:
-            with Image.open(path) as img:
+            with open_unguarded(path) as img:  # icm's own output: its size was checked when the source was read
                 pixels = np.asarray(img)
         except (OSError, ValueError):
             continue
