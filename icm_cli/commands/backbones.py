@@ -71,5 +71,6 @@ def backbones(
                       f"decoder: {escape(row['decoder'])}[/]")
     stdout.print(table)
     from icm_cli.predict import DEFAULT_DECODER
+    # soft_wrap off: rich wraps this line at words; a terminal would cut it anywhere.
     stdout.print(f"mask decoder: --decoder {DEFAULT_DECODER} by default (auto = the built-in weights where they "
-                 "exist for the backbone; none = training-free; or a .safetensors file)")
+                 "exist for the backbone; none = training-free; or a .safetensors file)", soft_wrap=False)
