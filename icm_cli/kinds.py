@@ -46,8 +46,8 @@ def _parse(text: str, option: str, spellings: dict[str, str], canonical: Sequenc
             else:
                 close = difflib.get_close_matches(name, list(spellings), n=1, cutoff=0.6)
                 hint = f"did you mean {spellings[close[0]]}?" if close else ""
-            raise SettingError(f"{option}: unknown kind {name!r}; choose from {', '.join(canonical)}"
-                               + (f" ({hint})" if hint else ""))
+            raise SettingError(f"{option} takes a comma-separated list of {', '.join(canonical)}; "
+                               f"{name!r} is none of them" + (f": {hint}" if hint else ""))
         kinds.append(kind)
     return tuple(dict.fromkeys(kinds))
 
