@@ -21,7 +21,6 @@ from typing import Optional, Sequence
 from icm_cli import io
 from icm_cli.config import DEFAULT_MAX_PIXELS
 from icm_cli.errors import SettingError
-from icm_cli.io import InputError
 from icm_cli.sources import natural_key
 
 KINDS = ("mask", "alpha")
@@ -188,7 +187,7 @@ def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -
         raise io.InputError(f"{trimaps}: --trimaps must be a folder")
 
 
-class EvalArgumentsError(InputError):
+class EvalArgumentsError(io.InputError):
     """PRED and GT that cannot be what was meant (swapped, or sequences without ``--recursive``)."""
 
 
@@ -211,9 +210,14 @@ def _check_not_swapped(pred: Path, gt: Path, recursive: bool) -> None:
     """GT that is a propagate output folder (or a folder of them) while PRED is not: the arguments are swapped."""
     if not gt.is_dir() or not pred.is_dir() or _holds_outputs(pred):
         return
-    if _is_propagate_output(gt) or (recursive and _holds_outputs(gt)):
-        raise EvalArgumentsError(f"GT ({gt}) is icm propagate's output and PRED ({pred}) is not: did you swap "
-                                 f"PRED and GT? (icm eval PRED GT: icm eval {'-r ' if recursive else ''}{gt} {pred})")
+    if _is_propagate_output(gt):
+        flag = "-r " if recursive else ""
+    elif _holds_outputs(gt):  # a folder of outputs per sequence: scored with -r
+        flag = "-r "
+    else:
+        return
+    raise EvalArgumentsError(f"GT ({gt}) is icm propagate's output and PRED ({pred}) is not: did you swap "
+                             f"PRED and GT? (icm eval PRED GT: icm eval {flag}{gt} {pred})")
 
 
 def _check_not_nested(pred: Path) -> None:

@@ -123,9 +123,11 @@ def test_eval_with_pred_and_gt_swapped_is_one_line_with_a_hint(tmp_path):
         _fake_output(runs / seq, names[:2])
         for name in names[:2]:
             save_png(truth / seq / f"{name}.png", _box_mask())
-    res = runner.invoke(app, ["eval", "-r", str(truth), str(runs)])
-    lines = _lines(res.output)
-    assert res.exit_code == 2 and len(lines) == 1 and "did you swap PRED and GT?" in lines[0], res.output
+    for args in (["-r", str(truth), str(runs)], [str(truth), str(runs)]):  # with or without -r
+        res = runner.invoke(app, ["eval", *args])
+        lines = _lines(res.output)
+        assert res.exit_code == 2 and len(lines) == 1 and "did you swap PRED and GT?" in lines[0], res.output
+        assert f"icm eval -r {runs} {truth}" in lines[0]
 
 
 def test_eval_of_a_folder_of_sequences_without_r_says_use_r(tmp_path):
