@@ -45,10 +45,10 @@ def eval_command(
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object (per image, per sequence, mean) instead of tables.")] = False,
     include: Annotated[List[str], typer.Option(
-        "--include", metavar="GLOB", show_default=False,
+        "--include", metavar="GLOB", rich_help_panel=opts.INPUTS, show_default=False,
         help="Only files whose name (or path below PRED/GT) matches, e.g. '0000*'; repeatable.")] = [],
     exclude: Annotated[List[str], typer.Option(
-        "--exclude", metavar="GLOB", show_default=False,
+        "--exclude", metavar="GLOB", rich_help_panel=opts.INPUTS, show_default=False,
         help="Leave out files that match, e.g. 'ref*'; repeatable. Applies to PRED and GT alike.")] = [],
     max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes about unpredicted ground truth.")] = False,
