@@ -233,6 +233,9 @@ def test_readme_extras_keep_the_editable_install():
     for extra in ("dinov2", "ray"):
         at = readme.index(f'pip install -c constraints.txt ".[{extra}]"')
         assert f'-e ".[dev,{extra}]"' in readme[at:at + 200], extra
+    help_text = _flat(runner.invoke(app, ["propagate", "-h"], env={"COLUMNS": "80"}, terminal_width=80).output)
+    assert 'pip install -c constraints.txt ".[video]"; in a checkout with the editable install, -e ".[dev,video]"' \
+        in help_text
 
 
 # ------------------------------------------------------------------ sources that look like masks

@@ -29,7 +29,8 @@ def propagate(
     video: Annotated[Optional[Path], typer.Option(
         "--video", metavar="SEQ", rich_help_panel=opts.INPUTS, show_default=False,
         help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames or a "
-             'video file (needs the video extra: pip install -c constraints.txt ".\\[video]").')] = None,
+             'video file (needs the video extra: pip install -c constraints.txt ".\\[video]"; in a checkout with '
+             'the editable install, -e ".\\[dev,video]").')] = None,
     recursive: opts.Recursive = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
