@@ -73,6 +73,17 @@ def test_a_refused_run_creates_no_output_folder(scene, tmp_path, no_model):
     assert res.exit_code == 2 and empty_before.is_dir()
 
 
+def test_a_refused_refine_creates_no_output_folder(tmp_path):
+    img, truth = textured_scene(72, 96, (18, 24, 36, 40), seed=3)
+    save_png(tmp_path / "images" / "a.png", img)
+    save_png(tmp_path / "coarse" / "a.png", truth * 255)
+    out = tmp_path / "new" / "out"
+    res = runner.invoke(app, ["refine", str(tmp_path / "coarse"), "--images", str(tmp_path / "images"),
+                              "-o", str(out), "--method", "decoder", "--decoder", "none", "--size", "96"])
+    assert res.exit_code == 2 and "does not read prior masks" in res.output, res.output
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_run_that_writes_keeps_the_folder_it_created(scene, tmp_path):
     out = tmp_path / "made" / "out"
     res = runner.invoke(app, propagate_args(scene, str(scene / "src" / "s0.png"), "-o", str(out)))
