@@ -56,6 +56,14 @@ class _GuardedGroup(TyperGroup):
             from icm_cli.process_settings import claim_for_command_line
             claim_for_command_line()
         try:
+            return self._guarded_invoke(ctx)
+        finally:
+            from icm_cli.commands.common import remove_unused_output_folders
+
+            remove_unused_output_folders()  # a refused run leaves no empty OUT behind
+
+    def _guarded_invoke(self, ctx):
+        try:
             return super().invoke(ctx)
         except Exception as exc:
             if is_usage_error(exc) and type(exc).__name__ != "NoArgsIsHelpError":

@@ -173,9 +173,11 @@ class OutputConfig:
 
     @classmethod
     def parse(cls, save: str, kernel: int = DEFAULT_TRIMAP_KERNEL) -> "OutputConfig":
-        """``"masks,trimaps"`` -> ``OutputConfig(("masks", "trimaps"))``; unknown names raise SettingError (a ValueError)."""
-        kinds = tuple(dict.fromkeys(k.strip() for k in save.split(",") if k.strip()))
-        return cls(kinds, kernel)
+        """``"masks,trimap"`` -> ``OutputConfig(("masks", "trimaps"))`` (either spelling, :mod:`icm_cli.kinds`);
+        unknown names raise SettingError (a ValueError) with the closest name."""
+        from icm_cli.kinds import parse_png_kinds
+
+        return cls(parse_png_kinds(save, OUTPUT_KINDS), kernel)
 
     def with_kind(self, kind: str) -> "OutputConfig":
         return self if kind in self.kinds else dataclasses.replace(self, kinds=(kind,) + self.kinds)

@@ -124,12 +124,7 @@ class BatchOutcome:
         if self.stdout_closed:
             return
         if self.mask_like and not quiet:
-            n = len(self.mask_like)
-            looks = "sources look like masks" if n != 1 else "source looks like a mask"
-            them = "them" if n != 1 else "it"
-            stderr.print(escape(f"warning: {n} {looks}, not a photo (one channel, two values), e.g. "
-                                f"{self.mask_like[0]}; use --exclude (e.g. --exclude '*.png') to leave {them} out"),
-                         style="yellow")
+            stderr.print(escape(mask_like_warning(self.mask_like)), style="yellow")
         secs = time.perf_counter() - self.started
         empty = f" ({self.empty} empty: object not found)" if self.empty else ""
         line = (f"{count(self.done, what)} written{empty}, {self.skipped} skipped (already there), "
@@ -144,6 +139,41 @@ class BatchOutcome:
             stderr.print(f"[bold red]{escape(line)}[/]")
         elif not quiet:
             stderr.print(escape(line))
+
+
+def mask_like_warning(paths: list[str]) -> str:
+    """The warning about sources that look like masks: their names, and an ``--exclude`` that leaves out
+    just them (a pattern from what their names share, like ``'*_mask.png'``; never ``'*.png'``, which would
+    leave out PNG photos too)."""
+    import os
+
+    names = sorted({os.path.basename(p) for p in paths})
+    n = len(paths)
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    looks = "sources look like masks" if n != 1 else "source looks like a mask"
+    them = "them" if n != 1 else "it"
+    return (f"warning: {n} {looks}, not a photo (grey, two values): {shown}; {exclude_for(names)} leaves "
+            f"{them} out")
+
+
+def exclude_for(names: list[str]) -> str:
+    """``--exclude`` options matching ``names`` (file names) and, as far as names tell, nothing else."""
+    import os
+
+    if len(names) == 1:
+        return f"--exclude '{names[0]}'"
+    stems, suffixes = zip(*(os.path.splitext(n) for n in names))
+    suffix = suffixes[0] if len(set(s.lower() for s in suffixes)) == 1 else ".*"
+    tail = os.path.commonprefix([s[::-1] for s in stems])[::-1]
+    head = os.path.commonprefix(list(stems))
+    # A shared part that is only digits or punctuation ('0', '_') would match photos as well.
+    if len(tail) >= 2 and any(c.isalpha() for c in tail):
+        return f"--exclude '*{tail}{suffix}'"
+    if len(head) >= 2 and any(c.isalpha() for c in head):
+        return f"--exclude '{head}*{suffix}'"
+    if len(names) <= 3:
+        return " ".join(f"--exclude '{n}'" for n in names)
+    return "--exclude with a pattern of their names"
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from icm_cli import io
 from icm_cli.config import DEFAULT_MAX_PIXELS
@@ -104,7 +104,8 @@ class Evaluation:
 
 def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: str | Path | None = None,
              stability: bool = False, recursive: bool = False, tolerance: Optional[float] = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Evaluation:
+             max_pixels: int = DEFAULT_MAX_PIXELS, include: Sequence[str] = (),
+             exclude: Sequence[str] = ()) -> Evaluation:
     """Score the predictions ``pred`` (a folder or one file) against the ground truth ``gt``.
 
     kind: ``mask`` (J = IoU, F = boundary F measure, ``tolerance`` its match
@@ -114,14 +115,29 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     stability, the mean IoU of consecutive masks in name order, for the
     prediction and the ground truth. recursive: folders of sequence
     sub-folders, scored per sequence then averaged over sequences.
-    Raises :class:`~icm_cli.io.InputError` for a missing path and
-    :class:`~icm_cli.errors.SettingError` for an unknown kind.
+    include/exclude: shell patterns on the file name (or its path below PRED
+    or GT) picking the files of either side, as in ``icm propagate``.
+    Raises :class:`~icm_cli.io.InputError` for a missing path,
+    :class:`~icm_cli.errors.SettingError` for an unknown kind, and
+    :class:`EvalArgumentsError` when PRED and GT look swapped or a folder of
+    sequences is given without ``recursive``: one line with the way out.
     """
     pred, gt = Path(pred), Path(gt)
     trimaps = Path(trimaps) if trimaps is not None else None
     _check_arguments(pred, gt, kind, trimaps)
     keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
-    pairs, unpredicted, unreadable, output_folders = _collect(pred, gt, recursive, kind)
+    picks = {"include": tuple(include), "exclude": tuple(exclude)}
+    _check_not_swapped(pred, gt, recursive)
+    pairs, unpredicted, unreadable, output_folders = _collect(pred, gt, recursive, kind, **picks)
+    if not pairs and not recursive:
+        _check_not_nested(pred)
+    if pairs and not any(p.gt for p in pairs) and pred.is_dir() and gt.is_dir():
+        # Nothing pairs this way round: if it does the other way, the arguments were swapped.
+        swapped = _collect(gt, pred, recursive, kind, **picks)[0]
+        if any(p.gt for p in swapped):
+            raise EvalArgumentsError(f"no file of PRED ({pred}) has a ground truth of its name in GT ({gt}), but "
+                                     f"the other way round they pair: did you swap PRED and GT? "
+                                     f"(icm eval PRED GT: icm eval {gt} {pred})")
     images, unscored = [], [Unscored(None, str(p.path), p.message) for p in unreadable]
     for pair in pairs:
         try:
@@ -171,6 +187,54 @@ def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -
         raise io.InputError(f"{trimaps}: --trimaps must be a folder")
 
 
+class EvalArgumentsError(io.InputError):
+    """PRED and GT that cannot be what was meant (swapped, or sequences without ``--recursive``)."""
+
+
+def _holds_outputs(folder: Path) -> bool:
+    """``folder`` is a propagate output, or holds one a level down (``runs/<seq>/``)."""
+    if _is_propagate_output(folder):
+        return True
+    return folder.is_dir() and any(_is_propagate_output(sub) for sub in _sub_folders(folder))
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    try:
+        return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                      key=lambda p: natural_key(p.name))
+    except OSError:
+        return []
+
+
+def _check_not_swapped(pred: Path, gt: Path, recursive: bool) -> None:
+    """GT that is a propagate output folder (or a folder of them) while PRED is not: the arguments are swapped."""
+    if not gt.is_dir() or not pred.is_dir() or _holds_outputs(pred):
+        return
+    if _is_propagate_output(gt):
+        flag = "-r " if recursive else ""
+    elif _holds_outputs(gt):  # a folder of outputs per sequence: scored with -r
+        flag = "-r "
+    else:
+        return
+    raise EvalArgumentsError(f"GT ({gt}) is icm propagate's output and PRED ({pred}) is not: did you swap "
+                             f"PRED and GT? (icm eval PRED GT: icm eval {flag}{gt} {pred})")
+
+
+def _check_not_nested(pred: Path) -> None:
+    """PRED without images of its own but with sub-folders: sequences, scored with ``--recursive``."""
+    if not pred.is_dir():
+        return
+    subs = _sub_folders(pred)
+    if not subs:
+        return
+    outputs = [p for p in subs if _is_propagate_output(p)]
+    shown = ", ".join(p.name for p in (outputs or subs)[:3]) + (", ..." if len(outputs or subs) > 3 else "")
+    n = len(outputs or subs)
+    what = "propagate output folder" if outputs else "sub-folder"
+    raise EvalArgumentsError(f"{pred}: no images to score, it holds {n} {what}{'s' if n != 1 else ''} ({shown}); "
+                             f"use -r/--recursive to score them per sequence")
+
+
 def _is_propagate_output(folder: Path) -> bool:
     """An ``icm propagate -o`` folder: a manifest, or masks/ beside trimaps/ or heatmaps/."""
     from icm_cli.runner.manifest import manifest_files
@@ -208,7 +272,8 @@ def _in_outputs(found: list, pred: Path, kind: str) -> tuple[list, int]:
     return kept, len(used)
 
 
-def _collect(pred: Path, gt: Path, recursive: bool, kind: str = "mask") -> tuple[list[_Pair], list[str], list, int]:
+def _collect(pred: Path, gt: Path, recursive: bool, kind: str = "mask", include: Sequence[str] = (),
+             exclude: Sequence[str] = ()) -> tuple[list[_Pair], list[str], list, int]:
     """Pair every prediction with its ground truth (by name, sub-folders included); also list
     ground truths nobody predicted, folders that could not be read, and how many propagate
     output folders PRED held (PRED may be one, or with ``recursive`` a folder of them: only
@@ -218,14 +283,15 @@ def _collect(pred: Path, gt: Path, recursive: bool, kind: str = "mask") -> tuple
     if pred.is_file():
         target = gt if gt.is_file() else find_named(gt, output_name(pred))
         return [_Pair(output_name(pred), ".", pred, target)], [], [], 0
-    found, problems = find_sources([pred], recursive=recursive or _is_propagate_output(pred), mirror=True)
+    found, problems = find_sources([pred], recursive=recursive or _is_propagate_output(pred), mirror=True,
+                                   include=include, exclude=exclude)
     found, output_folders = _in_outputs(found, pred, kind)
     pairs = []
     for source in found:
         group = source.name.rsplit("/", 1)[0] if "/" in source.name else "."
         pairs.append(_Pair(source.name, group, source.path, find_named(gt, source.name)))
     seen = {p.name for p in pairs}
-    truths, gt_problems = find_sources([gt], recursive=recursive, mirror=True)
+    truths, gt_problems = find_sources([gt], recursive=recursive, mirror=True, include=include, exclude=exclude)
     unpredicted = [t.name for t in truths if t.name not in seen]
     return pairs, unpredicted, problems + gt_problems, output_folders
 

@@ -77,8 +77,14 @@ def _names(param) -> str:
 
 
 def _default(param, ctx) -> str | None:
-    if is_argument(param) or getattr(param, "is_flag", False):
+    if is_argument(param):
         return None
+    if getattr(param, "is_flag", False):
+        # An on/off pair (--motion/--no-motion) says which one holds when neither is given; a lone flag is off.
+        secondary = getattr(param, "secondary_opts", None)
+        if not secondary or getattr(param, "show_default", None) is False:
+            return None
+        return (param.opts if param.default else secondary)[0]
     show = getattr(param, "show_default", None)
     if isinstance(show, str):
         return show

@@ -59,7 +59,8 @@ def in_unit_range(name: str):
 # ------------------------------------------------------------------ references
 Ref = Annotated[List[str], typer.Option(
     "--ref", metavar="IMAGE", rich_help_panel=INPUTS, show_default=False,
-    help="[red]Required.[/] Reference image showing the object; repeat for several.")]
+    help="[red]Required.[/] Reference image showing the object, or frame N of a video file as clip.mp4@N "
+         "(from 0); repeat for several.")]
 Mask = Annotated[List[str], typer.Option(
     "--mask", metavar="MASK", rich_help_panel=INPUTS, show_default=False,
     help="[red]Required.[/] Mask of the object in the matching --ref: 0/255, 0/1, palette, 16-bit or RGB.")]

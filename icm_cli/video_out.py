@@ -97,8 +97,10 @@ class VideoOutputConfig:
 
     @classmethod
     def parse(cls, kinds: str, fmt: str = "mov", fps: str | None = None) -> "VideoOutputConfig":
-        names = tuple(dict.fromkeys(k.strip() for k in kinds.split(",") if k.strip()))
-        return cls(names, fmt.strip().lower().lstrip("."), parse_fps(fps) if fps is not None else None)
+        from icm_cli.kinds import parse_video_kinds
+
+        return cls(parse_video_kinds(kinds, VIDEO_KINDS), fmt.strip().lower().lstrip("."),
+                   parse_fps(fps) if fps is not None else None)
 
     @property
     def png_kinds(self) -> tuple[str, ...]:

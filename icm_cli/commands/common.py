@@ -48,10 +48,19 @@ _FILE_LIKE = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif",
 
 
 def check_output_name(output: Path | None) -> None:
-    """Refuse ``-o cut.png`` / ``-o out.mov`` (exit 2, one line): OUT is a folder of outputs, not a file."""
+    """Refuse ``-o cut.png`` / ``-o out.mov`` / ``-o existing.txt`` (exit 2, one line): OUT is a folder of outputs,
+    not a file. Called before anything is created; the folders the command then creates for OUT are removed
+    when it ends without writing a file in them (a refused run leaves nothing behind)."""
     if output is None:
         return
     output = Path(output)
+    in_the_way = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+    if in_the_way is not None:
+        what = "is a file" if in_the_way == output else f"is inside {in_the_way}, which is a file"
+        error_line(f"-o {output}: {what}; OUT must be a folder (name a new or existing folder, e.g. "
+                   f"-o {output.with_suffix('') if in_the_way == output and output.suffix else 'out'}/)")
+        raise typer.Exit(2)
+    _remove_if_left_empty(output)
     suffix = output.suffix.lower()
     if suffix not in _FILE_LIKE or output.is_dir():
         return
@@ -74,3 +83,42 @@ def output_folder_or_exit(folder: Path) -> None:
         error_line(str(exc))
         raise typer.Exit(2)
     io.remove_stale_temp_files(folder)
+
+
+#: Folders this command created for OUT, to remove when it ends with nothing written in them.
+_CREATED_FOR_OUTPUT: list[Path] = []
+
+
+def _remove_if_left_empty(output: Path) -> None:
+    """Note the topmost folder of ``output`` that does not exist yet: the command creates it, and
+    :func:`remove_unused_output_folders` removes it again if no file was written in it."""
+    created = None
+    for path in (output, *output.parents):
+        if path.exists() or path.is_symlink():
+            break
+        created = path
+    if created is not None:
+        _CREATED_FOR_OUTPUT.append(created)
+
+
+def remove_unused_output_folders() -> None:
+    """When a command ends (the CLI's guard calls this): remove the folders it created for OUT in which
+    no file was written. Only ``rmdir`` is used, which never removes a folder holding anything, so a folder
+    the user had, or one another run has since written into, stays."""
+    while _CREATED_FOR_OUTPUT:
+        _remove_empty_tree(_CREATED_FOR_OUTPUT.pop())
+
+
+def _remove_empty_tree(top: Path) -> None:
+    import os
+
+    if not top.is_dir() or top.is_symlink():
+        return
+    for folder, _dirs, files in os.walk(top):
+        if files:
+            return  # the run wrote something: keep every folder
+    for folder, _dirs, _files in os.walk(top, topdown=False):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -44,6 +44,12 @@ def eval_command(
         help="mask: boundary match distance, pixels if >= 1 else share of the diagonal (default 0.008).")] = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object (per image, per sequence, mean) instead of tables.")] = False,
+    include: Annotated[List[str], typer.Option(
+        "--include", metavar="GLOB", rich_help_panel=opts.INPUTS, show_default=False,
+        help="Only files whose name (or path below PRED/GT) matches, e.g. '0000*'; repeatable.")] = [],
+    exclude: Annotated[List[str], typer.Option(
+        "--exclude", metavar="GLOB", rich_help_panel=opts.INPUTS, show_default=False,
+        help="Leave out files that match, e.g. 'ref*'; repeatable. Applies to PRED and GT alike.")] = [],
     max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes about unpredicted ground truth.")] = False,
 ) -> None:
@@ -62,7 +68,7 @@ def eval_command(
         kind = kind_short
     try:
         result = evaluate(pred, gt, kind=kind, trimaps=trimaps, stability=stability, recursive=recursive,
-                          tolerance=tolerance, max_pixels=max_pixels)
+                          tolerance=tolerance, max_pixels=max_pixels, include=include, exclude=exclude)
     except IcmError as exc:
         error_line(str(exc))
         raise typer.Exit(2)

@@ -32,7 +32,7 @@ def inspect_attn(
     mask: opts.Mask = [],
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="OUT", rich_help_panel=opts.OUTPUTS, show_default=False,
-        help="Output folder for the pictures.")] = None,
+        help="[red]Required.[/] Output folder for the pictures.")] = None,
     point: Annotated[Optional[str], typer.Option(
         "--point", metavar="X,Y", rich_help_panel=opts.OUTPUTS, show_default=False,
         help="A location in the first reference: also show where it attends.")] = None,

@@ -29,7 +29,8 @@ def propagate(
     video: Annotated[Optional[Path], typer.Option(
         "--video", metavar="SEQ", rich_help_panel=opts.INPUTS, show_default=False,
         help="A sequence instead of SOURCES: a folder of frames (name order), a .txt list of frames or a "
-             'video file (needs the video extra: pip install -c constraints.txt ".\\[video]").')] = None,
+             'video file (needs the video extra: pip install -c constraints.txt ".\\[video]"; in a checkout with '
+             'the editable install, -e ".\\[dev,video]").')] = None,
     recursive: opts.Recursive = False,
     include: opts.Include = [],
     exclude: opts.Exclude = [],
@@ -37,7 +38,8 @@ def propagate(
     max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
     save: Annotated[str, typer.Option(
         "--save", metavar="KINDS", rich_help_panel=opts.OUTPUTS,
-        help="Comma-separated outputs: masks, trimaps, heatmaps, alpha (matte), cutout (RGBA).")] = "masks,trimaps,heatmaps",
+        help="Comma-separated outputs: masks, trimaps, heatmaps, alpha (matte), cutout (RGBA); singular or "
+             "plural, and --save-video's names (mask, matte), are accepted too.")] = "masks,trimaps,heatmaps",
     kernel: Annotated[int, typer.Option(
         "--kernel", "-k", metavar="PX", rich_help_panel=opts.OUTPUTS, callback=opts.at_least(1, "--kernel"),
         help=f"Trimap band: erosion/dilation in pixels ({DEFAULT_TRIMAP_KERNEL} gave the best alphas on ~800 px "
@@ -45,7 +47,8 @@ def propagate(
     save_video: Annotated[Optional[str], typer.Option(
         "--save-video", metavar="KINDS", rich_help_panel=opts.OUTPUTS, show_default=False,
         help="With --video: also write OUT/<kind>.mov for each of mask, matte, cutout (with alpha), overlay "
-             "(the source with the mask tinted), made from the PNGs once every frame is done.")] = None,
+             "(the source with the mask tinted), made from the PNGs once every frame is done; --save's names "
+             "(masks, alpha) and plurals are accepted too.")] = None,
     video_format: Annotated[str, typer.Option(
         "--video-format", metavar="EXT", rich_help_panel=opts.OUTPUTS,
         help="Container of --save-video: mov (ProRes; the cutout ProRes 4444) or webm (VP9).")] = "mov",
@@ -84,15 +87,17 @@ def propagate(
              "(DIR/<name>.*); the decoder weighs them against the evidence. Sources without one are "
              "predicted as usual.")] = None,
     fps: Annotated[Optional[str], typer.Option(
-        "--fps", metavar="RATE", rich_help_panel=opts.VIDEO, show_default=False,
-        help="Frame rate of a folder or list of frames, for --save-video: 25, 29.97, 30000/1001.")] = None,
+        "--fps", metavar="RATE", rich_help_panel=opts.VIDEO, show_default="none",
+        help="Frame rate of a folder or list of frames, for --save-video (needed there): 25, 29.97, 30000/1001. "
+             "A video file keeps its own.")] = None,
     shard: Annotated[Optional[str], typer.Option(
         "--shard", metavar="I/N", rich_help_panel=opts.SCALE, show_default=False,
         help="Only shard I of N (1-based): N runs over the same SOURCES cover each once. "
              "Manifest: OUT/manifest.I-of-N.jsonl.")] = None,
     engine: Annotated[str, typer.Option(
         "--engine", metavar="NAME", rich_help_panel=opts.SCALE,
-        help='local (this process) or ray (a Ray cluster; pip install "ray\\[data]").')] = "local",
+        help='local (this process) or ray (a Ray cluster; the ray extra: pip install -c constraints.txt '
+             '".\\[ray]").')] = "local",
     address: Annotated[Optional[str], typer.Option(
         "--address", metavar="ADDR", rich_help_panel=opts.SCALE, show_default=False,
         help="--engine ray: the cluster to join (auto, ray://host:10001); default: a local one.")] = None,

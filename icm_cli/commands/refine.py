@@ -101,6 +101,8 @@ def refine(
         if coarse.shape != image.shape[:2]:
             raise io.InputError(f"{source.path}: mask is {coarse.shape[1]}x{coarse.shape[0]} but "
                                 f"{image_path} is {image.shape[1]}x{image.shape[0]}")
+        if not (coarse >= 0.5).any():  # every method: an empty result would pass for a refined mask
+            raise io.InputError(f"{source.path}: the coarse mask is empty: nothing to refine")
         return image, coarse
 
     try:
@@ -125,8 +127,6 @@ def refine(
 
             def work(source) -> None:
                 image, coarse = read_pair(source)
-                if not (coarse >= 0.5).any():
-                    raise io.InputError(f"{source.path}: the coarse mask is empty: nothing to refine")
                 result = predictor.refine(image, coarse)
                 io.write_image_atomic(output / f"{source.stem}.png", result.mask.astype(np.uint8) * 255)
         else:
