@@ -44,6 +44,10 @@ def eval_command(
         help="mask: boundary match distance, pixels if >= 1 else share of the diagonal (default 0.008).")] = None,
     json_output: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object (per image, per sequence, mean) instead of tables.")] = False,
+    include_references: Annotated[bool, typer.Option(
+        "--include-references",
+        help="Also score results that are the user's own mask (a reference among a propagate run's sources, "
+             "recorded in its manifest); left out by default.")] = False,
     max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes about unpredicted ground truth.")] = False,
 ) -> None:
@@ -62,7 +66,7 @@ def eval_command(
         kind = kind_short
     try:
         result = evaluate(pred, gt, kind=kind, trimaps=trimaps, stability=stability, recursive=recursive,
-                          tolerance=tolerance, max_pixels=max_pixels)
+                          tolerance=tolerance, max_pixels=max_pixels, include_references=include_references)
     except IcmError as exc:
         error_line(str(exc))
         raise typer.Exit(2)
@@ -73,6 +77,11 @@ def eval_command(
         n = result.output_folders
         info_line(f"note: scoring the {folder} of {n} propagate output folder{'s' if n != 1 else ''} "
                   f"in {pred} (heat maps and trimaps are not predictions)")
+    if result.references_left_out:
+        n = len(result.references_left_out)
+        info_line(f"note: left out {n} result{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} the user's "
+                  f"own mask (a reference among the sources): {', '.join(result.references_left_out[:5])}"
+                  f"{' ...' if n > 5 else ''}; --include-references scores {'them' if n != 1 else 'it'}")
     if result.unpredicted and not quiet:
         shown = ", ".join(result.unpredicted[:5]) + (" ..." if len(result.unpredicted) > 5 else "")
         n = len(result.unpredicted)
