@@ -271,3 +271,67 @@ def test_eval_leaves_the_users_masks_out_and_says_how_many(photos):
     report = json.loads(kept.stdout)
     assert report["scored"] == 3 and report["references_left_out"] == [] and report["mean"]["J"] < 1.0
     assert "left out" not in kept.stderr
+
+
+# ------------------------------------------------------------------ the parts behind it
+
+def test_a_ray_worker_writes_the_users_mask_as_the_local_engine_does(photos, monkeypatch):
+    """The Ray engine's actor, run in this process (no Ray needed): same rule, same record."""
+    from icm_cli.config import ModelConfig, OutputConfig
+    from icm_cli.engines.ray_engine import PredictWorker
+    from icm_cli.runner.outputs import OutputPlan
+
+    root, drawn = photos
+    save_png(root / "ref_mask.png", drawn * 255)
+    monkeypatch.chdir(root)
+    worker = PredictWorker(ModelConfig(device="cpu", size=96, head_steps=10, edges=False),
+                           {"refs": ["photos/ref.png"], "masks": ["ref_mask.png"]},
+                           OutputPlan(root / "out", OutputConfig(("masks",))), "run1", 1, 1, str(root))
+    images = [np.array(Image.open(root / "photos" / name)) for name in ("ref.png", "p0.png")]
+    batch = {"path": ["photos/ref.png", "photos/p0.png"], "key": ["ref.png", "p0.png"], "name": ["ref", "p0"],
+             "stem": ["ref", "p0"], "image": images, "error": ["", ""], "decode_s": [0.0, 0.0]}
+    records = [json.loads(line) for line in worker(batch)["record"]]
+    assert [(r["stem"], r.get("from_reference", False)) for r in records] == [("ref", True), ("p0", False)]
+    assert np.array_equal(_png(root / "out" / "masks" / "ref.png"), drawn * 255)
+
+
+def test_user_masks_match_by_file_and_by_clip_frame_and_check_the_size(tmp_path):
+    import os
+
+    from icm_cli import io
+    from icm_cli.references import Reference
+    from icm_cli.runner.user_masks import UserMasks
+    from icm_cli.sources import Source
+
+    img = np.zeros((4, 6, 3), np.uint8)
+    mask = np.zeros((4, 6), np.float32)
+    mask[1:3, 2:5] = 0.6  # thresholded at half range, as masks are read
+    save_png(tmp_path / "a.png", img)
+    os.link(tmp_path / "a.png", tmp_path / "same.png")  # another name of the same file
+    save_png(tmp_path / "b.png", img)
+    found = UserMasks([Reference(img, mask, str(tmp_path / "a.png"), "m.png")])
+
+    def source(path):
+        return Source(path, path.name, path.stem, path.stem)
+
+    assert found.reference_for(source(tmp_path / "same.png")) is not None
+    assert found.reference_for(source(tmp_path / "b.png")) is None
+    assert np.array_equal(found.mask_for(source(tmp_path / "a.png"), img), mask >= 0.5)
+    with pytest.raises(io.InputError, match=r"a.png: it is a reference, but its mask m.png is 6x4 and the image, "
+                                            r"as displayed, is 4x6"):
+        found.mask_for(source(tmp_path / "a.png"), np.zeros((6, 4, 3), np.uint8))
+
+    (tmp_path / "clip.mp4").write_bytes(b"")  # only its name and identity are read here
+
+    class Clip:  # what UserMasks reads of a --video clip
+        path = tmp_path / "clip.mp4"
+
+        @staticmethod
+        def frame_source(index):
+            return Source(tmp_path / f"clip#{index}", f"clip#{index}", f"{index:05d}", f"{index:05d}")
+
+    at_7 = Reference(img, mask, f"{tmp_path / 'clip.mp4'}@7", "m.png", frame=7)
+    frames = UserMasks([at_7], clip=Clip)
+    assert frames.frames == [str(tmp_path / "clip#7")]
+    assert frames.reference_for(Clip.frame_source(7)) is not None and frames.reference_for(Clip.frame_source(6)) is None
+    assert not UserMasks([at_7])  # no --video clip: a frame reference is no source
