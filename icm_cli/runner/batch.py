@@ -3,6 +3,8 @@
 It owns what happens to a source, so each behaviour exists once:
 
 - outputs already there -> a ``skipped`` record (free resume);
+- a source that is also a reference -> the user's mask is its result, no
+  model (``from_reference``; in a sequence the next frame starts from it);
 - a file that cannot be read, a model error, a failed write -> one error
   line naming the file, a ``failed`` record, and the batch goes on;
 - a full disk (or an unwritable manifest) -> no new source starts, one
