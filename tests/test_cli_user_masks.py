@@ -196,6 +196,32 @@ def test_video_frame_zero_is_the_users_mask_and_a_resumed_run_matches(tmp_path):
     assert _by_stem(part)["00000"]["from_reference"] is True  # skipped, and still the user's mask
 
 
+def test_video_frames_after_the_reference_start_from_the_users_mask(tmp_path):
+    truths = _frames(tmp_path / "frames")
+    drawn = _drawn_mask(truths[0])
+    save_png(tmp_path / "first_mask.png", drawn * 255)
+    shutil.copy(tmp_path / "frames" / "00000.png", tmp_path / "elsewhere.png")  # the same pixels, not a source
+    common = ["--video", str(tmp_path / "frames"), "--mask", str(tmp_path / "first_mask.png")]
+    among = tmp_path / "among"
+    assert _propagate(*common, "--ref", str(tmp_path / "frames" / "00000.png"), "-o", str(among)).exit_code == 0
+    apart = tmp_path / "apart"  # the same context, but frame 0 predicted and frame 1 started from that prediction
+    assert _propagate(*common, "--ref", str(tmp_path / "elsewhere.png"), "-o", str(apart)).exit_code == 0
+    assert not np.array_equal(_png(apart / "masks" / "00000.png"), drawn * 255)
+    assert not np.array_equal(_png(apart / "masks" / "00001.png"), _png(among / "masks" / "00001.png"))
+    # frame 0 set to the user's mask by hand and the rest redone: what the run with the reference among
+    # its frames gave
+    save_png(apart / "masks" / "00000.png", drawn * 255)
+    for i in range(1, 5):
+        (apart / "masks" / f"{i:05d}.png").unlink()
+    res = _propagate(*common, "--ref", str(tmp_path / "elsewhere.png"), "-o", str(apart), "--json")
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["status"] for line in res.stdout.splitlines() if line.startswith("{")] == \
+        ["skipped"] + ["done"] * 4
+    for i in range(1, 5):
+        name = f"{i:05d}.png"
+        assert np.array_equal(_png(apart / "masks" / name), _png(among / "masks" / name)), name
+
+
 def _clip(path, count=5) -> list[np.ndarray]:
     av = pytest.importorskip("av")
     container = av.open(str(path), mode="w")
