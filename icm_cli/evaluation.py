@@ -14,6 +14,7 @@ the rest are scored; ground truth nobody predicted is listed in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -188,8 +189,6 @@ def _user_mask_predictions(paths: list[Path], pred: Path, kind: str) -> set[Path
                 stems[folder] = {r.stem for r in read_manifests(folder).records()
                                  if r.from_reference and r.status in ("done", "skipped") and r.stem}
         return stems[folder]
-
-    import os
 
     pred_abs = Path(os.path.abspath(pred))
     top = pred_abs.parent if pred.is_dir() else pred_abs.parent.parent
