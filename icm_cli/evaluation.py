@@ -14,6 +14,7 @@ the rest are scored; ground truth nobody predicted is listed in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -86,6 +87,9 @@ class Evaluation:
     unscored: list[Unscored]
     unpredicted: list[str]               # names of ground truth without a prediction
     output_folders: int = 0              # propagate output folders in PRED whose masks/ (alpha/) were scored
+    #: Names of predictions left out because their manifest says they are the user's own masks (a reference
+    #: among the sources): scoring them would score the reference against itself.
+    references_left_out: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -96,7 +100,7 @@ class Evaluation:
         """The JSON report of ``icm eval --json``."""
         report = {"kind": self.kind, "scored": len(self.images), "mean": self.mean,
                   "images": [s.as_dict() for s in self.images], "missing": [u.as_dict() for u in self.unscored],
-                  "unpredicted": self.unpredicted}
+                  "unpredicted": self.unpredicted, "references_left_out": list(self.references_left_out)}
         if self.by_sequence:
             report["sequences"] = [s.as_dict() for s in self.sequences]
         return report
@@ -105,7 +109,7 @@ class Evaluation:
 def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: str | Path | None = None,
              stability: bool = False, recursive: bool = False, tolerance: Optional[float] = None,
              max_pixels: int = DEFAULT_MAX_PIXELS, include: Sequence[str] = (),
-             exclude: Sequence[str] = ()) -> Evaluation:
+             exclude: Sequence[str] = (), include_references: bool = False) -> Evaluation:
     """Score the predictions ``pred`` (a folder or one file) against the ground truth ``gt``.
 
     kind: ``mask`` (J = IoU, F = boundary F measure, ``tolerance`` its match
@@ -117,6 +121,9 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     sub-folders, scored per sequence then averaged over sequences.
     include/exclude: shell patterns on the file name (or its path below PRED
     or GT) picking the files of either side, as in ``icm propagate``.
+    Predictions that a propagate manifest records as the user's own mask
+    (``from_reference``: a reference among the sources) are left out and
+    named in ``references_left_out``, unless ``include_references``.
     Raises :class:`~icm_cli.io.InputError` for a missing path,
     :class:`~icm_cli.errors.SettingError` for an unknown kind, and
     :class:`EvalArgumentsError` when PRED and GT look swapped or a folder of
@@ -138,6 +145,11 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
             raise EvalArgumentsError(f"no file of PRED ({pred}) has a ground truth of its name in GT ({gt}), but "
                                      f"the other way round they pair: did you swap PRED and GT? "
                                      f"(icm eval PRED GT: icm eval {gt} {pred})")
+    left_out: tuple[str, ...] = ()
+    if not include_references:
+        given = _user_mask_predictions([p.pred for p in pairs], pred, kind)
+        left_out = tuple(p.name for p in pairs if p.pred in given)
+        pairs = [p for p in pairs if p.pred not in given]
     images, unscored = [], [Unscored(None, str(p.path), p.message) for p in unreadable]
     for pair in pairs:
         try:
@@ -162,7 +174,7 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     mean.update(_mean([s.scores for s in sequences], stability_keys))  # stability is a per-sequence figure
     return Evaluation(kind=kind, keys=keys, stability_keys=stability_keys, by_sequence=recursive, images=images,
                       sequences=sequences, mean=mean, unscored=unscored, unpredicted=unpredicted,
-                      output_folders=output_folders)
+                      output_folders=output_folders, references_left_out=left_out)
 
 
 @dataclass
@@ -171,6 +183,43 @@ class _Pair:
     group: str
     pred: Path
     gt: Optional[Path]
+
+
+def _user_mask_predictions(paths: list[Path], pred: Path, kind: str) -> set[Path]:
+    """Those of ``paths`` (predictions found in ``pred``) that a propagate run wrote as the user's own mask.
+
+    A prediction ``F/masks/<stem>.png`` (``--kind alpha``: ``F/alpha/``) is
+    one when a manifest in ``F`` (a propagate output folder: ``pred``, the
+    folder above ``pred``, or one inside it) records ``<stem>`` with
+    ``from_reference``; read by stem, so an OUT that was moved still counts.
+    """
+    from icm_cli.runner.manifest import manifest_files, read_manifests
+
+    folder_kind = "masks" if kind == "mask" else "alpha"
+    stems: dict[Path, set[str]] = {}
+
+    def given_in(folder: Path) -> set[str]:
+        if folder not in stems:
+            stems[folder] = set()
+            if manifest_files(folder):
+                stems[folder] = {r.stem for r in read_manifests(folder).records()
+                                 if r.from_reference and r.status in ("done", "skipped") and r.stem}
+        return stems[folder]
+
+    pred_abs = Path(os.path.abspath(pred))
+    top = pred_abs.parent if pred.is_dir() else pred_abs.parent.parent
+    found = set()
+    for path in paths:
+        absolute = Path(os.path.abspath(path))
+        for folder in absolute.parents:
+            rel = absolute.relative_to(folder)
+            if rel.parts[0] == folder_kind and len(rel.parts) > 1 and \
+                    Path(*rel.parts[1:]).with_suffix("").as_posix() in given_in(folder):
+                found.add(path)
+                break
+            if folder == top:
+                break
+    return found
 
 
 def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -> None:

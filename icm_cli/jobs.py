@@ -22,6 +22,7 @@ from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
+from icm_cli.runner.user_masks import UserMasks
 from icm_cli.shard import Shard
 from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_sources_hint, skipped_folders_note
 
@@ -136,6 +137,7 @@ class PropagateJob:
     sequence: FrameSequence | None = None
     shard: Shard | None = None
     settings: dict = field(default_factory=dict)
+    user_masks: UserMasks | None = None  # sources that are references: their result is the user's mask
     predictor: Predictor | None = None
     runtime_note: str | None = None      # why --runtime auto fell back to torch (said once)
     notes: list[str] = field(default_factory=list)   # things to mention before the run (skipped sub-folders)
@@ -180,11 +182,13 @@ class PropagateJob:
         if inputs.prior is not None:
             settings["prior"] = str(Path(inputs.prior).resolve())
         state = read_manifests(options.output)
+        user_masks = UserMasks(references, clip=sequence if sequence is not None and sequence.is_clip else None)
         if options.only_below is not None:
-            sources = _below(sources, state, options.only_below, OutputPlan(options.output, outputs))
+            sources = _below(sources, state, options.only_below, OutputPlan(options.output, outputs), user_masks)
         job = cls(inputs=inputs, options=options, model=model,
                   video_config=video_config if inputs.video is not None else None, plan=plan,
-                  references=references, sources=sources, sequence=sequence, shard=shard, settings=settings)
+                  references=references, sources=sources, sequence=sequence, shard=shard, settings=settings,
+                  user_masks=user_masks)
         job._check_settings(state)
         job.notes = [skipped_note] if skipped_note else []
         return job
@@ -217,7 +221,7 @@ class PropagateJob:
             raise UsageProblem(str(exc)) from None
         runner = BatchRunner(self.plan, writer, progress=advance, max_pixels=self.inputs.max_pixels, matte=matte,
                              priors=Path(self.inputs.prior) if self.inputs.prior is not None else None,
-                             outcome=outcome)
+                             outcome=outcome, user_masks=self.user_masks)
         runner.begin(list(self.options.command), self.settings, [r.describe() for r in self.references])
         return runner, writer
 
@@ -276,35 +280,31 @@ class PropagateJob:
         """Doubts about the references (a tiny or inverted mask), once the model's grid is known."""
         from icm_cli.references import reference_warnings
 
-        notes = self._references_among_sources()
         if self.predictor is None:
-            return notes
+            return []
+        notes = []
         for ref in self.references:
             notes += reference_warnings(ref, self.predictor.cell_pixels(ref))
         return notes
 
-    def _references_among_sources(self) -> list[str]:
-        """A reference image that is also a source is propagated onto itself: say so once, it flatters scores."""
-        from icm_cli.video import is_same_file, parse_frame_ref
-
-        sources = self.sequence.sources if self.sequence is not None else (
-            list(self.sources) if self.sources.total is not None else [])  # never read stdin twice
-        found = []
-        for ref in self.references:
-            path = ref.image_path or ""
-            frame = parse_frame_ref(path)
-            if frame is not None:
-                if self.sequence is not None and self.sequence.is_clip and is_same_file(frame.path, self.sequence.path):
-                    found.append(path)
-            elif isinstance(sources, list) and any(isinstance(s, Source) and is_same_file(s.path, path)
-                                                   for s in sources):
-                found.append(path)
-        if not found:
-            return []
-        names = ", ".join(found)
-        return [f"{names}: the reference {'is' if len(found) == 1 else 'are'} also among the sources, so "
-                f"{'its' if len(found) == 1 else 'their'} result is the reference mask found again; leave "
-                f"{'it' if len(found) == 1 else 'them'} out when scoring (icm eval), where it flatters the mean"]
+    def user_mask_note(self) -> str | None:
+        """One line when sources are also references: their result is the mask the user gave, not a
+        prediction (None when there are none, or when the sources stream from stdin: never read twice)."""
+        if not self.user_masks:
+            return None
+        if self.sequence is not None:
+            n = len(self.user_masks.frames) if self.sequence.is_clip else self.user_masks.count(self.sequence.sources)
+            what = "frame"
+        elif self.sources.total is not None:
+            n, what = self.user_masks.count(self.sources), "source"
+        else:
+            return None
+        if not n:
+            return None
+        one = n == 1
+        return (f"{n} {what}{'' if one else 's'} {'is' if one else 'are'} also "
+                f"{'a reference' if one else 'references'}: {'its' if one else 'their'} result is the mask you "
+                f"gave (confidence 1), and icm eval leaves {'it' if one else 'them'} out")
 
     def run(self, outcome: BatchOutcome, advance: Callable[[int], None], echo=None) -> BatchOutcome:
         """Every source through the batch runner; the manifest is closed whatever happens."""
@@ -384,8 +384,13 @@ def _find_sources(inputs: RunInputs, plan: OutputPlan, shard: Shard | None) -> t
     return sources, note
 
 
-def _below(sources: SourceList, state: ManifestState, threshold: float, plan: OutputPlan) -> SourceList:
-    """``--only-below``: the sources whose latest result is under ``threshold``, and those without outputs yet."""
+def _below(sources: SourceList, state: ManifestState, threshold: float, plan: OutputPlan,
+           user_masks: UserMasks | None = None) -> SourceList:
+    """``--only-below``: the sources whose latest result is under ``threshold``, those without outputs yet,
+    and those that are references (the fix loop's corrected mask is written whatever the old confidence)."""
     chosen = below_confidence(state, threshold)
-    return sources.where(lambda e: not isinstance(e, Source) or input_key(str(e.path)) in chosen
-                         or not plan.done(e.stem))
+
+    def redo(e) -> bool:
+        return (not isinstance(e, Source) or input_key(str(e.path)) in chosen or not plan.done(e.stem)
+                or (user_masks is not None and user_masks.reference_for(e) is not None))
+    return sources.where(redo)

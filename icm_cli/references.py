@@ -21,6 +21,8 @@ class Reference:
     mask: np.ndarray
     image_path: str | None = None
     mask_path: str | None = None
+    #: For ``clip.mp4@N`` (or ``@1.5s``): the frame's index as ``--video`` numbers frames, time resolved.
+    frame: int | None = None
 
     def describe(self) -> dict[str, str]:
         """Where it came from and what it holds, for the run record (a changed file shows as a new digest)."""
@@ -38,6 +40,11 @@ def check_reference(image: np.ndarray, mask: np.ndarray, image_name: str = "the 
                     mask_name: str = "the mask") -> np.ndarray:
     """Validate one pair; returns the mask as float ``[H, W]``. Raises :class:`io.InputError` naming the file."""
     if mask.shape != image.shape[:2]:
+        if mask.shape == image.shape[1::-1]:  # drawn on the pixels as stored, not as the image is shown
+            raise io.InputError(f"{mask_name}: mask is {mask.shape[1]}x{mask.shape[0]} but {image_name} is "
+                                f"{image.shape[1]}x{image.shape[0]} as displayed: turned, as if drawn on the "
+                                "pixels before their EXIF orientation (a clip's rotation) was applied; draw it "
+                                "on the image as a viewer shows it")
         raise io.InputError(f"{mask_name}: mask is {mask.shape[1]}x{mask.shape[0]} but {image_name} is "
                             f"{image.shape[1]}x{image.shape[0]} (pass --resize-masks to stretch it)")
     if _looks_like_photo(mask):
@@ -91,17 +98,21 @@ def load_references(refs: list[str], masks: list[str], max_pixels: int = io.DEFA
         raise io.InputError("--ref is required: the reference image that shows the object")
     if len(refs) != len(masks):
         raise io.InputError(f"give one --mask per --ref (got {len(refs)} --ref and {len(masks)} --mask)")
-    from icm_cli.video import read_image_or_frame
+    from icm_cli.video import locate_frame, parse_frame_ref
 
     pairs = []
     for ref, mask_path in zip(refs, masks):
-        image = read_image_or_frame(ref, max_pixels=max_pixels)  # a file, or a frame of a clip: clip.mp4@12
+        at, frame = parse_frame_ref(ref), None  # a file, or a frame of a clip: clip.mp4@12
+        if at is not None:
+            frame, image = locate_frame(at, max_pixels)
+        else:
+            image = io.read_image(ref, max_pixels=max_pixels)
         mask = io.read_mask(mask_path, max_pixels=max_pixels)
         if mask.shape != image.shape[:2] and resize_masks:
             mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).resize(
                 (image.shape[1], image.shape[0]), Image.NEAREST), np.float32) / 255.0
         check_reference(image, mask, str(ref), str(mask_path))
-        pairs.append(Reference(image, mask, str(ref), str(mask_path)))
+        pairs.append(Reference(image, mask, str(ref), str(mask_path), frame))
     return pairs
 
 

@@ -392,6 +392,12 @@ def read_frame(ref: FrameRef, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> np.nda
     Frames are decoded from the start (exact for any clip, variable frame
     rate included), so a reference late in a long clip takes a moment.
     """
+    return locate_frame(ref, max_pixels)[1]
+
+
+def locate_frame(ref: FrameRef, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> tuple[int, np.ndarray]:
+    """:func:`read_frame` with the frame's index (``--video`` numbering): ``@1.5s`` resolved to the
+    frame on screen then, so a reference given by time is known as the frame it is."""
     info, frames = decode_clip(ref.path, max_pixels=max_pixels)
     frame_s = 1.0 / float(info.rate)
     chosen, count, end = None, 0, 0.0
@@ -401,13 +407,14 @@ def read_frame(ref: FrameRef, max_pixels: int = io.DEFAULT_MAX_PIXELS) -> np.nda
             end = frame.seconds + frame_s
             if ref.index is not None:
                 if frame.index == ref.index:
-                    return frame.image()
+                    return frame.index, frame.image()
             elif frame.seconds <= ref.seconds + 1e-6:
                 chosen = frame  # the latest frame on screen at that time
             else:
-                return chosen.image() if chosen is not None else frame.image()
+                found = chosen if chosen is not None else frame
+                return found.index, found.image()
         if ref.seconds is not None and chosen is not None and ref.seconds < end - 1e-6:
-            return chosen.image()
+            return chosen.index, chosen.image()
     finally:
         frames.close()
     plural = "s" if count != 1 else ""
@@ -568,5 +575,6 @@ def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 __all__ = ["VIDEO_SUFFIXES", "ClipFrame", "ClipInfo", "FrameRef", "FrameSequence", "Orientation", "TruncatedClip",
-           "decode_clip", "frame_of_input", "has_video_suffix", "is_video_file", "natural_key", "parse_frame_ref",
-           "probe_frame_count", "read_frame", "read_image_or_frame", "source_file", "whole_clip_hint"]
+           "decode_clip", "frame_of_input", "has_video_suffix", "is_video_file", "locate_frame", "natural_key",
+           "parse_frame_ref", "probe_frame_count", "read_frame", "read_image_or_frame", "source_file",
+           "whole_clip_hint"]

@@ -272,7 +272,7 @@ def test_a_reference_among_the_sources_is_pointed_out_once(scene, tmp_path):
                               str(src), "-o", str(tmp_path / "out"), *FAST[:-1]])
     assert res.exit_code == 0, res.output
     flat = " ".join(res.output.split())
-    assert flat.count("also among the sources") == 1 and "icm eval" in flat
+    assert flat.count("is also a reference: its result is the mask you gave") == 1 and "icm eval" in flat
 
 
 def test_a_renamed_icon_is_refused_with_its_real_format(scene, tmp_path):

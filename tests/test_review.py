@@ -322,7 +322,9 @@ def test_the_fix_loop_end_to_end_recomputes_only_the_results_under_the_line(smal
                                             str(src), "-o", str(out), "--only-below", str(line)))
     assert res.exit_code == 0, res.output
     second = source_records(out / "manifest.jsonl")[4:]
-    assert {r["stem"] for r in second if r["status"] == "done"} == low
+    # under the line, and s0: a reference now, whose result is the corrected mask as given
+    assert {r["stem"] for r in second if r["status"] == "done"} == low | {"s0"}
+    assert np.array_equal(np.asarray(Image.open(out / "masks" / "s0.png")), np.asarray(Image.open(fixed)))
     status = runner.invoke(app, ["status", str(out), "--worst", "1", "--json"])
     assert json.loads(status.stdout)["done"] == 4
     review = runner.invoke(app, ["review", str(out), "-q"])

@@ -129,6 +129,46 @@ def test_a_sequence_feeds_each_mask_back_and_stops_on_a_full_disk_too(tmp_path, 
     assert outcome.stopped and outcome.done == 0 and len(outcome.failed) == 1
 
 
+class _Given:
+    """A UserMasks stand-in: source ``s1`` is a reference whose mask is the left column only."""
+
+    def __init__(self, shape=(8, 10)) -> None:
+        self.mask = np.zeros(shape, bool)
+        self.mask[:, 0] = True
+
+    def __bool__(self) -> bool:
+        return True
+
+    def reference_for(self, source):
+        return source.stem == "s1" or None
+
+    def mask_for(self, source, image):
+        return self.mask if source.stem == "s1" else None
+
+
+def test_a_reference_frame_is_not_predicted_and_the_next_frame_starts_from_its_mask(tmp_path):
+    class Recording(FakeModel):
+        def observe_encoded(self, encoded, mask):
+            self.observed.append(np.asarray(mask).copy())
+
+    given = _Given()
+    runner = BatchRunner(OutputPlan(tmp_path / "out", OutputConfig(("masks",))), RecordList(), user_masks=given)
+    model = Recording()
+    outcome = runner.run_sequence([_work(i) for i in range(3)], model)
+    assert outcome.done == 3 and model.calls == [1, 1]  # frames 0 and 2 predicted, frame 1 not
+    assert np.array_equal(model.observed[1], given.mask)  # frame 2's prior and window: the user's mask
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "masks" / "s1.png")), given.mask * np.uint8(255))
+    records = {r.stem: r for r in runner.sink.records}
+    assert records["s1"].from_reference and records["s1"].confidence == 1.0
+    assert not records["s0"].from_reference and not records["s2"].from_reference
+    # the same for images: not batched with the others, recorded in source order
+    runner = BatchRunner(OutputPlan(tmp_path / "img", OutputConfig(("masks",))), RecordList(), user_masks=given)
+    model = FakeModel()
+    runner.run_images([_work(i) for i in range(4)], model, batch_size=4)
+    assert [r.stem for r in runner.sink.records] == ["s0", "s1", "s2", "s3"] and sum(model.calls) == 3
+    assert [r.from_reference for r in runner.sink.records] == [False, True, False, False]
+
+
 def test_a_signal_stops_taking_sources_and_records_what_was_predicted(tmp_path):
     runner = _runner(tmp_path)
 

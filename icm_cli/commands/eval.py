@@ -50,6 +50,10 @@ def eval_command(
     exclude: Annotated[List[str], typer.Option(
         "--exclude", metavar="GLOB", rich_help_panel=opts.INPUTS, show_default=False,
         help="Leave out files that match, e.g. 'ref*'; repeatable. Applies to PRED and GT alike.")] = [],
+    include_references: Annotated[bool, typer.Option(
+        "--include-references",
+        help="Also score results that are the user's own mask (a reference among a propagate run's sources, "
+             "recorded in its manifest); left out by default.")] = False,
     max_pixels: opts.MaxPixels = DEFAULT_MAX_PIXELS,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No notes about unpredicted ground truth.")] = False,
 ) -> None:
@@ -68,7 +72,8 @@ def eval_command(
         kind = kind_short
     try:
         result = evaluate(pred, gt, kind=kind, trimaps=trimaps, stability=stability, recursive=recursive,
-                          tolerance=tolerance, max_pixels=max_pixels, include=include, exclude=exclude)
+                          tolerance=tolerance, max_pixels=max_pixels, include=include, exclude=exclude,
+                          include_references=include_references)
     except IcmError as exc:
         error_line(str(exc))
         raise typer.Exit(2)
@@ -79,6 +84,11 @@ def eval_command(
         n = result.output_folders
         info_line(f"note: scoring the {folder} of {n} propagate output folder{'s' if n != 1 else ''} "
                   f"in {pred} (heat maps and trimaps are not predictions)")
+    if result.references_left_out:
+        n = len(result.references_left_out)
+        info_line(f"note: left out {n} result{'s' if n != 1 else ''} that {'are' if n != 1 else 'is'} the user's "
+                  f"own mask (a reference among the sources): {', '.join(result.references_left_out[:5])}"
+                  f"{' ...' if n > 5 else ''}; --include-references scores {'them' if n != 1 else 'it'}")
     if result.unpredicted and not quiet:
         shown = ", ".join(result.unpredicted[:5]) + (" ..." if len(result.unpredicted) > 5 else "")
         n = len(result.unpredicted)

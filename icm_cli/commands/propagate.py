@@ -164,6 +164,9 @@ def propagate(
         raise typer.Exit(2)
     for note in job.reference_notes():
         warning_line(note)
+    user_mask_note = job.user_mask_note()
+    if user_mask_note and not quiet:
+        note_line(user_mask_note)
     if job.runtime_note:
         warning_line(job.runtime_note)
     with progress_bar(job.total, "propagate --video" if video else "propagate", enabled=show) as advance:

@@ -111,15 +111,20 @@ class PredictWorker:
             os.chdir(cwd)
         torch.set_num_threads(max(1, threads))
         torch.set_grad_enabled(False)
+        from icm_cli.runner.user_masks import UserMasks
+
         self.predictor = Predictor(model)
-        self.predictor.set_references(load_references(**references))
+        refs = load_references(**references)
+        self.predictor.set_references(refs)
+        self.user_masks = UserMasks(refs)  # a source that is also a reference takes the user's mask
         self.plan = dataclasses.replace(plan, overwrite=True)  # the driver decided what to skip
         self.run_id = run_id
         self.batch_size = batch_size_for(batch_size, on_gpu=self.predictor.device.type != "cpu")
 
     def __call__(self, batch: dict) -> dict:
         sink = RecordList()
-        runner = BatchRunner(self.plan, sink, run_id=self.run_id, outcome=BatchOutcome(report=False))
+        runner = BatchRunner(self.plan, sink, run_id=self.run_id, outcome=BatchOutcome(report=False),
+                             user_masks=self.user_masks)
         works = []
         for path, key, name, stem, image, error, decode_s in zip(
                 batch["path"], batch["key"], batch["name"], batch["stem"], batch["image"], batch["error"],

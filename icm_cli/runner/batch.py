@@ -3,6 +3,8 @@
 It owns what happens to a source, so each behaviour exists once:
 
 - outputs already there -> a ``skipped`` record (free resume);
+- a source that is also a reference -> the user's mask is its result, no
+  model (``from_reference``; in a sequence the next frame starts from it);
 - a file that cannot be read, a model error, a failed write -> one error
   line naming the file, a ``failed`` record, and the batch goes on;
 - a full disk (or an unwritable manifest) -> no new source starts, one
@@ -43,6 +45,7 @@ from icm_cli import console, io
 from icm_cli.console import BatchOutcome
 from icm_cli.runner.manifest import RecordSink, RunRecord, SourceRecord, input_key
 from icm_cli.runner.outputs import OutputPlan
+from icm_cli.runner.user_masks import user_result
 from icm_cli.sources import ListingProblem, Source
 
 T = TypeVar("T")
@@ -58,6 +61,8 @@ class Work:
     decode_s: float = 0.0
     done: bool = False  # every output is there already
     prior: np.ndarray | None = None  # [H, W] bool prior mask (propagate --prior), when one was found
+    #: [H, W] bool: the user's own mask when this source is also a reference; it is the result, unpredicted.
+    given: np.ndarray | None = None
 
 
 class _Abandoned(Exception):
@@ -165,8 +170,10 @@ class BatchRunner:
     def __init__(self, plan: OutputPlan, sink: RecordSink, *, run_id: str | None = None,
                  progress: Callable[[int], None] = lambda n=1: None, max_pixels: int = io.DEFAULT_MAX_PIXELS,
                  matte: Callable | None = None, outcome: BatchOutcome | None = None,
-                 priors: Path | None = None) -> None:
+                 priors: Path | None = None, user_masks=None) -> None:
         self.plan = plan
+        #: A :class:`~icm_cli.runner.user_masks.UserMasks`: sources that are references take the user's mask.
+        self.user_masks = user_masks
         #: ``propagate --prior DIR``: each source's prior mask is ``DIR/<name>.*`` when there is one.
         self.priors = priors
         self.sink = sink
@@ -218,8 +225,10 @@ class BatchRunner:
         """Record a source whose outputs are all there already."""
         with self._lock:
             self.outcome.skipped += 1
+        given = bool(self.user_masks) and self.user_masks.reference_for(source) is not None
         self._record(self._source_record(source, "skipped",
-                                         outputs={k: str(p.absolute()) for k, p in self.plan.paths(source.stem).items()}))
+                                         outputs={k: str(p.absolute()) for k, p in self.plan.paths(source.stem).items()},
+                                         from_reference=given))
         self.progress(1)
 
     def fail(self, source: Source | ListingProblem, message: str) -> None:
@@ -230,7 +239,8 @@ class BatchRunner:
         self._record(self._source_record(source, "failed", error=message))
         self.progress(1)
 
-    def succeed(self, source: Source, written: dict[str, Path], result, timing: dict[str, float]) -> None:
+    def succeed(self, source: Source, written: dict[str, Path], result, timing: dict[str, float],
+                from_reference: bool = False) -> None:
         with self._lock:
             self.outcome.done += 1
             if result.empty:
@@ -239,7 +249,7 @@ class BatchRunner:
             source, "done", outputs={k: str(p.absolute()) for k, p in written.items()},
             timing={k: round(v, 4) for k, v in timing.items()},
             confidence=None if result.confidence is None else round(float(result.confidence), 4),
-            empty=bool(result.empty), mask_area=round(float(result.area), 6)))
+            empty=bool(result.empty), mask_area=round(float(result.area), 6), from_reference=from_reference))
         self.progress(1)
 
     def accept(self, record: SourceRecord) -> None:
@@ -361,8 +371,19 @@ class BatchRunner:
         self.seconds["model"] += coarse_s
         self.seconds["finish"] += finish_s
         self.succeed(work.source, written, result,
-                     {"decode_s": work.decode_s, "model_s": model_s, "finish_s": finish_s})
+                     {"decode_s": work.decode_s, "model_s": model_s, "finish_s": finish_s},
+                     from_reference=work.given is not None)
         return result
+
+    def _take_user_mask(self, work: Work) -> Work:
+        """A decoded source that is also a reference gets the user's mask as its result (``work.given``);
+        a mask that no longer fits the image fails the source with a line saying so."""
+        if self.user_masks and work.error is None and work.image is not None:
+            try:
+                work.given = self.user_masks.mask_for(work.source, work.image)
+            except io.InputError as exc:
+                work.error, work.image = str(exc), None
+        return work
 
     # ------------------------------------------------------------ decoding
     def decode(self, source: Source) -> Work:
@@ -396,7 +417,9 @@ class BatchRunner:
     def _prepared(self, entries: Iterable[Source | ListingProblem | Work]) -> Iterator[Work | ListingProblem]:
         for entry in entries:
             if isinstance(entry, Source):
-                yield Work(entry, done=True) if self.plan.done(entry.stem) else self.decode(entry)
+                yield Work(entry, done=True) if self.plan.done(entry.stem) else self._take_user_mask(self.decode(entry))
+            elif isinstance(entry, Work):
+                yield self._take_user_mask(entry)
             else:
                 yield entry
 
@@ -487,6 +510,11 @@ class BatchRunner:
                             self.skip(work.source)
                         elif work.error is not None:
                             self.fail(work.source, work.error)
+                        elif work.given is not None:  # the user's mask is the result: no model, in order
+                            flush()
+                            result = user_result(work.given)
+                            pending.append((work, writer.submit(self._write, work, result, 0.0), 0.0))
+                            drain(max_pending)
                         else:
                             if batch and (work.image.shape != batch[0].image.shape or len(batch) >= batch_size):
                                 flush()
@@ -549,6 +577,13 @@ class BatchRunner:
                 return
             t0 = time.perf_counter()
             encoded = attempt(work, encoding.result, model_step=True)
+            if work.given is not None:  # a reference frame: the user's mask is its result and the next one's start
+                if encoded is not None:
+                    model.observe_encoded(encoded, work.given)
+                    pending.append((work, writer.submit(self._write, work, user_result(work.given), 0.0),
+                                    time.perf_counter() - t0))
+                    drain(2)
+                return
             coarse = None if encoded is None else \
                 attempt(work, lambda: model.predict_encoded(encoded), model_step=True)
             model_s = time.perf_counter() - t0
@@ -571,6 +606,7 @@ class BatchRunner:
                     for work in items:
                         if self.halt.is_set():
                             break
+                        work = self._take_user_mask(work)
                         queued.append((work, None if work.error is not None
                                        else encoder.submit(model.encode, work.image)))
                         if len(queued) > 2:  # the backbone and the search stay up to two frames ahead

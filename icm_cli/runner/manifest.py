@@ -53,7 +53,9 @@ class SourceRecord:
     folder that could not be read); outputs: kind -> absolute path written
     (or found, when skipped); confidence: how far the result can be trusted,
     0..1 (None when not computed); empty: the mask has no object pixel;
-    mask_area: the object's share of the image.
+    mask_area: the object's share of the image; from_reference: the result
+    is the user's own mask, not a prediction (the source is also a
+    reference; written only when true).
     """
 
     input: str
@@ -65,6 +67,7 @@ class SourceRecord:
     confidence: float | None = None
     empty: bool | None = None
     mask_area: float | None = None
+    from_reference: bool = False
     run: str | None = None
     time: str = ""
     record: str = "source"
@@ -79,6 +82,7 @@ class SourceRecord:
         if not isinstance(self.empty, bool):
             self.empty = None
         self.mask_area = _unit_or_none(self.mask_area)
+        self.from_reference = self.from_reference is True
 
     @classmethod
     def from_dict(cls, data: dict) -> "SourceRecord":
@@ -124,6 +128,8 @@ def record_json(record: SourceRecord | RunRecord) -> str:
     """One manifest line (without the newline); valid UTF-8 JSON whatever the file names hold."""
     data = dataclasses.asdict(record)
     data.pop("made_by", None)  # the reader's, not the run's
+    if not data.get("from_reference", True):
+        data.pop("from_reference")  # said only of the few results that are the user's own masks
     data["time"] = data.get("time") or utc_now()
     line = json.dumps(data, ensure_ascii=False)
     try:
@@ -281,7 +287,7 @@ def read_manifests(folder: Path) -> ManifestState:
     folder when a run record names it. A ``skipped`` record without a
     confidence inherits ``confidence``, ``empty`` and ``mask_area`` from the
     latest earlier ``done`` record of its input, which made those outputs
-    (``made_by`` names that run).
+    (``made_by`` names that run), and ``from_reference`` too.
     """
     state = ManifestState()
     ordered: list[tuple[tuple, SourceRecord]] = []
@@ -325,6 +331,7 @@ def read_manifests(folder: Path) -> ManifestState:
             record.made_by = maker.run
             if record.confidence is None:
                 record.confidence, record.empty, record.mask_area = maker.confidence, maker.empty, maker.mask_area
+            record.from_reference = record.from_reference or maker.from_reference
         state.latest[key] = record
     return state
 
