@@ -151,6 +151,7 @@ def run_icm_video(settings, backbone_name, memory, radius):
     from icm_cli.runner.manifest import RecordList
     from icm_cli.runner.outputs import OutputPlan
     from icm_cli.runner.sequence import run_video
+    from icm_cli.runner.user_masks import UserMasks
     from icm_cli.video import FrameSequence
 
     torch.set_grad_enabled(False)
@@ -161,7 +162,9 @@ def run_icm_video(settings, backbone_name, memory, radius):
         frames = root / "JPEGImages" / seq
         predictor.set_reference(frames / "00000.jpg", root / "Annotations" / seq / "00000.png")
         with tempfile.TemporaryDirectory() as tmp:
-            runner = BatchRunner(OutputPlan(Path(tmp), OutputConfig(("masks",))), RecordList())
+            # Frame 0 is the reference: as in `icm propagate --video`, its result is the user's mask.
+            runner = BatchRunner(OutputPlan(Path(tmp), OutputConfig(("masks",))), RecordList(),
+                                 user_masks=UserMasks(predictor.references))
             t0 = time.perf_counter()
             run_video(runner, FrameSequence(frames), predictor.video(VideoConfig(radius=radius, memory=memory)))
             secs = time.perf_counter() - t0
