@@ -90,7 +90,8 @@ Output = Annotated[Path, typer.Option(
     "--output", "-o", metavar="OUT", rich_help_panel=OUTPUTS, show_default=False,
     help="Output folder.")]
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", rich_help_panel=OUTPUTS, help="Recompute sources whose outputs exist (default: skip them).")]
+    "--overwrite", rich_help_panel=OUTPUTS, help="Recompute sources whose outputs exist (default: skip them; a rerun into an OUT made with "
+                         "other settings is refused).")]
 
 # ------------------------------------------------------------------ model
 Backbone = Annotated[str, typer.Option(

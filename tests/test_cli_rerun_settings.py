@@ -157,3 +157,51 @@ def test_refine_attention_settings_are_checked_too(rough):
     _refused(_refine(rough, "rough", "--method", "attention", "--iterations", "1", "--score", "ratio"), out, before,
              "score: classification -> ratio")
     assert _refine(rough, "rough", "--method", "attention", "--iterations", "2", "--overwrite").exit_code == 0
+
+
+# ------------------------------------------------------------------ propagate: images and a folder of frames
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Three frames of an object sliding right, a reference (frame 0's mask) and a second reference."""
+    root = tmp_path_factory.mktemp("frames")
+    for i in range(3):
+        img, mask = textured_scene(48, 64, (12, 6 + 6 * i, 20, 26), seed=60 + i)
+        save_png(root / "frames" / f"{i:03d}.png", img)
+        if i == 0:
+            save_png(root / "ref.png", img)
+            save_png(root / "ref_mask.png", mask * 255)
+    other, other_mask = textured_scene(48, 64, (10, 20, 24, 30), seed=70)
+    save_png(root / "ref2.png", other)
+    save_png(root / "ref2_mask.png", other_mask * 255)
+    return root
+
+
+_CHANGES = [
+    (["--size", "128"], "model.size: 96 -> 128"),
+    (["--decoder", "none"], "model.decoder: auto -> none"),
+    (["--ref", "{root}/ref2.png", "--mask", "{root}/ref2_mask.png"], "references changed"),
+    (["--kernel", "10"], "outputs.kernel: 20 -> 10"),
+]
+
+
+@pytest.mark.parametrize("video", [False, True], ids=["images", "video-folder"])
+def test_propagate_rerun_with_each_changed_setting_is_refused(frames, tmp_path, video):
+    out = tmp_path / "out"
+    inputs = ["--video", str(frames / "frames")] if video else [str(frames / "frames")]
+    base = ["propagate", *inputs, "-o", str(out), "--head-steps", "5", "--no-edges", "--quiet"]
+    size = ["--size", "96"]
+    ref = ["--ref", str(frames / "ref.png"), "--mask", str(frames / "ref_mask.png")]
+    res = runner.invoke(app, base + size + ref)
+    assert res.exit_code == 0, res.output
+    before = _stamp(out)
+    changes = _CHANGES + ([(["--no-motion"], "video.motion: True -> False")] if video else [])
+    for change, needle in changes:
+        change = [c.replace("{root}", str(frames)) for c in change]
+        args = base + (change if change[0] == "--size" else size + change)
+        if "--ref" not in change:
+            args += ref
+        _refused(runner.invoke(app, args), out, before, needle)
+    res = runner.invoke(app, base + size + ref + ["--no-motion" if video else "--kernel", *([] if video else ["10"]),
+                                                  "--overwrite"])
+    assert res.exit_code == 0, res.output
