@@ -154,7 +154,8 @@ def test_cli_rerun_reuses_the_context_and_other_settings_build_another(small_sce
                                 str(small_scene / "ref_mask.png"), str(small_scene / "src"), "-o", str(tmp_path / out),
                                 "--overwrite", "--quiet", "--no-edges", "--head-steps", "10", "--size", size, *extra])
         assert r.exit_code == 0, r.output
-        return {p.name: p.stat().st_mtime_ns for p in (cache / "contexts").glob("*.safetensors")}
+        # the inode tells a rewrite (a new file renamed in) from a reuse (the same file, touched as used)
+        return {p.name: p.stat().st_ino for p in (cache / "contexts").glob("*.safetensors")}
 
     first = run()
     assert len(first) == 1
