@@ -57,6 +57,16 @@ def test_trimap_rerun_with_another_kernel_or_other_masks_is_refused(tmp_path):
     assert runner.invoke(app, base + ["--kernel", "4"]).exit_code == 0
 
 
+def test_status_and_review_name_the_command_that_made_a_file_command_out(tmp_path):
+    save_png(tmp_path / "masks" / "a.png", textured_scene(40, 50, (10, 10, 20, 25), seed=1)[1] * 255)
+    out = tmp_path / "tri"
+    assert runner.invoke(app, ["trimap", str(tmp_path / "masks"), "-o", str(out), "-q"]).exit_code == 0
+    for command in (["status", str(out)], ["review", str(out)]):
+        res = runner.invoke(app, command)
+        assert res.exit_code == 2, res.output
+        assert "made by icm trimap" in " ".join(res.output.split()), res.output
+
+
 # ------------------------------------------------------------------ matte
 
 def _matte_photos(root):

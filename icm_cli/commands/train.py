@@ -19,7 +19,8 @@ def train(
              "DATA/<group>/group.json {\"sequence\": true, \"pool\": NAME, \"split\": \"val\"}.")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="FILE", rich_help_panel=opts.OUTPUTS, show_default=False,
-        help="[red]Required.[/] Weights file to write (.safetensors); use it with --decoder FILE.")],
+        help="[red]Required.[/] Weights file to write (.safetensors); use it with --decoder FILE. An existing "
+             "one is refused unless --overwrite or --resume.")],
     init: Annotated[str, typer.Option(
         "--init", metavar="WEIGHTS", rich_help_panel=TRAINING,
         help="Start from these weights: none (from scratch), builtin (fine-tune the shipped decoder) "

@@ -74,4 +74,26 @@ def check_and_record(output: Path, settings: dict, *, command: Sequence[str], ov
     return run_id
 
 
-__all__ = ["OtherSettings", "check_and_record", "input_folders", "refusal"]
+#: The commands whose OUT holds a run record but no per-file records.
+FILE_COMMANDS = ("trimap", "refine", "matte")
+
+
+def file_command_only(state) -> str | None:
+    """The file command (``trimap``, ``refine``, ``matte``) that made OUT when its manifests hold only such
+    runs and no source record (`icm status` and `icm review` then have nothing to show); else None."""
+    if state.latest or not state.runs:
+        return None
+    commands = {r.settings.get("command") for r in state.runs}
+    if not commands <= set(FILE_COMMANDS):
+        return None
+    return state.runs[-1].settings.get("command")
+
+
+def not_a_propagate_folder(output, command: str) -> str:
+    """The line `icm status`/`icm review` give for the OUT of a file command."""
+    return (f"{output}: made by icm {command}, which records its settings but not each file; give the -o folder "
+            "of icm propagate")
+
+
+__all__ = ["FILE_COMMANDS", "OtherSettings", "check_and_record", "file_command_only", "input_folders",
+           "not_a_propagate_folder", "refusal"]
