@@ -111,28 +111,29 @@ def train(
 
 def weights_target_problem(output: Path, *, overwrite: bool, resume: bool) -> str | None:
     """Why FILE cannot be written, found before any training (None when it can): a folder there, a
-    file where a folder must be, a folder that cannot be made or written, or weights already there
-    (without ``--overwrite`` or ``--resume``). Creates FILE's missing parent folders."""
+    file where a folder must be, a folder that cannot be written (or its missing folders made), or
+    weights already there (without ``--overwrite`` or ``--resume``). Creates nothing."""
     import os
     import tempfile
 
     if output.is_dir():
         return f"{output}: is a folder; give a file name ending in .safetensors"
-    for folder in output.parents:  # `-o notes.txt/w.safetensors`: a file stands where a folder must be
+    base = None
+    for folder in output.absolute().parents:  # `-o notes.txt/w.safetensors`: a file stands where a folder must be
         if folder.exists() or folder.is_symlink():
             if not folder.is_dir():
                 return f"{folder}: is a file, not a folder, so {output} cannot be written there"
+            base = folder
             break
     if output.exists() and not (overwrite or resume):
         return (f"{output}: exists; pass --overwrite to replace it, --resume to continue the run that "
                 "writes it, or give another -o")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:  # the nearest existing folder must take a new file (or the folders save_decoder makes under it)
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        return f"{output.parent}: cannot write the weights file there ({exc.strerror or exc})"
+        return f"{base}: cannot write the weights file there ({exc.strerror or exc})"
     return None
 
 

@@ -42,6 +42,9 @@ def input_folders(items: Iterable[str | Path]) -> str:
     other ones."""
     folders = set()
     for item in items:
+        if str(item) == "-":  # paths read from stdin
+            folders.add("-")
+            continue
         path = Path(item)
         folder = path if path.is_dir() else path.parent
         folders.add(os.path.normpath(os.path.abspath(folder)))
