@@ -107,8 +107,10 @@ def test_matte_rerun_with_another_setting_is_refused_and_overwrite_recomputes(tm
     assert (out / "cutout" / "one.png").is_file()
     before = _stamp(out)
     _refused(matte(*change), out, before, needle)
-    res = matte(*change, "--overwrite")
+    cutouts = {p: p.stat().st_ino for p in (out / "cutout").glob("*.png")}
+    res = matte(*change, "--overwrite")  # without --cutout: the cut-outs there are remade with their alphas
     assert res.exit_code == 0, res.output
+    assert len(cutouts) == 2 and all(p.stat().st_ino != ino for p, ino in cutouts.items())  # a new file each
     record = run_records(out / "manifest.jsonl")[-1]
     assert record["settings"]["command"] == "matte" and "--overwrite" in record["command"]
 

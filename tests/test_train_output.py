@@ -152,3 +152,23 @@ def test_an_unwritable_file_system_is_refused_before_training(tmp_path):
     assert res.exit_code == 2, res.output
     assert "/proc: cannot write the weights file there" in _one_line(res.output)
     assert not (tmp_path / "cache").exists()
+
+
+def test_weights_that_cannot_be_written_after_training_say_where_the_state_is_kept(trained, cache, tmp_path,
+                                                                                  monkeypatch):
+    """A disk that fills up during training: exit 1, one line naming FILE and the checkpoint, no traceback."""
+    import errno
+
+    from icm_cli.predict import decoder
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decoder, "save_decoder", full_disk)
+    out = tmp_path / "mine.safetensors"
+    res = _train(trained[0], out, cache)
+    assert res.exit_code == 1, res.output
+    line = _one_line(res.output)
+    assert f"{out}: cannot write the weights (No space left on device)" in line
+    assert "checkpoint.safetensors" in line and "--resume" in line and "unexpected" not in line.lower()
+    assert not out.exists()

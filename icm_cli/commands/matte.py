@@ -101,9 +101,11 @@ def matte(
         if trimap_path is None:
             raise io.InputError(f"{source.path}: no trimap named {source.name}.png (or another image suffix) "
                                 f"in {trimaps}")
-        result = _matte_one(source.path, trimap_path, method, solve_pixels, max_pixels, cutout)
+        # A cut-out already there is remade with its alpha (--overwrite), never left from the old one.
+        with_cutout = cutout or (output / "cutout" / f"{source.stem}.png").exists()
+        result = _matte_one(source.path, trimap_path, method, solve_pixels, max_pixels, with_cutout)
         io.write_image_atomic(output / f"{source.stem}.png", result["alpha"])
-        if cutout:
+        if with_cutout:
             io.write_image_atomic(output / "cutout" / f"{source.stem}.png", result["cutout"])
 
     outcome = process_files(entries, targets, work, output=output, overwrite=overwrite, quiet=quiet,

@@ -83,11 +83,8 @@ def train(
     from icm_cli.training.fit import FitSettings
     from icm_cli.training.run import TrainOptions, WeightsNotWritten, train as run_training
 
-    from icm_cli.training.run import default_cache
-
     options = TrainOptions(fit=FitSettings(steps=steps, lr=lr, seed=seed, pool_weights=weights),
                            init=init, workers=workers, val_share=val_share, resume=resume)
-    cache = cache or default_cache(data, seed, options.recipe)
     reporter = _RichReporter(quiet)
     try:
         with reporter:
