@@ -7,7 +7,6 @@ on images and on a folder of frames (`--video`) is checked here for each setting
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -18,18 +17,20 @@ from tests.conftest import run_records, save_png, textured_scene
 runner = CliRunner()
 
 
-def _stamp(folder) -> dict:
-    """Each PNG under ``folder`` -> (mtime_ns, bytes): what a refused run must leave untouched."""
-    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*.png"))}
+def _stamp(folder, manifest: bool = False) -> dict:
+    """Each PNG under ``folder`` (and with ``manifest`` its manifests) -> (mtime_ns, bytes)."""
+    files = sorted(folder.rglob("*.png")) + (sorted(folder.glob("manifest*.jsonl")) if manifest else [])
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
 
 
 def _refused(res, out, before, *needles):
+    """Refused with the diff; no output rewritten and no run record appended (``before`` is :func:`_stamp`'s)."""
     assert res.exit_code == 2, res.output
     line = " ".join(res.output.split())
     assert "holds results made with other settings" in line and "--overwrite" in line, res.output
     for needle in needles:
         assert needle in line, (needle, res.output)
-    assert _stamp(out) == before  # refused before any work: nothing rewritten
+    assert _stamp(out, manifest=True) == before  # refused before any work: nothing rewritten or recorded
 
 
 # ------------------------------------------------------------------ trimap
@@ -41,17 +42,18 @@ def test_trimap_rerun_with_another_kernel_or_other_masks_is_refused(tmp_path):
     base = ["trimap", str(tmp_path / "masks"), "-o", str(out), "-q"]
     assert runner.invoke(app, base).exit_code == 0
     assert run_records(out / "manifest.jsonl")[-1]["settings"]["erode"] == 10
-    before = _stamp(out)
+    kept = _stamp(out)
     res = runner.invoke(app, base)  # the same settings: skipped, as before
-    assert res.exit_code == 0 and _stamp(out) == before
+    assert res.exit_code == 0 and _stamp(out) == kept
     # a file of the same folder is the same input
     assert runner.invoke(app, ["trimap", str(tmp_path / "masks" / "a.png"), "-o", str(out), "-q"]).exit_code == 0
+    before = _stamp(out, manifest=True)
     _refused(runner.invoke(app, base + ["--kernel", "4"]), out, before, "erode: 10 -> 4", "dilate: 10 -> 4")
     _refused(runner.invoke(app, base + ["--dilate", "6"]), out, before, "dilate: 10 -> 6")
     _refused(runner.invoke(app, ["trimap", str(tmp_path / "other"), "-o", str(out), "-q"]), out, before, "masks:")
     res = runner.invoke(app, base + ["--kernel", "4", "--overwrite"])
     assert res.exit_code == 0, res.output
-    assert _stamp(out) != before
+    assert _stamp(out) != kept  # recomputed
     assert run_records(out / "manifest.jsonl")[-1]["settings"]["erode"] == 4
     # now the last run is --kernel 4: its rerun keeps its results
     assert runner.invoke(app, base + ["--kernel", "4"]).exit_code == 0
@@ -101,11 +103,11 @@ def test_matte_rerun_with_another_setting_is_refused_and_overwrite_recomputes(tm
         return runner.invoke(app, args + extra)
 
     assert matte().exit_code == 0
-    before = _stamp(out)
-    assert matte().exit_code == 0 and _stamp(out) == before           # same settings: kept
+    kept = _stamp(out)
+    assert matte().exit_code == 0 and _stamp(out) == kept               # same settings: kept
     assert matte("--cutout").exit_code == 0                            # a cut-out of the same alphas: not refused
     assert (out / "cutout" / "one.png").is_file()
-    before = _stamp(out)
+    before = _stamp(out, manifest=True)
     _refused(matte(*change), out, before, needle)
     cutouts = {p: p.stat().st_ino for p in (out / "cutout").glob("*.png")}
     res = matte(*change, "--overwrite")  # without --cutout: the cut-outs there are remade with their alphas
@@ -145,9 +147,10 @@ def test_refine_rerun_from_other_coarse_masks_or_method_is_refused(rough):
     assert res.exit_code == 0, res.output
     settings = run_records(out / "manifest.jsonl")[-1]["settings"]
     assert settings["command"] == "refine" and settings["method"] == "decoder"  # auto, resolved before loading
-    before = _stamp(out)
-    assert _refine(rough).exit_code == 0 and _stamp(out) == before           # same settings: skipped
+    kept = _stamp(out)
+    assert _refine(rough).exit_code == 0 and _stamp(out) == kept             # same settings: skipped
     assert _refine(rough, "rough", "--method", "decoder").exit_code == 0       # what auto chose: the same run
+    before = _stamp(out, manifest=True)
     _refused(_refine(rough, "rough_dil"), out, before, "masks:", "rough_dil")
     _refused(_refine(rough, "rough", "--method", "attention"), out, before, "method: decoder -> attention")
     _refused(_refine(rough, "rough", "--size", "96"), out, before, "size: 64 -> 96")
@@ -156,14 +159,14 @@ def test_refine_rerun_from_other_coarse_masks_or_method_is_refused(rough):
              out, before, "references changed")
     res = _refine(rough, "rough_dil", "--overwrite")
     assert res.exit_code == 0, res.output
-    assert _stamp(out) != before
+    assert _stamp(out) != kept  # recomputed
     assert "rough_dil" in run_records(out / "manifest.jsonl")[-1]["settings"]["masks"]
 
 
 def test_refine_attention_settings_are_checked_too(rough):
     out = rough / "rint"
     assert _refine(rough, "rough", "--method", "attention", "--iterations", "1").exit_code == 0
-    before = _stamp(out)
+    before = _stamp(out, manifest=True)
     _refused(_refine(rough, "rough", "--method", "attention", "--iterations", "2"), out, before,
              "iterations: 1 -> 2")
     _refused(_refine(rough, "rough", "--method", "attention", "--iterations", "1", "--score", "ratio"), out, before,
@@ -206,7 +209,7 @@ def test_propagate_rerun_with_each_changed_setting_is_refused(frames, tmp_path, 
     ref = ["--ref", str(frames / "ref.png"), "--mask", str(frames / "ref_mask.png")]
     res = runner.invoke(app, base + size + ref)
     assert res.exit_code == 0, res.output
-    before = _stamp(out)
+    before = _stamp(out, manifest=True)
     changes = _CHANGES + ([(["--no-motion"], "video.motion: True -> False")] if video else [])
     for change, needle in changes:
         change = [c.replace("{root}", str(frames)) for c in change]
