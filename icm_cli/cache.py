@@ -12,6 +12,11 @@ time (an advisory lock; the others wait and then read what it wrote):
 Where: ``$ICM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/icm``, else
 ``~/.cache/icm``. Deleting the folder is always safe. Nothing here imports
 torch.
+
+``contexts/`` is kept under a size cap (:func:`cache_limit`: 1 GiB unless
+``$ICM_CACHE_MAX`` says otherwise): an entry's modification time is its
+last use (touched when read), and after a new entry is written the least
+recently used others are deleted until the folder fits (:func:`evict`).
 """
 
 from __future__ import annotations
@@ -124,5 +129,88 @@ def scratch_folder(parent: Path, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
 
 
-__all__ = ["cache_folder", "cache_root", "discard", "exclusive", "file_sha256", "scratch_folder", "temp_sibling",
-           "write_atomic"]
+# ------------------------------------------------------------------ size cap
+
+#: The cap of ``contexts/`` when ``$ICM_CACHE_MAX`` is not set: 1 GiB (a context is ~1-10 MB).
+DEFAULT_CACHE_MAX = 1 << 30
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500M"`` -> 524288000: a byte count, with an optional suffix K, M, G or T (powers of 1024, as
+    ``du -h`` prints them; ``MB``, ``MiB`` and lower case mean the same) and a fraction allowed
+    (``1.5G``); ``B`` alone is bytes. ValueError for anything else, negative sizes included."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?b)?|(b))?\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M, G or T: 500M, 2G)")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+
+
+def cache_limit() -> int | None:
+    """The size cap of ``contexts/`` in bytes: ``$ICM_CACHE_MAX`` (``0`` = no cap, returned as None),
+    else :data:`DEFAULT_CACHE_MAX`. A value that is not a size is named on stderr once and the default
+    applies (a cache setting never stops a run)."""
+    global _warned
+    raw = os.environ.get("ICM_CACHE_MAX", "").strip()
+    if not raw:
+        return DEFAULT_CACHE_MAX
+    try:
+        limit = parse_size(raw)
+    except ValueError as exc:
+        if not _warned:
+            _warned = True
+            import sys
+
+            print(f"warning: ICM_CACHE_MAX={raw}: {exc}; the cache is capped at 1G", file=sys.stderr)
+        return DEFAULT_CACHE_MAX
+    return limit or None
+
+
+_warned = False
+
+
+def touch(path: Path) -> None:
+    """Mark an entry as just used (its modification time is its last use); gone or read-only: no matter."""
+    with contextlib.suppress(OSError):
+        os.utime(path)
+
+
+def evict(folder: Path, limit: int | None, keep: Path | None = None, pattern: str = "*.safetensors") -> list[Path]:
+    """Delete the least recently used entries (``pattern``, by modification time) of ``folder`` until the
+    rest fits in ``limit`` bytes; never ``keep`` (the entry just written, even when it alone is over the
+    cap). Returns what was deleted. Other processes may read, write or delete entries at the same time:
+    an entry that vanished is skipped, and a reader holding one open still reads it (POSIX)."""
+    if not limit or limit <= 0:
+        return []
+    entries = []
+    for path in Path(folder).glob(pattern):
+        if path.name.startswith("."):  # a temporary being written or discarded
+            continue
+        try:
+            info = path.stat()
+        except OSError:  # deleted meanwhile
+            continue
+        entries.append((info.st_mtime_ns, path.name, path, info.st_size))
+    total = sum(size for *_, size in entries)
+    removed = []
+    for _, _, path, size in sorted(entries):
+        if total <= limit:
+            break
+        if keep is not None and path == keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another process evicted it first: it is gone all the same
+            pass
+        except OSError:
+            continue
+        total -= size
+        removed.append(path)
+    return removed
+
+
+__all__ = ["DEFAULT_CACHE_MAX", "cache_folder", "cache_limit", "cache_root", "discard", "evict", "exclusive",
+           "file_sha256", "parse_size", "scratch_folder", "temp_sibling", "touch", "write_atomic"]

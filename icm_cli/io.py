@@ -337,6 +337,11 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
+def output_file_mode() -> int:
+    """The mode icm gives every file it writes (what a plain ``open(path, "w")`` gives: 0644 under umask 022)."""
+    return _FILE_MODE
+
+
 def temp_tag(pid: int | None = None, host: str | None = None) -> str:
     """The ``icm-<host>-<pid>`` part of a temporary file's name: who is writing it."""
     return f"icm-{_HOST if host is None else host}-{os.getpid() if pid is None else pid}"

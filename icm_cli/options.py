@@ -87,7 +87,8 @@ MaxPixels = Annotated[int, typer.Option(
 
 # ------------------------------------------------------------------ outputs
 Overwrite = Annotated[bool, typer.Option(
-    "--overwrite", rich_help_panel=OUTPUTS, help="Recompute sources whose outputs exist (default: skip them).")]
+    "--overwrite", rich_help_panel=OUTPUTS, help="Recompute sources whose outputs exist (default: skip them; a rerun into an OUT made with "
+                         "other settings is refused).")]
 
 # ------------------------------------------------------------------ model
 Backbone = Annotated[str, typer.Option(

@@ -44,7 +44,7 @@ def test_1_stem_clash_names_are_unique_by_construction(scene, tmp_path):
     assert stems == ["a", "a~2", "a~2~2"]
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "a~2.png", "a~2~2.png"]
     tri = runner.invoke(app, ["trimap", str(out / "masks"), str(src), "-o", str(tmp_path / "t"), "--quiet"])
-    assert len(list((tmp_path / "t").iterdir())) == 6, tri.output  # 3 masks + 3 images: none skipped as "there"
+    assert len(list((tmp_path / "t").glob("*.png"))) == 6, tri.output  # 3 masks + 3 images: none skipped as "there"
 
 
 def test_2_an_unreadable_source_folder_is_an_error_not_an_empty_success(scene, tmp_path, monkeypatch):

@@ -168,7 +168,7 @@ def test_matte_interrupted_reports_its_counts(scene, tmp_path, monkeypatch):
     assert res.exit_code == 130, res.output
     assert "interrupted: 1 matte written, 0 skipped (already there), 0 failed" in res.output
     assert "rerun the same command" in res.output
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["p0.png"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["manifest.jsonl", "p0.png"]  # + the run record
 
 
 # ------------------------------------------------------------------ names, folders, counts

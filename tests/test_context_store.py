@@ -153,7 +153,7 @@ def test_cli_rerun_reuses_the_context_and_other_settings_build_another(small_sce
                                 str(small_scene / "ref_mask.png"), str(small_scene / "src"), "-o", str(tmp_path / out),
                                 "--overwrite", "--quiet", "--no-edges", "--head-steps", "10", "--size", size, *extra])
         assert r.exit_code == 0, r.output
-        # The inode, not the mtime: an atomic rewrite is a new file, whatever the file system's timestamp grain.
+        # the inode tells a rewrite (a new file renamed in) from a reuse (the same file, touched as used)
         return {p.name: p.stat().st_ino for p in (cache / "contexts").glob("*.safetensors")}
 
     first = run()

@@ -540,7 +540,7 @@ def test_refine_batch_survives_bad_pairs(reference, tmp_path):
                               "--quiet"])
     assert res.exit_code == 1, res.output
     assert "Traceback" not in res.output
-    assert [p.name for p in out.iterdir()] == ["good.png"]
+    assert [p.name for p in out.glob("*.png")] == ["good.png"]
     for name, reason in (("small.png", "mask is"), ("orphan.png", "no image"), ("broken.png", "image"),
                          ("cut.png", "truncated")):
         lines = [line for line in res.output.splitlines() if f"{name}:" in line]
@@ -613,7 +613,7 @@ def test_unexpected_error_on_one_item_fails_that_item_only(tmp_path, monkeypatch
     assert res.exit_code == 1, res.output
     lines = [line for line in res.output.splitlines() if "b.png" in line]
     assert len(lines) == 1 and "RuntimeError" in lines[0] and "second line" in lines[0]
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "c.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["a.png", "c.png"]
 
 
 def test_keyboard_interrupt_in_trimap_is_one_line_exit_130(tmp_path, monkeypatch):
@@ -637,9 +637,9 @@ def test_keyboard_interrupt_in_trimap_is_one_line_exit_130(tmp_path, monkeypatch
     assert res.exit_code == 130, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0].lower() and "rerun" in lines[0].lower(), res.output
-    assert [p.name for p in out.iterdir()] == ["a.png"]
+    assert [p.name for p in out.glob("*.png")] == ["a.png"]
     again = runner.invoke(app, ["trimap", str(masks), "-o", str(out), "--quiet"])
-    assert again.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["a.png", "b.png", "c.png"]
+    assert again.exit_code == 0 and sorted(p.name for p in out.glob("*.png")) == ["a.png", "b.png", "c.png"]
 
 
 # ------------------------------------------------------- manifest and temp files

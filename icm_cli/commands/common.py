@@ -122,3 +122,24 @@ def _remove_empty_tree(top: Path) -> None:
             os.rmdir(folder)
         except OSError:
             return
+
+
+def record_run_or_exit(ctx, output: Path, settings: dict, entries: Sequence, targets, *, overwrite: bool,
+                       references: list | None = None) -> None:
+    """The settings check and run record of a file command (:mod:`icm_cli.runner.run_check`): exit 2
+    with one line when OUT holds results of other settings (without ``--overwrite``) or its manifest
+    cannot be written."""
+    from icm_cli import io
+    from icm_cli.console import invocation
+    from icm_cli.runner.run_check import OtherSettings, check_and_record
+    from icm_cli.sources import Source
+
+    def any_done() -> bool:
+        return any(t.exists() for e in entries if isinstance(e, Source) for t in targets(e))
+
+    try:
+        check_and_record(output, settings, command=invocation(ctx), overwrite=overwrite, any_done=any_done,
+                         references=references)
+    except (OtherSettings, io.OutputError) as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)

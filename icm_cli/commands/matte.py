@@ -38,6 +38,7 @@ def _matte_one(path: Path, trimap_path: Path, method: str, solve_pixels: int, ma
 
 
 def matte(
+    ctx: typer.Context,
     images: Annotated[List[str], typer.Argument(metavar="IMAGES", show_default=False,
                                                 help="Images or folders of images.")],
     trimaps: Annotated[Path, typer.Option(
@@ -70,9 +71,10 @@ def matte(
     Example: [bold]icm matte photos/ --trimaps trimaps/ -o alpha/ --cutout[/]
     """
     from icm_cli import io
-    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, record_run_or_exit, sources_or_exit
     from icm_cli.console import error_line
     from icm_cli.runner.files import process_files
+    from icm_cli.runner.run_check import input_folders
     from icm_cli.sources import find_named
 
     if method not in METHODS:
@@ -89,14 +91,21 @@ def matte(
     def targets(source) -> list[Path]:
         return [output / f"{source.stem}.png"] + ([output / "cutout" / f"{source.stem}.png"] if cutout else [])
 
+    # What shapes an alpha (--cutout only adds a file made from it, so it is not one of them).
+    settings = {"command": "matte", "images": input_folders(images), "trimaps": input_folders([trimaps]),
+                "method": method, "solve_pixels": solve_pixels}
+    record_run_or_exit(ctx, output, settings, entries, targets, overwrite=overwrite)
+
     def work(source) -> None:
         trimap_path = find_named(trimaps, source.name)
         if trimap_path is None:
             raise io.InputError(f"{source.path}: no trimap named {source.name}.png (or another image suffix) "
                                 f"in {trimaps}")
-        result = _matte_one(source.path, trimap_path, method, solve_pixels, max_pixels, cutout)
+        # A cut-out already there is remade with its alpha (--overwrite), never left from the old one.
+        with_cutout = cutout or (output / "cutout" / f"{source.stem}.png").exists()
+        result = _matte_one(source.path, trimap_path, method, solve_pixels, max_pixels, with_cutout)
         io.write_image_atomic(output / f"{source.stem}.png", result["alpha"])
-        if cutout:
+        if with_cutout:
             io.write_image_atomic(output / "cutout" / f"{source.stem}.png", result["cutout"])
 
     outcome = process_files(entries, targets, work, output=output, overwrite=overwrite, quiet=quiet,

@@ -15,6 +15,7 @@ METHODS = ("auto", "decoder", "attention")
 
 
 def refine(
+    ctx: typer.Context,
     masks: Annotated[List[str], typer.Argument(
         metavar="MASKS", show_default=False,
         help="Coarse masks (files or folders), paired with the images by name.")],
@@ -63,9 +64,10 @@ def refine(
     Example: [bold]icm refine coarse/ --images frames/ -o refined/[/]
     """
     from icm_cli import io
-    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, record_run_or_exit, sources_or_exit
     from icm_cli.console import error_line
     from icm_cli.runner.files import process_files
+    from icm_cli.runner.run_check import input_folders
     from icm_cli.sources import find_named
 
     from icm_cli.core import SCORE_TYPES
@@ -91,6 +93,26 @@ def refine(
     import torch
 
     from icm_cli.errors import IcmError
+    from icm_cli.references import load_references
+
+    def targets(source) -> list[Path]:
+        return [output / f"{source.stem}.png"]
+
+    try:  # the references are read before the model loads: a bad one, or other settings in OUT, cost nothing
+        references = load_references(ref, mask, max_pixels) if (ref or mask) else []
+    except (IcmError, ValueError) as exc:
+        error_line(str(exc))
+        raise typer.Exit(2)
+    resolved = _resolved_method(method, decoder, backbone)
+    settings = {"command": "refine", "masks": input_folders(masks), "images": input_folders([images]),
+                "method": resolved, "backbone": backbone, "weights": weights, "size": size}
+    if resolved == "attention":
+        settings.update(iterations=iterations, score=score)
+    else:
+        settings.update(decoder=decoder, head_steps=head_steps,
+                        references=[r.describe()["digest"] for r in references])
+    record_run_or_exit(ctx, output, settings, entries, targets, overwrite=overwrite,
+                       references=[r.describe() for r in references])
 
     def read_pair(source):
         image_path = find_named(images, source.name)
@@ -120,10 +142,8 @@ def refine(
                     raise typer.Exit(2)
                 predictor = None  # auto: the attention vote
         if predictor is not None:
-            from icm_cli.references import load_references
-
-            if ref or mask:
-                predictor.set_references(load_references(ref, mask, max_pixels))
+            if references:
+                predictor.set_references(references)
 
             def work(source) -> None:
                 image, coarse = read_pair(source)
@@ -147,7 +167,27 @@ def refine(
         raise typer.Exit(2)
 
     with torch.no_grad():
-        outcome = process_files(entries, lambda s: [output / f"{s.stem}.png"], work, output=output,
+        outcome = process_files(entries, targets, work, output=output,
                                 overwrite=overwrite, quiet=quiet, description="refine", total=len(entries))
     outcome.summary("masks", quiet=quiet)
     raise typer.Exit(outcome.exit_code)
+
+
+def _resolved_method(method: str, decoder: str, backbone: str) -> str:
+    """The method a run takes, known before the model loads (for the run record): ``auto`` is the
+    decoder when ``--decoder`` resolves to weights that read priors, else attention."""
+    if method != "auto":
+        return method
+    import json
+
+    from icm_cli.predict.decoder import read_metadata, resolve_prior_decoder
+    from icm_cli.errors import IcmError
+
+    try:
+        path = resolve_prior_decoder(decoder, backbone)
+        if path is None:
+            return "attention"
+        config = json.loads(read_metadata(path).get("config") or "{}")
+    except (IcmError, ValueError, OSError):
+        return "decoder"  # unusable weights: loading them says why
+    return "decoder" if isinstance(config, dict) and config.get("prior") else "attention"

@@ -138,6 +138,10 @@ def status(
     if not state.manifests and listed is None:
         error_line(f"{output}: no manifest.jsonl or manifest.I-of-N.jsonl here (give the -o folder of icm propagate)")
         raise typer.Exit(2)
+    from icm_cli.runner.run_check import file_command_only, not_a_propagate_folder
+    if file_command_only(state):
+        error_line(not_a_propagate_folder(output, file_command_only(state)))
+        raise typer.Exit(2)
     counts = result.counts
     failures = [{"input": r.input, "stem": r.stem, "error": r.error} for r in result.with_status("failed")]
     worst_records = result.least_confident(worst) if worst else []

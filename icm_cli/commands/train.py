@@ -19,7 +19,8 @@ def train(
              "DATA/<group>/group.json {\"sequence\": true, \"pool\": NAME, \"split\": \"val\"}.")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", metavar="FILE", rich_help_panel=opts.OUTPUTS, show_default=False,
-        help="[red]Required.[/] Weights file to write (.safetensors); use it with --decoder FILE.")],
+        help="[red]Required.[/] Weights file to write (.safetensors); use it with --decoder FILE. An existing "
+             "one is refused unless --overwrite or --resume.")],
     init: Annotated[str, typer.Option(
         "--init", metavar="WEIGHTS", rich_help_panel=TRAINING,
         help="Start from these weights: none (from scratch), builtin (fine-tune the shipped decoder) "
@@ -42,7 +43,11 @@ def train(
         "--cache", metavar="DIR", rich_help_panel=TRAINING, show_default=False,
         help="Where episodes and the checkpoint are kept (default: the user cache, ~/.cache/icm/train).")] = None,
     resume: Annotated[bool, typer.Option(
-        "--resume", rich_help_panel=TRAINING, help="Continue an interrupted run from its checkpoint.")] = False,
+        "--resume", rich_help_panel=TRAINING,
+        help="Continue an interrupted run from its checkpoint (and write FILE even if it exists).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", rich_help_panel=opts.OUTPUTS,
+        help="Replace FILE if it exists (default: refuse before training).")] = False,
     workers: Annotated[int, typer.Option(
         "--workers", metavar="N", rich_help_panel=TRAINING, callback=opts.at_least(1, "--workers"),
         help="Processes building episodes.")] = 2,
@@ -61,8 +66,9 @@ def train(
     if output.suffix != ".safetensors":
         error_line(f"{output}: the weights file must end in .safetensors")
         raise typer.Exit(2)
-    if output.is_dir():
-        error_line(f"{output}: is a folder; give a file name ending in .safetensors")
+    problem = weights_target_problem(output, overwrite=overwrite, resume=resume)
+    if problem:
+        error_line(problem)
         raise typer.Exit(2)
     weights = {}
     for spec in pool_weight:
@@ -75,7 +81,7 @@ def train(
             error_line(f"--pool-weight {spec}: expected POOL=WEIGHT with a weight of 0 or more")
             raise typer.Exit(2)
     from icm_cli.training.fit import FitSettings
-    from icm_cli.training.run import TrainOptions, train as run_training
+    from icm_cli.training.run import TrainOptions, WeightsNotWritten, train as run_training
 
     options = TrainOptions(fit=FitSettings(steps=steps, lr=lr, seed=seed, pool_weights=weights),
                            init=init, workers=workers, val_share=val_share, resume=resume)
@@ -86,12 +92,57 @@ def train(
     except (LayoutError, WeightsError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
+    except KeyboardInterrupt:
+        error_line(interrupted_line(reporter.last_step, steps, options.fit.checkpoint_every))
+        raise typer.Exit(130)
+    except WeightsNotWritten as exc:
+        error_line(str(exc))
+        raise typer.Exit(1)
 
     reporter.table(figures)
     if not quiet:
         from icm_cli.console import stderr
 
         stderr.print(f"wrote {output}: use it with [bold]--decoder {output}[/]")
+
+
+def weights_target_problem(output: Path, *, overwrite: bool, resume: bool) -> str | None:
+    """Why FILE cannot be written, found before any training (None when it can): a folder there, a
+    file where a folder must be, a folder that cannot be written (or its missing folders made), or
+    weights already there (without ``--overwrite`` or ``--resume``). Creates nothing."""
+    import os
+    import tempfile
+
+    if output.is_dir():
+        return f"{output}: is a folder; give a file name ending in .safetensors"
+    base = None
+    for folder in output.absolute().parents:  # `-o notes.txt/w.safetensors`: a file stands where a folder must be
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                return f"{folder}: is a file, not a folder, so {output} cannot be written there"
+            base = folder
+            break
+    if output.exists() and not (overwrite or resume):
+        return (f"{output}: exists; pass --overwrite to replace it, --resume to continue the run that "
+                "writes it, or give another -o")
+    try:  # the nearest existing folder must take a new file (or the folders save_decoder makes under it)
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{base}: cannot write the weights file there ({exc.strerror or exc})"
+    return None
+
+
+def interrupted_line(last_step: int, steps: int, checkpoint_every: int) -> str:
+    """The Ctrl-C line: where training stopped and that ``--resume`` continues it (the same command
+    without it starts over)."""
+    saved = (last_step // checkpoint_every) * checkpoint_every if last_step < steps else steps
+    where = (f"stopped at step {last_step} of {steps}; the checkpoint holds step {saved}" if saved else
+             f"stopped at step {last_step} of {steps}, before the first checkpoint (every {checkpoint_every} steps)"
+             if last_step else "stopped before training (the episodes made so far are cached)")
+    return (f"interrupted: {where}; rerun the same command with --resume to continue "
+            "(without --resume training starts over)")
 
 
 class _RichReporter:
@@ -108,6 +159,7 @@ class _RichReporter:
                                  TextColumn("{task.fields[note]}"), TimeRemainingColumn(), console=stderr,
                                  disable=quiet, transient=False)
         self.tasks: dict[str, int] = {}
+        self.last_step = 0   # the last step reported (for the Ctrl-C line)
 
     def __enter__(self):
         self.progress.__enter__()
@@ -134,6 +186,7 @@ class _RichReporter:
         self.progress.update(self._task("episodes", total), completed=done)
 
     def step(self, step: int, total: int, loss: float) -> None:
+        self.last_step = step
         task = self._task("training", total)
         note = self.progress.tasks[task].fields.get("note", "")
         if step % 10 == 0 or step == total:

@@ -12,6 +12,7 @@ from icm_cli.config import DEFAULT_MAX_PIXELS
 
 
 def trimap(
+    ctx: typer.Context,
     masks: Annotated[List[str], typer.Argument(
         metavar="MASKS", show_default=False,
         help="Mask files or folders of masks (0/255, 0/1, 16-bit, palette or RGB).")],
@@ -40,9 +41,10 @@ def trimap(
     Masks are thresholded at half their range. Example: [bold]icm trimap masks/ -o trimaps/ --kernel 10[/]
     """
     from icm_cli import io
-    from icm_cli.commands.common import check_output_name, output_folder_or_exit, sources_or_exit
+    from icm_cli.commands.common import check_output_name, output_folder_or_exit, record_run_or_exit, sources_or_exit
     from icm_cli.predict.fullres import mask_to_trimap_u8
     from icm_cli.runner.files import process_files
+    from icm_cli.runner.run_check import input_folders
 
     erode_k, dilate_k = erode or kernel, dilate or kernel
     check_output_name(output)
@@ -50,11 +52,17 @@ def trimap(
                               quiet=quiet)
     output_folder_or_exit(output)
 
+    def targets(source) -> list[Path]:
+        return [output / f"{source.stem}.png"]
+
+    settings = {"command": "trimap", "masks": input_folders(masks), "erode": erode_k, "dilate": dilate_k}
+    record_run_or_exit(ctx, output, settings, entries, targets, overwrite=overwrite)
+
     def work(source) -> None:
         mask = io.read_mask(source.path, max_pixels=max_pixels)
         io.write_image_atomic(output / f"{source.stem}.png", mask_to_trimap_u8(mask, erode_k, dilate_k))
 
-    outcome = process_files(entries, lambda s: [output / f"{s.stem}.png"], work, output=output,
+    outcome = process_files(entries, targets, work, output=output,
                             overwrite=overwrite, quiet=quiet, description="trimap", total=len(entries))
     outcome.summary("trimaps", quiet=quiet)
     raise typer.Exit(outcome.exit_code)

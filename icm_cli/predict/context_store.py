@@ -158,10 +158,14 @@ def load(path: Path, key: str):
 
 
 class ContextStore:
-    """Contexts in ``folder`` (default: the cache folder's ``contexts/``), one file per key."""
+    """Contexts in ``folder`` (default: the cache folder's ``contexts/``), one file per key, kept under
+    ``max_bytes`` (default :func:`icm_cli.cache.cache_limit`, ``$ICM_CACHE_MAX``; None = no cap): a
+    context read is touched (its modification time is its last use), and after one is written the
+    least recently used others go until the folder fits."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_bytes: int | None = -1) -> None:
         self.folder = Path(folder)
+        self.max_bytes = cache.cache_limit() if max_bytes == -1 else max_bytes  # -1: as the environment says
 
     @classmethod
     def default(cls) -> "ContextStore | None":
@@ -174,19 +178,23 @@ class ContextStore:
 
     def get_or_build(self, key: str, build):
         """``(context, reused)``: the stored context of ``key``, or ``build()``'s, stored for next time."""
-        found = load(self.path(key), key)
+        path = self.path(key)
+        found = load(path, key)
         if found is not None:
+            cache.touch(path)
             return found, True
         with cache.exclusive(self.folder / f"{key[:32]}.lock"):
-            found = load(self.path(key), key)  # built by another process while this one waited
+            found = load(path, key)  # built by another process while this one waited
             if found is not None:
+                cache.touch(path)
                 return found, True
             context = build()
             try:
-                save(self.path(key), key, context)
+                save(path, key, context)
             except OSError:  # a full disk: the run goes on without storing
-                pass
-            return context, False
+                return context, False
+        cache.evict(self.folder, self.max_bytes, keep=path)
+        return context, False
 
 
 def set_references(engine, references: list[tuple[np.ndarray, np.ndarray]], runtime: str,

@@ -203,6 +203,9 @@ def _checked_paths(out: Path, page: str | os.PathLike | None, sort: str) -> tupl
     results: ManifestState = read_manifests(out)
     if not results.manifests:
         raise ReviewError(f"{out}: no manifest.jsonl or manifest.I-of-N.jsonl here (give the -o folder of icm propagate)")
+    from icm_cli.runner.run_check import file_command_only, not_a_propagate_folder
+    if file_command_only(results):
+        raise ReviewError(not_a_propagate_folder(out, file_command_only(results)))
     page_path = Path(page) if page is not None else out / "review.html"
     if page_path.is_dir():
         raise ReviewError(f"{page_path}: is a folder; give the HTML file to write (e.g. {page_path / 'review.html'})")

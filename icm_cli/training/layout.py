@@ -21,9 +21,9 @@
   three groups or more; otherwise every n-th image of its groups of photos
   (never frames of a sequence, whose neighbours would leak).
 
-An image without a mask of the same name is left out with a warning; a
-mask whose object covers less than 0.5% of its image is never used as a
-reference.
+An image without a mask of the same name, or with a mask of another size,
+is left out with a warning naming the files (the rest trains); a mask whose
+object covers less than 0.5% of its image is never used as a reference.
 """
 
 from __future__ import annotations
@@ -71,6 +71,21 @@ def _image_files(folder: Path) -> dict[str, Path]:
     return {p.stem: p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
 
 
+def displayed_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` as icm reads the file (EXIF rotation applied), from its header alone; None
+    when the header cannot be read (reading the file later says why)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn: sides swap
+                width, height = height, width
+    except Exception:  # any decoder error: the pixels are judged where they are read
+        return None
+    return width, height
+
+
 def read_group(data: Path, folder: Path) -> Group:
     """One group folder -> :class:`Group` (items in natural name order)."""
     images_dir, masks_dir = folder / "images", folder / "masks"
@@ -94,6 +109,11 @@ def read_group(data: Path, folder: Path) -> Group:
     for stem in sorted(images, key=natural_key):
         if stem not in masks:
             group.warnings.append(f"{images[stem]}: no mask named {stem}.* in {masks_dir}; left out")
+            continue
+        image_size, mask_size = displayed_size(images[stem]), displayed_size(masks[stem])
+        if image_size and mask_size and image_size != mask_size:
+            group.warnings.append(f"{masks[stem]}: mask is {mask_size[0]}x{mask_size[1]} but {images[stem]} is "
+                                  f"{image_size[0]}x{image_size[1]}; left out")
             continue
         group.items.append(Item(images[stem].relative_to(data).as_posix(), masks[stem].relative_to(data).as_posix()))
     return group

@@ -13,9 +13,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from icm_cli.io import OutputError
 from icm_cli.training.episodes import Recipe, build_episodes, load_plan, mask_shares, plan_episodes, save_plan
 from icm_cli.training.fit import FitSettings
 from icm_cli.training.layout import LayoutError, read_layout
+
+
+class WeightsNotWritten(OutputError):
+    """Training finished but FILE could not be written (a full disk, say); the checkpoint keeps the weights."""
+
 
 #: Optional file in DATA: {"description": "...", "pool_weights": {"pool": weight, ...}}
 DATASET_FILE = "train.json"
@@ -154,5 +160,10 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
             "backbone": "efficientnet-lite0", "fit": fs.to_json(),
             "recipe": json.dumps(dataclasses.asdict(options.recipe)), "init": options.init,
             "val": json.dumps(figures), "torch": torch.__version__}
-    save_decoder(model, out, meta)
+    try:
+        save_decoder(model, out, meta)
+    except OSError as exc:  # checked writable before training; a disk that filled up since, say
+        raise WeightsNotWritten(f"{out}: cannot write the weights ({exc.strerror or exc}); the trained state is "
+                                f"kept in {cache / 'checkpoint.safetensors'}: rerun with --resume (and another "
+                                "-o if this one stays unwritable) to write it", exc.errno) from None
     return figures
