@@ -103,7 +103,12 @@ def refine(
     except (IcmError, ValueError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
-    resolved = _resolved_method(method, decoder, backbone)
+    reads_priors = _decoder_reads_priors(decoder, backbone) if method != "attention" else None
+    if reads_priors is False and (method == "decoder" or ref or mask):  # refused before OUT records a run
+        error_line(f"--decoder {decoder}: this decoder does not read prior masks; use --decoder auto "
+                   "(efficientnet-lite0) or --method attention")
+        raise typer.Exit(2)
+    resolved = _resolved_method(method, reads_priors)
     settings = {"command": "refine", "masks": input_folders(masks), "images": input_folders([images]),
                 "method": resolved, "backbone": backbone, "weights": weights, "size": size}
     if resolved == "attention":
@@ -173,11 +178,9 @@ def refine(
     raise typer.Exit(outcome.exit_code)
 
 
-def _resolved_method(method: str, decoder: str, backbone: str) -> str:
-    """The method a run takes, known before the model loads (for the run record): ``auto`` is the
-    decoder when ``--decoder`` resolves to weights that read priors, else attention."""
-    if method != "auto":
-        return method
+def _decoder_reads_priors(decoder: str, backbone: str) -> bool | None:
+    """Whether ``--decoder`` resolves to weights that read prior masks, known before the model loads
+    (from the file's header); None when the weights cannot be read (loading them says why)."""
     import json
 
     from icm_cli.predict.decoder import read_metadata, resolve_prior_decoder
@@ -186,8 +189,16 @@ def _resolved_method(method: str, decoder: str, backbone: str) -> str:
     try:
         path = resolve_prior_decoder(decoder, backbone)
         if path is None:
-            return "attention"
+            return False
         config = json.loads(read_metadata(path).get("config") or "{}")
     except (IcmError, ValueError, OSError):
-        return "decoder"  # unusable weights: loading them says why
-    return "decoder" if isinstance(config, dict) and config.get("prior") else "attention"
+        return None
+    return bool(isinstance(config, dict) and config.get("prior"))
+
+
+def _resolved_method(method: str, reads_priors: bool | None) -> str:
+    """The method a run takes, known before the model loads (for the run record): ``auto`` is the
+    decoder when ``--decoder`` resolves to weights that read priors, else attention."""
+    if method != "auto":
+        return method
+    return "attention" if reads_priors is False else "decoder"
