@@ -11,6 +11,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -303,13 +304,24 @@ def test_eval_leaves_the_users_masks_out_and_says_how_many(photos):
 
 def test_a_ray_worker_writes_the_users_mask_as_the_local_engine_does(photos, monkeypatch):
     """The Ray engine's actor, run in this process (no Ray needed): same rule, same record."""
-    from icm_cli.config import ModelConfig, OutputConfig
     from icm_cli.engines.ray_engine import PredictWorker
-    from icm_cli.runner.outputs import OutputPlan
 
     root, drawn = photos
     save_png(root / "ref_mask.png", drawn * 255)
     monkeypatch.chdir(root)
+    # The actor owns its process under Ray and sets torch's grad mode and threads there: put them back here.
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:
+        _run_worker(PredictWorker, root, drawn)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+
+
+def _run_worker(PredictWorker, root, drawn):
+    from icm_cli.config import ModelConfig, OutputConfig
+    from icm_cli.runner.outputs import OutputPlan
+
     worker = PredictWorker(ModelConfig(device="cpu", size=96, head_steps=10, edges=False),
                            {"refs": ["photos/ref.png"], "masks": ["ref_mask.png"]},
                            OutputPlan(root / "out", OutputConfig(("masks",))), "run1", 1, 1, str(root))
