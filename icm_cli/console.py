@@ -1,4 +1,4 @@
-"""Terminal output: one-line errors, progress bars, batch outcome.
+"""Terminal output: one-line errors, progress bars, the batch summary (:class:`ConsoleReporter`).
 
 Everything the commands print goes through here, so `--quiet`, `--json` and
 non-terminal stdout behave the same in every command.
@@ -6,15 +6,16 @@ non-terminal stdout behave the same in every command.
 
 from __future__ import annotations
 
-import re
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.markup import escape
+
+# The run's state and the reporter interface live with the runner, which prints nothing; one_line and
+# unexpected word its failures (kept importable from here, where the commands look for them).
+from icm_cli.runner.outcome import BatchOutcome, Reporter, one_line, unexpected  # noqa: F401
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
@@ -27,22 +28,9 @@ DEBUG = False
 EXIT_UNEXPECTED = 3
 
 
-def one_line(message: str) -> str:
-    """``message`` with its line breaks folded, so an error is always exactly one line."""
-    return re.sub(r"\s*[\r\n]+\s*", " | ", str(message).strip())
-
-
 def error_line(message: str) -> None:
     """Print one error line to stderr (never a traceback)."""
     stderr.print(f"[bold red]error:[/] {escape(one_line(message))}")
-
-
-def unexpected(exc: BaseException, where: str = "") -> str:
-    """One line for an exception that is not the user's fault, with the way to learn more."""
-    text = " ".join(str(exc).split())
-    prefix = f"{where}: " if where else ""
-    detail = f": {text}" if text else ""
-    return f"{prefix}unexpected {type(exc).__name__}{detail} (run with icm --debug for the traceback)"
 
 
 def count(n: int, plural: str) -> str:
@@ -82,60 +70,41 @@ def progress_bar(total: int | None, description: str, enabled: bool):
         yield lambda n=1: progress.advance(task, n)
 
 
-@dataclass
-class BatchOutcome:
-    """Counts of a batch run; decides the exit code and prints the summary.
+class ConsoleReporter(Reporter):
+    """The command line's :class:`~icm_cli.runner.outcome.Reporter`: failures as ``error:`` lines, the
+    summary, a progress bar on a terminal. ``quiet`` leaves out what is not a problem; ``debug`` is
+    ``icm --debug`` (an unexpected error shows its traceback)."""
 
-    ``started`` is taken when the command starts, so the reported time
-    includes loading the model and building the reference context.
-    """
+    def __init__(self, quiet: bool = False, debug: bool | None = None) -> None:
+        self.quiet = quiet
+        self.debug = DEBUG if debug is None else debug
 
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
-    #: The signal (SIGINT 2, SIGTERM 15) that stopped the run early, or 0.
-    interrupted: int = 0
-    #: Why the run stopped before its sources ran out (a full disk), or None.
-    stopped: str | None = None
-    #: Results whose mask holds no object pixel ("object not found").
-    empty: int = 0
-    #: Sources that look like masks (grey, two values): probably not meant as sources.
-    mask_like: list[str] = field(default_factory=list)
-    #: The reader of stdout (``--json | head``) went away; the run stopped quietly.
-    stdout_closed: bool = False
-    #: Print each failure as it happens (off on Ray workers: the driver prints them, once).
-    report: bool = True
+    def failed(self, message: str) -> None:
+        error_line(message)
 
-    def fail(self, item: str, message: str) -> None:
-        self.failed.append((item, one_line(message)))
-        if self.report:
-            error_line(message)
+    def error(self, message: str) -> None:
+        error_line(message)
 
-    @property
-    def exit_code(self) -> int:
-        if self.interrupted:
-            return 128 + self.interrupted  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
-        if self.stdout_closed:
-            return 141  # as a shell reports a writer whose reader closed the pipe
-        return 1 if self.failed or self.stopped else 0
+    def progress(self, total: int | None, description: str):
+        return progress_bar(total, description, enabled=not self.quiet)
 
-    def summary(self, what: str = "images", quiet: bool = False) -> None:
-        if self.stdout_closed:
+    def summary(self, outcome: BatchOutcome, what: str = "images") -> None:
+        if outcome.stdout_closed:
             return
-        if self.mask_like and not quiet:
-            stderr.print(escape(mask_like_warning(self.mask_like)), style="yellow")
-        secs = time.perf_counter() - self.started
-        empty = f" ({self.empty} empty: object not found)" if self.empty else ""
-        line = (f"{count(self.done, what)} written{empty}, {self.skipped} skipped (already there), "
-                f"{len(self.failed)} failed in {secs:.1f}s")
-        if self.interrupted or self.stopped:
+        quiet = self.quiet
+        if outcome.mask_like and not quiet:
+            stderr.print(escape(mask_like_warning(outcome.mask_like)), style="yellow")
+        secs = outcome.seconds
+        empty = f" ({outcome.empty} empty: object not found)" if outcome.empty else ""
+        line = (f"{count(outcome.done, what)} written{empty}, {outcome.skipped} skipped (already there), "
+                f"{len(outcome.failed)} failed in {secs:.1f}s")
+        if outcome.interrupted or outcome.stopped:
             # Always shown, even with --quiet: the run did not cover every source.
-            why = "interrupted" if self.interrupted else f"stopped: {self.stopped}"
+            why = "interrupted" if outcome.interrupted else f"stopped: {outcome.stopped}"
             stderr.print(f"[bold red]{escape(one_line(why + ': ' + line))}; rerun the same command to finish the rest "
                          f"(finished outputs are skipped)[/]")
             return
-        if self.failed:
+        if outcome.failed:
             stderr.print(f"[bold red]{escape(line)}[/]")
         elif not quiet:
             stderr.print(escape(line))

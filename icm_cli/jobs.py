@@ -3,8 +3,9 @@
 Everything that can refuse a run is checked before the model loads (a
 usage problem is one line and exit 2 in a second, not a minute): the
 output folder, the sources, the references, the settings of results
-already in OUT. Then the model is built, and the sources go through the
-one :class:`~icm_cli.runner.batch.BatchRunner` on the local engine or Ray.
+already in OUT. Then the engine (:mod:`icm_cli.engines`: local or Ray) is
+prepared, and run with the one :class:`~icm_cli.runner.batch.BatchRunner`.
+This module only checks and dispatches.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from icm_cli import io
-from icm_cli.config import ModelConfig, OutputConfig, VideoConfig, batch_size_for
-from icm_cli.console import BatchOutcome
+from icm_cli.config import ModelConfig, OutputConfig, VideoConfig
 from icm_cli.errors import IcmError
 from icm_cli.references import Reference
+from icm_cli.runner.outcome import BatchOutcome
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
@@ -138,7 +139,8 @@ class PropagateJob:
     shard: Shard | None = None
     settings: dict = field(default_factory=dict)
     user_masks: UserMasks | None = None  # sources that are references: their result is the user's mask
-    predictor: Predictor | None = None
+    predictor: Predictor | None = None  # the local engine's, once prepared
+    engine: object | None = None         # the prepared engine (LocalEngine or RayEngine)
     runtime_note: str | None = None      # why --runtime auto fell back to torch (said once)
     notes: list[str] = field(default_factory=list)   # things to mention before the run (skipped sub-folders)
 
@@ -238,43 +240,30 @@ class PropagateJob:
 
     # ------------------------------------------------------------ the model
     def prepare(self) -> None:
-        """Build the model and the reference context (local engine); the Ray engine's workers do it themselves."""
-        from icm_cli.backbones.onnx_trunk import attach, runtime_label
+        """Prepare the engine: the local one builds the model and the reference context; Ray's checks the
+        model once and settles its runtime (its workers build their own)."""
+        from icm_cli.backbones.onnx_trunk import runtime_label
 
         try:
-            if self.options.engine == "ray":  # the workers build the model: a bad --weights/--decoder is reported here, once
-                from icm_cli.backbones import create_backbone
-                from icm_cli.predict.decoder import load_decoder, resolve_decoder
-
-                import torch
-
-                # Built on one thread, as each worker builds its own: the backbone's construction runs a
-                # probe batch whose numerics depend on the thread count, and the export's cache key is a
-                # digest of the resulting weights; on one thread the workers find this very export.
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    backbone = create_backbone(self.model.backbone, self.model.weights)
-                finally:
-                    torch.set_num_threads(threads)
-                decoder_path = resolve_decoder(self.model.decoder, self.model.backbone)
-                if decoder_path is not None:
-                    load_decoder(decoder_path)
-                # Decided (and exported into the cache) once, here: every worker runs the same runtime and
-                # reads the one cached export.
-                worker_device = "cuda" if self.options.gpus_per_worker > 0 else "cpu"
-                runtime, self.runtime_note = attach(backbone, self.model.runtime, worker_device)
-                self.model = dataclasses.replace(self.model, runtime=runtime)
-                self.settings["runtime"] = runtime_label(runtime)
-                return
-            from icm_cli.predictor import Predictor
-
-            self.predictor = Predictor(self.model)
-            self.runtime_note = self.predictor.runtime_note
-            self.settings["runtime"] = runtime_label(self.predictor.runtime)
-            self.predictor.set_references(self.references)
+            self.engine = self._engine()
+            prepared = self.engine.prepare(self.references)
         except (ValueError, IcmError) as exc:
             raise UsageProblem(str(exc)) from None
+        self.model, self.predictor = self.engine.model, self.engine.predictor
+        self.runtime_note = prepared.runtime_note
+        self.settings["runtime"] = runtime_label(prepared.runtime)
+
+    def _engine(self):
+        opts = self.options
+        if opts.engine == "ray":
+            from icm_cli.engines.ray_engine import RayEngine, RayOptions
+
+            return RayEngine(self.model, (list(self.inputs.refs), list(self.inputs.masks)),
+                             options=RayOptions(opts.address, opts.workers, opts.gpus_per_worker),
+                             resize_masks=self.inputs.resize_masks, batch_size=opts.batch_size)
+        from icm_cli.engines.local import LocalEngine
+
+        return LocalEngine(self.model, batch_size=opts.batch_size, video=self.video_config)
 
     def reference_notes(self) -> list[str]:
         """Doubts about the references (a tiny or inverted mask), once the model's grid is known."""
@@ -317,32 +306,16 @@ class PropagateJob:
         self.plan.remove_stale_temp_files()
         runner, writer = self._runner(outcome, advance, echo, matte)
         try:
-            if self.sequence is not None:
-                from icm_cli.runner.sequence import run_video
+            if self.options.engine != "ray":
+                return self.engine.run(runner, self.sources, self.sequence)
+            from icm_cli.engines.ray_engine import RayEngineError
 
-                # three threads share the cores (backbone ahead, the serial chain, writing): one torch thread each
-                with self.predictor.streaming(self.predictor.stream_workers()):
-                    return run_video(runner, self.sequence, self.predictor.video(self.video_config))
-            if self.options.engine == "ray":
-                return self._run_ray(runner)
-            batch = batch_size_for(self.options.batch_size, on_gpu=self.predictor.device.type != "cpu")
-            workers = self.predictor.stream_workers()
-            with self.predictor.streaming(workers):
-                return runner.run_images(self.sources, self.predictor, batch_size=batch, workers=workers)
+            try:
+                return self.engine.run(runner, self.sources)
+            except RayEngineError as exc:
+                raise UsageProblem(str(exc)) from None
         finally:
             writer.close()
-
-    def _run_ray(self, runner) -> BatchOutcome:
-        from icm_cli.engines import ray_engine
-
-        opts = self.options
-        try:
-            return ray_engine.run_ray(self.sources, runner, self.model, (list(self.inputs.refs), list(self.inputs.masks)),
-                                      resize_masks=self.inputs.resize_masks,
-                                      options=ray_engine.RayOptions(opts.address, opts.workers, opts.gpus_per_worker),
-                                      batch_size=opts.batch_size)
-        except ray_engine.RayEngineError as exc:
-            raise UsageProblem(str(exc)) from None
 
     def _check_settings(self, state: ManifestState) -> None:
         """Refuse to keep results of other settings silently: say what changed and how to proceed."""

@@ -387,3 +387,29 @@ class VideoPredictor:
 
 
 __all__ = ["AttentionMaps", "Predictor", "Result", "VideoPredictor", "to_tensor"]
+
+
+def prepare_workers(config: ModelConfig, device: str) -> tuple[ModelConfig, str | None]:
+    """Decide once, for workers that each build a :class:`Predictor` of ``config`` on ``device``, what
+    they would each decide: a bad ``weights`` or ``decoder`` raises here (once, not in every worker),
+    and the backbone's runtime is settled (``auto`` exported into the cache), so every worker runs the
+    same runtime and reads the one cached export. Returns ``config`` with that runtime, and why ``auto``
+    fell back to torch (or None)."""
+    from icm_cli.backbones import create_backbone
+    from icm_cli.backbones.onnx_trunk import attach
+    from icm_cli.predict.decoder import load_decoder, resolve_decoder
+
+    # Built on one thread, as each worker builds its own: the backbone's construction runs a probe batch
+    # whose numerics depend on the thread count, and the export's cache key is a digest of the resulting
+    # weights; on one thread the workers find this very export.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        backbone = create_backbone(config.backbone, config.weights)
+    finally:
+        torch.set_num_threads(threads)
+    decoder_path = resolve_decoder(config.decoder, config.backbone)
+    if decoder_path is not None:
+        load_decoder(decoder_path)
+    runtime, note = attach(backbone, config.runtime, device)
+    return dataclasses.replace(config, runtime=runtime), note

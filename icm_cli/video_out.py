@@ -24,10 +24,7 @@ as BT.709, video range (lossless grey VP9: full range), and tagged so.
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +34,7 @@ import numpy as np
 
 from icm_cli import io, render
 from icm_cli.errors import IcmError
+from icm_cli.runner.signals import stop_signals
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
 VIDEO_KINDS = ("mask", "matte", "cutout", "overlay")
@@ -370,13 +368,13 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
             if config.fps is None:
                 raise VideoOutputError(f"{sequence.path}: a folder of frames needs --fps to be written as a video")
             info, frames = _folder_frames(sequence, config.fps, root, PNG_KIND[next(iter(todo))], max_pixels)
-        with _stoppable() as stop:
+        with stop_signals() as stop:
             for kind, path in todo.items():
                 writers[kind] = VideoWriter(path, kind, config.format, info)
             count = 0
             for frame in frames:
-                if stop.signal:
-                    report.interrupted = stop.signal
+                if stop.signum:
+                    report.interrupted = stop.signum
                     break
                 count += 1
                 for kind, writer in writers.items():
@@ -387,8 +385,8 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
                                                f"{PNG_KIND[kind]}/{frame.stem}.png (it failed or was not run); "
                                                "rerun to finish it") from None
                     writer.write(picture, frame.pts)
-            if stop.signal:
-                report.interrupted = stop.signal
+            if stop.signum:
+                report.interrupted = stop.signum
             if report.interrupted:
                 for writer in writers.values():
                     writer.abort()
@@ -417,36 +415,6 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
 def _fps_text(rate: Fraction) -> str:
     value = float(rate)
     return f"{value:g}" if rate.denominator == 1 else f"{value:.3f}".rstrip("0").rstrip(".")
-
-
-class _Stop:
-    signal = 0
-
-
-@contextmanager
-def _stoppable() -> Iterator[_Stop]:
-    """Ctrl-C / SIGTERM set ``stop.signal`` (the loop stops and cleans up); a second one raises at once."""
-    stop = _Stop()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def handler(signum, frame):
-        if stop.signal:
-            raise KeyboardInterrupt
-        stop.signal = signum
-
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except (ValueError, OSError):
-            pass
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 __all__ = ["PNG_KIND", "VIDEO_FORMATS", "VIDEO_KINDS", "VideoOutputConfig", "VideoOutputError", "VideoReport",

@@ -36,3 +36,12 @@ def test_nothing_below_the_command_line_imports_a_command():
         if path.parent.name == "commands" or path.name in ("cli.py", "__main__.py"):
             continue
         assert not [m for m in _imports(path) if m.startswith("icm_cli.commands")], path
+
+
+def test_the_runner_and_the_model_print_nothing_themselves():
+    """runner/, engines/, predict/ and core/ report through what they are given (a Reporter), never the
+    command line's console, and import no command."""
+    for folder in ("runner", "engines", "predict", "core"):
+        for path in (PACKAGE / folder).glob("*.py"):
+            found = [m for m in _imports(path) if m.startswith(("icm_cli.console", "icm_cli.commands"))]
+            assert not found, (f"{folder}/{path.name}", found)

@@ -63,6 +63,7 @@ def inspect_attn(
     from icm_cli.errors import IcmError
     from icm_cli.predictor import Predictor
     from icm_cli.references import load_references
+    from icm_cli.console import ConsoleReporter
     from icm_cli.runner.files import process_files
 
     if output is None:
@@ -120,7 +121,8 @@ def inspect_attn(
             panels.append(panel(render.overlay(image, maps.point), f"where ({pt[0]},{pt[1]}) attends"))
         io.write_image_atomic(output / f"{source.stem}.png", render.montage(panels, height))
 
+    reporter = ConsoleReporter(quiet=quiet)
     outcome = process_files(entries, lambda s: [output / f"{s.stem}.png"], work, output=output,
-                            overwrite=True, quiet=quiet, description="inspect-attn", total=len(entries))
-    outcome.summary("montages", quiet=quiet)
+                            overwrite=True, reporter=reporter, description="inspect-attn", total=len(entries))
+    reporter.summary(outcome, "montages")
     raise typer.Exit(outcome.exit_code)

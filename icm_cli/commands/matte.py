@@ -72,7 +72,7 @@ def matte(
     """
     from icm_cli import io
     from icm_cli.commands.common import check_output_name, output_folder_or_exit, record_run_or_exit, sources_or_exit
-    from icm_cli.console import error_line
+    from icm_cli.console import ConsoleReporter, error_line
     from icm_cli.runner.files import process_files
     from icm_cli.runner.run_check import input_folders
     from icm_cli.sources import find_named
@@ -108,7 +108,8 @@ def matte(
         if with_cutout:
             io.write_image_atomic(output / "cutout" / f"{source.stem}.png", result["cutout"])
 
-    outcome = process_files(entries, targets, work, output=output, overwrite=overwrite, quiet=quiet,
+    reporter = ConsoleReporter(quiet=quiet)
+    outcome = process_files(entries, targets, work, output=output, overwrite=overwrite, reporter=reporter,
                             description="matte", total=len(entries))
-    outcome.summary("mattes", quiet=quiet)
+    reporter.summary(outcome, "mattes")
     raise typer.Exit(outcome.exit_code)

@@ -11,7 +11,8 @@ import typer
 from icm_cli import options as opts
 from icm_cli.config import (CPU_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_TRIMAP_KERNEL, GPU_BATCH_SIZE, OutputConfig,
                             VideoConfig)
-from icm_cli.console import BatchOutcome, error_line, invocation, progress_bar, status_spinner, warning_line
+from icm_cli.console import (BatchOutcome, ConsoleReporter, error_line, invocation, progress_bar, status_spinner,
+                             warning_line)
 
 D = opts.MODEL_DEFAULTS
 
@@ -120,7 +121,8 @@ def propagate(
     from icm_cli.commands.common import check_output_name
     from icm_cli.helpstyle import usage_problem
 
-    outcome = BatchOutcome()  # the clock starts now: loading the model counts in the reported time
+    reporter = ConsoleReporter(quiet=quiet or json_lines)  # failures as they happen, the summary at the end
+    outcome = BatchOutcome(reporter=reporter)  # the clock starts now: loading the model counts in the reported time
     missing = [name for name, given in (("--ref", ref), ("--mask", mask), ("SOURCES (or --video)", sources or video),
                                         ("-o/--output", output is not None)) if not given]
     if missing and (output is None or not ref):
@@ -154,7 +156,7 @@ def propagate(
     echo = (lambda line: print(line, flush=True)) if json_lines else None
     if job.nothing_to_do:
         job.record_all_skipped(outcome, echo)
-        outcome.summary("frames" if video else "images", quiet=quiet or json_lines)
+        reporter.summary(outcome, "frames" if video else "images")
         raise typer.Exit(_write_videos(videos, job, outcome, overwrite, quiet, show))
     try:
         with status_spinner("loading the model and building the reference context", enabled=show):
@@ -175,7 +177,7 @@ def propagate(
         except UsageProblem as exc:
             error_line(str(exc))
             raise typer.Exit(2)
-    outcome.summary("frames" if video else "images", quiet=quiet or json_lines)
+    reporter.summary(outcome, "frames" if video else "images")
     raise typer.Exit(_write_videos(videos, job, outcome, overwrite, quiet, show))
 
 

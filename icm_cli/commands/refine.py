@@ -65,7 +65,7 @@ def refine(
     """
     from icm_cli import io
     from icm_cli.commands.common import check_output_name, output_folder_or_exit, record_run_or_exit, sources_or_exit
-    from icm_cli.console import error_line
+    from icm_cli.console import ConsoleReporter, error_line
     from icm_cli.runner.files import process_files
     from icm_cli.runner.run_check import input_folders
     from icm_cli.sources import find_named
@@ -172,9 +172,10 @@ def refine(
         raise typer.Exit(2)
 
     with torch.no_grad():
+        reporter = ConsoleReporter(quiet=quiet)
         outcome = process_files(entries, targets, work, output=output,
-                                overwrite=overwrite, quiet=quiet, description="refine", total=len(entries))
-    outcome.summary("masks", quiet=quiet)
+                                overwrite=overwrite, reporter=reporter, description="refine", total=len(entries))
+    reporter.summary(outcome, "masks")
     raise typer.Exit(outcome.exit_code)
 
 

@@ -43,6 +43,7 @@ def trimap(
     from icm_cli import io
     from icm_cli.commands.common import check_output_name, output_folder_or_exit, record_run_or_exit, sources_or_exit
     from icm_cli.predict.fullres import mask_to_trimap_u8
+    from icm_cli.console import ConsoleReporter
     from icm_cli.runner.files import process_files
     from icm_cli.runner.run_check import input_folders
 
@@ -62,7 +63,8 @@ def trimap(
         mask = io.read_mask(source.path, max_pixels=max_pixels)
         io.write_image_atomic(output / f"{source.stem}.png", mask_to_trimap_u8(mask, erode_k, dilate_k))
 
+    reporter = ConsoleReporter(quiet=quiet)
     outcome = process_files(entries, targets, work, output=output,
-                            overwrite=overwrite, quiet=quiet, description="trimap", total=len(entries))
-    outcome.summary("trimaps", quiet=quiet)
+                            overwrite=overwrite, reporter=reporter, description="trimap", total=len(entries))
+    reporter.summary(outcome, "trimaps")
     raise typer.Exit(outcome.exit_code)

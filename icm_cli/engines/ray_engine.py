@@ -34,11 +34,12 @@ from typing import Iterable
 
 import numpy as np
 
-from icm_cli import console, io
+from icm_cli import io
 from icm_cli.config import ModelConfig, batch_size_for
-from icm_cli.console import BatchOutcome
+from icm_cli.engines import Prepared
 from icm_cli.errors import IcmError
 from icm_cli.runner.batch import BatchRunner, Work
+from icm_cli.runner.outcome import BatchOutcome, unexpected
 from icm_cli.runner.manifest import RecordList, SourceRecord, record_json
 from icm_cli.runner.outputs import OutputPlan
 from icm_cli.sources import ListingProblem, Source
@@ -88,7 +89,7 @@ def _decode_row(row: dict, max_pixels: int, cwd: str) -> dict:
         if error.startswith(full):  # name the file as the user did, as the local engine does
             error = row["path"] + error[len(full):]
     except Exception as exc:  # a decoder bug on one file must not stop the dataset
-        error = console.unexpected(exc, row["path"])
+        error = unexpected(exc, row["path"])
     return {**row, "image": image, "error": error, "decode_s": time.perf_counter() - t0}
 
 
@@ -123,7 +124,7 @@ class PredictWorker:
 
     def __call__(self, batch: dict) -> dict:
         sink = RecordList()
-        runner = BatchRunner(self.plan, sink, run_id=self.run_id, outcome=BatchOutcome(report=False),
+        runner = BatchRunner(self.plan, sink, run_id=self.run_id, outcome=BatchOutcome(),
                              user_masks=self.user_masks)
         works = []
         for path, key, name, stem, image, error, decode_s in zip(
@@ -184,6 +185,35 @@ def _pool(options: RayOptions) -> tuple[int, float, int]:
     return workers, cpus_each, 1
 
 
+class RayEngine:
+    """``prepare`` checks the model once and settles its runtime for the workers; ``run`` spreads the
+    sources over the cluster (:func:`run_ray`). ``reference_files``: the ``--ref`` and ``--mask`` paths,
+    read by each worker as the sources are."""
+
+    predictor = None  # the workers build theirs
+
+    def __init__(self, model: ModelConfig, reference_files: tuple[list[str], list[str]], *, options: RayOptions,
+                 resize_masks: bool = False, batch_size: int = 0) -> None:
+        self.model = model
+        self.reference_files = reference_files
+        self.options = options
+        self.resize_masks = resize_masks
+        self.batch_size = batch_size
+
+    def prepare(self, references=None) -> Prepared:
+        """A bad ``--weights``/``--decoder`` is reported here, once; every worker runs the runtime decided
+        (and exported into the cache) here. ``references`` are read by the workers, not here."""
+        from icm_cli.predictor import prepare_workers
+
+        worker_device = "cuda" if self.options.gpus_per_worker > 0 else "cpu"
+        self.model, note = prepare_workers(self.model, worker_device)
+        return Prepared(self.model.runtime, note)
+
+    def run(self, runner: BatchRunner, sources, sequence=None) -> BatchOutcome:
+        return run_ray(sources, runner, self.model, self.reference_files, options=self.options,
+                       resize_masks=self.resize_masks, batch_size=self.batch_size)
+
+
 def run_ray(entries: Iterable[Source | ListingProblem], runner: BatchRunner, model: ModelConfig,
             reference_files: tuple[list[str], list[str]], *, options: RayOptions, resize_masks: bool = False,
             batch_size: int = 0) -> BatchOutcome:
@@ -222,7 +252,7 @@ def run_ray(entries: Iterable[Source | ListingProblem], runner: BatchRunner, mod
         ctx.print_on_execution_start = False
         ctx.enable_auto_log_stats = False
         # Ray Data logs whole remote tracebacks; the run's failure is one line below (--debug keeps them).
-        logging.getLogger("ray.data").setLevel(logging.ERROR if console.DEBUG else logging.CRITICAL)
+        logging.getLogger("ray.data").setLevel(logging.ERROR if runner.debug else logging.CRITICAL)
         workers, cpus_each, threads = _pool(options)
         # Blocks of at most 64 sources, and a few per worker, so that decoding keeps up and spreads.
         blocks = min(len(todo), max(4 * workers, math.ceil(len(todo) / 64)))

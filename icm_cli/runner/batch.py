@@ -27,24 +27,23 @@ from __future__ import annotations
 
 import os
 import queue
-import signal
 import sys
 import threading
 import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from icm_cli import console, io
-from icm_cli.console import BatchOutcome
+from icm_cli import io
 from icm_cli.runner.manifest import RecordSink, RunRecord, SourceRecord, input_key
+from icm_cli.runner.outcome import BatchOutcome, one_line, unexpected
 from icm_cli.runner.outputs import OutputPlan
+from icm_cli.runner.signals import StopFlag, stop_signals
 from icm_cli.runner.user_masks import user_result
 from icm_cli.sources import ListingProblem, Source
 
@@ -141,8 +140,9 @@ def prefetch(iterator: Iterable[T], depth: int, halt: threading.Event | None = N
         stop.set()
 
 
-def failure_message(exc: BaseException, path, model_step: bool = False) -> str:
-    """The one line a failed source gets, for any error (re-raised under ``icm --debug`` when unexpected).
+def failure_message(exc: BaseException, path, model_step: bool = False, debug: bool = False) -> str:
+    """The one line a failed source gets, for any error (re-raised with ``debug``, ``icm --debug``, when
+    unexpected).
 
     A user-file problem (:class:`io.InputError`) keeps its own message; a
     memory error says so; anything else names the file and the exception
@@ -152,12 +152,12 @@ def failure_message(exc: BaseException, path, model_step: bool = False) -> str:
         return str(exc)
     if isinstance(exc, MemoryError):
         return f"{path}: out of memory"
-    if console.DEBUG:
+    if debug:
         raise exc
     if model_step:
-        text = console.one_line(str(exc)).split(" | ")[0] or type(exc).__name__
+        text = one_line(str(exc)).split(" | ")[0] or type(exc).__name__
         return f"{path}: model failed: {text}"
-    return console.unexpected(exc, str(path))
+    return unexpected(exc, str(path))
 
 
 class BatchRunner:
@@ -165,6 +165,8 @@ class BatchRunner:
 
     ``progress(n)`` is told of each finished source; ``matte(image, trimap)``
     solves alphas when the plan asks for them; ``max_pixels`` bounds decoding.
+    The runner prints nothing: failures go to ``outcome.reporter``, whose
+    ``debug`` re-raises unexpected errors instead of failing their source.
     """
 
     def __init__(self, plan: OutputPlan, sink: RecordSink, *, run_id: str | None = None,
@@ -184,6 +186,8 @@ class BatchRunner:
         self.outcome = outcome or BatchOutcome()
         #: Set to stop taking new sources: by a signal, a full disk, or a closed stdout.
         self.halt = threading.Event()
+        #: The first Ctrl-C / SIGTERM finishes what is predicted, records it and stops; a second stops now.
+        self._signals = StopFlag(then=self._interrupted)
         self._lock = threading.Lock()
         #: Seconds spent in each stage, over all sources (benchmarks read these).
         self.seconds = {"model": 0.0, "finish": 0.0}
@@ -203,7 +207,7 @@ class BatchRunner:
             self._stdout_closed()
         except io.OutputError as exc:
             if not self.outcome.stopped:
-                console.error_line(str(exc))
+                self.outcome.reporter.error(str(exc))
             self.stop(f"the manifest cannot be written ({io.fatal_write_error(exc) or 'write error'})")
 
     def _stdout_closed(self) -> None:
@@ -233,7 +237,7 @@ class BatchRunner:
 
     def fail(self, source: Source | ListingProblem, message: str) -> None:
         """Record a failure: one line on stderr, a ``failed`` record; the batch goes on."""
-        message = console.one_line(message)
+        message = one_line(message)
         with self._lock:
             self.outcome.fail(str(source.path), message)
         self._record(self._source_record(source, "failed", error=message))
@@ -286,38 +290,30 @@ class BatchRunner:
         except _Abandoned:
             return None
         except _ModelStepFailed as failed:
-            self.fail(source, failure_message(failed.error, source.path, model_step=True))
+            self.fail(source, failure_message(failed.error, source.path, model_step=True, debug=self.debug))
         except Exception as exc:
             reason = io.fatal_write_error(exc)
             if reason:  # a full disk fails every later source too: stop now, a rerun finishes
                 self.stop(f"cannot write to {self.plan.root} ({reason})")
-            self.fail(source, failure_message(exc, source.path, model_step))
+            self.fail(source, failure_message(exc, source.path, model_step, debug=self.debug))
         return None
+
+    @property
+    def debug(self) -> bool:
+        """``icm --debug``: an unexpected error is raised, not turned into a failed source."""
+        return self.outcome.reporter.debug
 
     def _on_signal(self, signum, frame) -> None:
         """First Ctrl-C / SIGTERM: finish what is predicted, record it, stop. Second: stop now."""
-        if self.outcome.interrupted:
-            raise KeyboardInterrupt
+        self._signals(signum, frame)
+
+    def _interrupted(self, signum: int) -> None:
         self.outcome.interrupted = signum
         self.halt.set()
 
-    @contextmanager
-    def handling_signals(self) -> Iterator[None]:
+    def handling_signals(self):
         """Route SIGINT and SIGTERM to the runner while inside (main thread only; elsewhere a no-op)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                previous[sig] = signal.signal(sig, self._on_signal)
-            except (ValueError, OSError):
-                pass
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+        return stop_signals(self._signals)
 
     # ------------------------------------------------------------ one source's outputs
     def _finish(self, work: Work, coarse, model, encoded=None) -> tuple:
@@ -331,7 +327,7 @@ class BatchRunner:
             try:
                 coarse = model.predict_coarse([work.image], encoded=encoded, **self._priors([work]))[0]
             except Exception as exc:
-                if console.DEBUG:
+                if self.debug:
                     raise
                 raise _ModelStepFailed(exc) from exc
             coarse_s = time.perf_counter() - t0
@@ -395,7 +391,7 @@ class BatchRunner:
         except MemoryError:
             return Work(source, error=f"{source.path}: not enough memory to decode it")
         except Exception as exc:  # a decoder bug must not end the batch
-            return Work(source, error=console.unexpected(exc, str(source.path)))
+            return Work(source, error=unexpected(exc, str(source.path)))
         if looks_like_mask(image):
             with self._lock:
                 self.outcome.mask_like.append(str(source.path))
@@ -436,7 +432,7 @@ class BatchRunner:
                 try:
                     return model.predict_coarse([w.image for w in batch], **self._priors(batch))
                 except Exception:
-                    if console.DEBUG:
+                    if self.debug:
                         raise
             return [(self.attempt(w.source, lambda: model.predict_coarse([w.image], **self._priors([w])),
                                   model_step=True) or [None])[0] for w in batch]

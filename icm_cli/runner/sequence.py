@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Iterator
 
 from icm_cli import io
-from icm_cli.console import BatchOutcome
 from icm_cli.runner.batch import BatchRunner, Work
+from icm_cli.runner.outcome import BatchOutcome
 from icm_cli.video import FrameSequence
 
 
