@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from icm_cli import io, render
+from icm_cli import atomic, io, render
 from icm_cli.errors import IcmError
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
@@ -162,7 +161,7 @@ class VideoWriter:
         self._range = ColorRange.JPEG if full else ColorRange.MPEG
         self._full = ColorRange.JPEG
         try:
-            fd, self.temp = tempfile.mkstemp(prefix=f".{io.temp_tag()}-", suffix=".tmp", dir=self.path.parent)
+            fd, self.temp = atomic.temp_file(self.path.parent)  # the encoder opens it by name
             os.close(fd)
         except OSError as exc:
             raise _write_error(self.path, exc) from None
@@ -209,7 +208,7 @@ class VideoWriter:
             for packet in self.stream.encode():
                 self.container.mux(packet)
             self.container.close()
-            os.chmod(self.temp, 0o666 & ~_umask())
+            os.chmod(self.temp, atomic.FILE_MODE)
             os.replace(self.temp, self.path)
         except OSError as exc:
             self.abort()
@@ -240,12 +239,6 @@ def _write_error(path: Path, exc: OSError) -> io.OutputError:
 
 def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 # ------------------------------------------------------------------ frames of the source

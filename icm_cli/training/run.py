@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,13 +49,13 @@ class Reporter:
 
 def default_cache(data: Path, seed: int, recipe: Recipe) -> Path:
     """Where episodes of ``data`` are kept unless ``--cache`` says: the user's cache folder
-    (``$ICM_CACHE_DIR``, else ``$XDG_CACHE_HOME/icm``, else ``~/.cache/icm``), one folder per
-    data folder, seed and recipe."""
-    root = os.environ.get("ICM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "icm")
+    (:func:`icm_cli.cache.cache_root`: ``$ICM_CACHE_DIR``, else ``$XDG_CACHE_HOME/icm``, else
+    ``~/.cache/icm``, ``~`` expanded in each), one folder per data folder, seed and recipe."""
+    from icm_cli.cache import cache_root
+
     key = hashlib.blake2b(json.dumps([str(data.resolve()), seed, dataclasses.asdict(recipe)]).encode(),
                           digest_size=6).hexdigest()
-    return Path(root) / "train" / f"{data.resolve().name}-{key}"
+    return cache_root() / "train" / f"{data.resolve().name}-{key}"
 
 
 def dataset_options(data: Path) -> dict:
