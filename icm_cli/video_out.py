@@ -36,6 +36,7 @@ import numpy as np
 
 from icm_cli import atomic, io, render
 from icm_cli.errors import IcmError
+from icm_cli.runner.outputs import output_folder, output_path
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
 VIDEO_KINDS = ("mask", "matte", "cutout", "overlay")
@@ -269,7 +270,7 @@ def _clip_frames(sequence: FrameSequence, max_pixels: int) -> tuple[ClipInfo, It
 def _folder_frames(sequence: FrameSequence, fps: Fraction, root: Path, first_kind: str,
                    max_pixels: int) -> tuple[ClipInfo, Iterator[_SourceFrame]]:
     first = sequence.frame_source(0)
-    size = _png_size(root / first_kind / f"{first.stem}.png")
+    size = _png_size(output_path(root, first_kind, first.stem))
     info = ClipInfo(rate=fps, time_base=1 / fps, width=size[0], height=size[1], orientation=Orientation())
 
     def walk() -> Iterator[_SourceFrame]:
@@ -304,7 +305,7 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
 
 def _picture(kind: str, root: Path, frame: _SourceFrame) -> np.ndarray:
     """The displayed picture of one video frame, from the run's PNGs (and the source for ``overlay``)."""
-    png = root / PNG_KIND[kind] / f"{frame.stem}.png"
+    png = output_path(root, PNG_KIND[kind], frame.stem)
     if kind == "cutout":
         return _read_png(png, "RGBA")
     grey = _read_png(png, "L")
@@ -352,7 +353,7 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
     root = Path(root)
     report = VideoReport([], [])
     todo = {kind: path for kind, path in config.paths(root).items()
-            if rebuild or _stale(path, root / PNG_KIND[kind])}
+            if rebuild or _stale(path, output_folder(root, PNG_KIND[kind]))}
     if not todo:
         return report
     writers: dict[str, VideoWriter] = {}
