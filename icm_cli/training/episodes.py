@@ -359,7 +359,6 @@ def build_episodes(data: Path, cache: Path, plans: list[EpisodePlan], workers: i
 
 def save_plan(cache: Path, plans: list[EpisodePlan], meta: dict) -> None:
     cache.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(cache)
     atomic_write(cache / "plan.json", json.dumps({"meta": meta, "episodes": [dataclasses.asdict(p) for p in plans]}))
 
 

@@ -115,6 +115,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
     Returns the last validation figures (per pool)."""
     import torch
 
+    from icm_cli.atomic import remove_stale_temp_files
     from icm_cli.predict.decoder import save_decoder
     from icm_cli.training.episodes import episode_settings
     from icm_cli.training.fit import fit
@@ -125,6 +126,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
     if not fs.pool_weights and isinstance(extra.get("pool_weights"), dict):
         fs = dataclasses.replace(fs, pool_weights={str(k): float(v) for k, v in extra["pool_weights"].items()})
     cache = cache or default_cache(data, fs.seed, options.recipe)
+    remove_stale_temp_files(cache)  # what a killed run left: a checkpoint or plan half written
     groups = read_layout(data, options.val_share, fs.seed)
     for g in groups:
         for w in g.warnings:
@@ -159,6 +161,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
             "backbone": "efficientnet-lite0", "fit": fs.to_json(),
             "recipe": json.dumps(dataclasses.asdict(options.recipe)), "init": options.init,
             "val": json.dumps(figures), "torch": torch.__version__}
+    remove_stale_temp_files(Path(out).parent)
     try:
         save_decoder(model, out, meta)
     except OSError as exc:  # checked writable before training; a disk that filled up since, say
