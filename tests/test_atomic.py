@@ -169,3 +169,13 @@ def test_the_cache_root_is_one_function_and_expands_home(tmp_path, monkeypatch):
     monkeypatch.delenv("ICM_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
     assert default_cache(data, 0, Recipe()).parent == tmp_path / "home" / "xdg" / "icm" / "train"
+
+
+def test_the_atomic_writer_is_a_bottom_layer():
+    """atomic.py imports nothing of icm (and no numpy or torch): every layer may write through it."""
+    import ast
+
+    tree = ast.parse(Path(atomic.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not [m for m in imported if m.split(".")[0] in ("icm_cli", "numpy", "torch", "PIL", "cv2")], imported
