@@ -73,7 +73,7 @@ def test_atomic_write_bytes_and_text_mode_and_failure(tmp_path):
         atomic.atomic_write(tmp_path / "missing" / "t", b"x")  # the folder is the caller's to make
 
 
-def test_every_writer_leaves_no_temporary_file_and_keeps_its_mode(tmp_path, monkeypatch):
+def test_every_writer_leaves_no_temporary_file_and_keeps_its_mode(tmp_path):
     import torch
 
     from icm_cli.predict.decoder import DecoderConfig, MaskDecoder, save_decoder
@@ -102,7 +102,7 @@ def test_every_writer_leaves_no_temporary_file_and_keeps_its_mode(tmp_path, monk
     assert _mode(tmp_path / "train" / "checkpoint.safetensors") == 0o600  # private, as safetensors made it
 
 
-def test_an_episode_is_written_atomically(tmp_path, monkeypatch):
+def test_an_episode_is_written_atomically(tmp_path):
     """The training episodes' writer (in a worker) through atomic_file: the .npz reads back, nothing else is left."""
     from icm_cli.atomic import atomic_file
 
