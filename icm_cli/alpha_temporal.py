@@ -51,7 +51,16 @@ def steady_alpha(alpha: np.ndarray, band: np.ndarray, image: np.ndarray, previou
 
 
 def quantised(alpha: np.ndarray) -> np.ndarray:
-    """``[H, W]`` alpha as the PNG stores it: rounded to 1/255."""
+    """``[H, W]`` alpha as the PNG stores it: rounded to 1/255.
+
+    Its results are exact levels ``k / 255``, which the PNG writer
+    (:func:`icm_cli.matting.alpha_to_u8`) stores as ``k`` unchanged, so the
+    state carried to the next frame is what the PNG holds. It rounds halves to
+    even where ``alpha_to_u8`` rounds them up; about 7 in a million uniformly
+    spread float32 values are such ties, so routing this through
+    ``alpha_to_u8`` would change the bytes of steadied video alphas: it stays
+    as the files were written before.
+    """
     return np.round(np.clip(alpha, 0.0, 1.0) * 255.0).astype(np.float32) / 255.0
 
 

@@ -25,10 +25,11 @@ import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+from icm_cli import atomic
 
 try:  # POSIX advisory locks; elsewhere writers rely on the atomic rename alone
     import fcntl
@@ -53,7 +54,10 @@ def cache_folder(kind: str) -> Path | None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None
-    return folder if os.access(folder, os.W_OK | os.X_OK) else None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return None
+    atomic.remove_stale_temp_files(folder)  # what a killed writer left
+    return folder
 
 
 @contextlib.contextmanager
@@ -82,22 +86,15 @@ def exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def temp_sibling(final: Path, suffix: str = "") -> Path:
-    """A unique temporary name beside ``final`` (same folder, so the rename is atomic)."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    """A unique temporary name beside ``final`` (same folder, so a rename is atomic), in
+    :mod:`icm_cli.atomic`'s scheme (``.icm-<host>-<pid>-<random>.tmp``, then ``suffix``)."""
+    return final.with_name(f".{atomic.temp_tag()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
 
 
 def write_atomic(final: Path, data: bytes) -> None:
-    """Write ``data`` to ``final`` through a temporary file and one rename (readers never see half a file)."""
-    tmp = temp_sibling(final)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    """Write ``data`` to ``final`` through a temporary file, flushed to the disk, and one rename
+    (readers never see half a file): :func:`icm_cli.atomic.atomic_write`."""
+    atomic.atomic_write(final, data, fsync=True)
 
 
 def discard(path: Path) -> None:
@@ -125,8 +122,8 @@ def file_sha256(path: Path) -> str:
 
 
 def scratch_folder(parent: Path, name: str) -> Path:
-    """A fresh private folder beside where ``name`` will be published."""
-    return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    """A fresh private folder in ``parent``, to fill and then rename to ``name`` (:func:`icm_cli.atomic.temp_folder`)."""
+    return atomic.temp_folder(parent)
 
 
 # ------------------------------------------------------------------ size cap

@@ -194,8 +194,9 @@ def _user_mask_predictions(paths: list[Path], pred: Path, kind: str) -> set[Path
     ``from_reference``; read by stem, so an OUT that was moved still counts.
     """
     from icm_cli.runner.manifest import manifest_files, read_manifests
+    from icm_cli.runner.outputs import scored_folder_name
 
-    folder_kind = "masks" if kind == "mask" else "alpha"
+    folder_kind = scored_folder_name(kind)
     stems: dict[Path, set[str]] = {}
 
     def given_in(folder: Path) -> set[str]:
@@ -287,10 +288,12 @@ def _check_not_nested(pred: Path) -> None:
 def _is_propagate_output(folder: Path) -> bool:
     """An ``icm propagate -o`` folder: a manifest, or masks/ beside trimaps/ or heatmaps/."""
     from icm_cli.runner.manifest import manifest_files
+    from icm_cli.runner.outputs import output_folder
 
-    if not (folder / "masks").is_dir():
+    if not output_folder(folder, "masks").is_dir():
         return False
-    return bool(manifest_files(folder)) or (folder / "trimaps").is_dir() or (folder / "heatmaps").is_dir()
+    return (bool(manifest_files(folder)) or output_folder(folder, "trimaps").is_dir()
+            or output_folder(folder, "heatmaps").is_dir())
 
 
 def _in_outputs(found: list, pred: Path, kind: str) -> tuple[list, int]:
@@ -299,7 +302,9 @@ def _in_outputs(found: list, pred: Path, kind: str) -> tuple[list, int]:
     trimaps. Returns the sources kept (renamed) and how many output folders were read this way."""
     import dataclasses
 
-    folder_kind = "masks" if kind == "mask" else "alpha"
+    from icm_cli.runner.outputs import scored_folder_name
+
+    folder_kind = scored_folder_name(kind)
     outputs: dict[Path, bool] = {}
     kept, used = [], set()
     for source in found:

@@ -8,17 +8,13 @@ the problem in one line, so a batch can record it and go on.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
-import socket
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from icm_cli import atomic
 from icm_cli.config import DEFAULT_MAX_PIXELS
 from icm_cli.errors import IcmError
 from icm_cli.process_settings import open_unguarded
@@ -316,76 +312,12 @@ def fatal_write_error(exc: BaseException) -> str | None:
     return None
 
 
-#: A temporary file untouched for this long belongs to no running write.
-STALE_TEMP_AGE_S = 3600.0
-
-# Temporary files are named ``.icm-<host>-<pid>-<random>.tmp``, whatever the output is called, so
-# a long output name never makes its temporary name too long; <host> is a short hash of the host
-# name, so runs on two machines writing to one shared folder can tell their files apart.
-_HOST = hashlib.blake2b(socket.gethostname().encode("utf-8", "replace"), digest_size=4).hexdigest()
-# Older versions put the output's name first (``.<name>.icm-<host>-<pid>.<random>.tmp``): still cleaned.
-_TEMP = re.compile(r"^\.(?:.+\.)?icm-([A-Za-z0-9]*)-(\d+)[.-][A-Za-z0-9_]+\.tmp$")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: done once, at import
-    os.umask(mask)
-    return mask
-
-
-#: The mode a plain ``open(path, "w")`` would give (0644 under the usual umask 022).
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def output_file_mode() -> int:
-    """The mode icm gives every file it writes (what a plain ``open(path, "w")`` gives: 0644 under umask 022)."""
-    return _FILE_MODE
-
-
-def temp_tag(pid: int | None = None, host: str | None = None) -> str:
-    """The ``icm-<host>-<pid>`` part of a temporary file's name: who is writing it."""
-    return f"icm-{_HOST if host is None else host}-{os.getpid() if pid is None else pid}"
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but belongs to someone else
-        return True
-    return True
-
-
-def remove_stale_temp_files(folder: str | os.PathLike) -> int:
-    """Delete temporary files that killed runs left in ``folder``; return how many.
-
-    Outputs are written to ``.icm-<host>-<pid>-<random>.tmp`` and
-    renamed. A kill -9 or a power cut can leave such a file behind; it is
-    never read as an output or a source (hidden files are skipped). One is removed when the process named in it no longer runs on
-    this machine, or when it is older than :data:`STALE_TEMP_AGE_S` (a file of
-    another machine writing to a shared folder is only judged by age), so
-    parallel runs (``--shard``) never lose a file they are still writing.
-    """
-    removed = 0
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return 0
-    now = time.time()
-    for entry in entries:
-        match = _TEMP.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_TEMP_AGE_S
-            dead = match.group(1) == _HOST and not _pid_running(int(match.group(2)))
-            if old or dead:
-                os.unlink(entry.path)
-                removed += 1
-        except OSError:
-            continue
-    return removed
+# Temporary files, their mode and their cleaning are :mod:`icm_cli.atomic`'s; named here too for callers
+# of this module's older API.
+STALE_TEMP_AGE_S = atomic.STALE_TEMP_AGE_S
+output_file_mode = atomic.output_file_mode
+temp_tag = atomic.temp_tag
+remove_stale_temp_files = atomic.remove_stale_temp_files
 
 
 def ensure_output_folder(folder: str | os.PathLike) -> Path:
@@ -393,7 +325,7 @@ def ensure_output_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{temp_tag()}-", suffix=".tmp", dir=folder)
+        fd, probe = atomic.temp_file(folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -404,10 +336,11 @@ def ensure_output_folder(folder: str | os.PathLike) -> Path:
 def write_image_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``[H, W]`` (L), ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA) uint8 as PNG.
 
-    Written to a temporary file in the same folder (see
-    :func:`remove_stale_temp_files`), then renamed, so a killed run never
-    leaves a half-written PNG under the final name. Any failure (interrupt
-    included) removes the temporary file; :class:`OutputError` says why.
+    Written through :func:`icm_cli.atomic.atomic_file` (a temporary file in
+    the same folder, see :func:`remove_stale_temp_files`, then renamed), so a
+    killed run never leaves a half-written PNG under the final name. Any
+    failure (interrupt included) removes the temporary file;
+    :class:`OutputError` says why.
     """
     path = Path(path)
     try:
@@ -418,35 +351,15 @@ def write_image_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     arr = np.ascontiguousarray(array)
     if arr.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {arr.dtype}")
-    fd, tmp = None, None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{temp_tag()}-", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; outputs get the usual umask-based mode
-        with os.fdopen(fd, "wb") as fh:
-            fd = None
+        with atomic.atomic_file(path) as fh:
             Image.fromarray(arr).save(fh, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-        tmp = None
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})", exc.errno) from None
-    finally:
-        if fd is not None:
-            os.close(fd)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Replace a small text file atomically (same folder temp file + rename)."""
+    """Replace a small text file atomically (same folder temp file + rename, :func:`icm_cli.atomic.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{temp_tag()}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            os.fchmod(fh.fileno(), _FILE_MODE)
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic.atomic_write(path, text)

@@ -24,7 +24,6 @@ as BT.709, video range (lossless grey VP9: full range), and tagged so.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -32,9 +31,10 @@ from typing import Iterator
 
 import numpy as np
 
-from icm_cli import io, render
+from icm_cli import atomic, io, render
 from icm_cli.errors import IcmError
 from icm_cli.runner.signals import stop_signals
+from icm_cli.runner.outputs import output_folder, output_path
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
 VIDEO_KINDS = ("mask", "matte", "cutout", "overlay")
@@ -160,7 +160,7 @@ class VideoWriter:
         self._range = ColorRange.JPEG if full else ColorRange.MPEG
         self._full = ColorRange.JPEG
         try:
-            fd, self.temp = tempfile.mkstemp(prefix=f".{io.temp_tag()}-", suffix=".tmp", dir=self.path.parent)
+            fd, self.temp = atomic.temp_file(self.path.parent)  # the encoder opens it by name
             os.close(fd)
         except OSError as exc:
             raise _write_error(self.path, exc) from None
@@ -207,7 +207,7 @@ class VideoWriter:
             for packet in self.stream.encode():
                 self.container.mux(packet)
             self.container.close()
-            os.chmod(self.temp, 0o666 & ~_umask())
+            os.chmod(self.temp, atomic.FILE_MODE)
             os.replace(self.temp, self.path)
         except OSError as exc:
             self.abort()
@@ -240,12 +240,6 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 # ------------------------------------------------------------------ frames of the source
 
 @dataclass
@@ -274,7 +268,7 @@ def _clip_frames(sequence: FrameSequence, max_pixels: int) -> tuple[ClipInfo, It
 def _folder_frames(sequence: FrameSequence, fps: Fraction, root: Path, first_kind: str,
                    max_pixels: int) -> tuple[ClipInfo, Iterator[_SourceFrame]]:
     first = sequence.frame_source(0)
-    size = _png_size(root / first_kind / f"{first.stem}.png")
+    size = _png_size(output_path(root, first_kind, first.stem))
     info = ClipInfo(rate=fps, time_base=1 / fps, width=size[0], height=size[1], orientation=Orientation())
 
     def walk() -> Iterator[_SourceFrame]:
@@ -309,7 +303,7 @@ def _read_png(path: Path, mode: str) -> np.ndarray:
 
 def _picture(kind: str, root: Path, frame: _SourceFrame) -> np.ndarray:
     """The displayed picture of one video frame, from the run's PNGs (and the source for ``overlay``)."""
-    png = root / PNG_KIND[kind] / f"{frame.stem}.png"
+    png = output_path(root, PNG_KIND[kind], frame.stem)
     if kind == "cutout":
         return _read_png(png, "RGBA")
     grey = _read_png(png, "L")
@@ -357,7 +351,7 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
     root = Path(root)
     report = VideoReport([], [])
     todo = {kind: path for kind, path in config.paths(root).items()
-            if rebuild or _stale(path, root / PNG_KIND[kind])}
+            if rebuild or _stale(path, output_folder(root, PNG_KIND[kind]))}
     if not todo:
         return report
     writers: dict[str, VideoWriter] = {}

@@ -111,7 +111,8 @@ def weights_target_problem(output: Path, *, overwrite: bool, resume: bool) -> st
     file where a folder must be, a folder that cannot be written (or its missing folders made), or
     weights already there (without ``--overwrite`` or ``--resume``). Creates nothing."""
     import os
-    import tempfile
+
+    from icm_cli.atomic import temp_file
 
     if output.is_dir():
         return f"{output}: is a folder; give a file name ending in .safetensors"
@@ -126,7 +127,7 @@ def weights_target_problem(output: Path, *, overwrite: bool, resume: bool) -> st
         return (f"{output}: exists; pass --overwrite to replace it, --resume to continue the run that "
                 "writes it, or give another -o")
     try:  # the nearest existing folder must take a new file (or the folders save_decoder makes under it)
-        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=base)
+        fd, probe = temp_file(base)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

@@ -240,28 +240,16 @@ def save_decoder(model: MaskDecoder, path: str | Path, metadata: dict[str, str] 
     leaves an earlier file as it was), with the mode every output gets (0644 under umask 022;
     safetensors' own ``save_file`` would make it 0600). Raises OSError when it cannot be written.
     """
-    import os
-    import tempfile
-
     from safetensors.torch import save
 
-    from icm_cli.io import output_file_mode
+    from icm_cli.atomic import atomic_write
 
     meta = {"format": FORMAT, "config": model.config.to_json(), **(metadata or {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     data = save(state, metadata=meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), output_file_mode())
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

@@ -13,7 +13,6 @@ import hashlib
 import io as _bytes_io
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from icm_cli.atomic import atomic_write, remove_stale_temp_files
 from icm_cli.process_settings import open_unguarded, opencv_single_threaded
 from icm_cli.video import decode_clip, parse_frame_ref, read_frame, source_file
 
@@ -34,15 +34,6 @@ FILL = np.array([255, 0, 170], np.float32)   # translucent object fill (rare in 
 OUTLINE = (255, 236, 0)                      # mask boundary
 FILL_OPACITY = 0.38
 JPEG_QUALITY = 82
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()  # what a plain open(path, "w") gives (mkstemp makes 0600)
 
 
 @dataclass
@@ -173,16 +164,7 @@ def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def _save_jpeg(path: Path, array: np.ndarray) -> None:
     buf = _bytes_io.BytesIO()
     Image.fromarray(array).save(buf, format="JPEG", quality=JPEG_QUALITY)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, buf.getvalue())
 
 
 def _reason(exc: BaseException) -> str:
@@ -290,6 +272,7 @@ class ThumbnailCache:
     def get_all(self, jobs: list[tuple[Job, bool]], workers: int = 0) -> list[Thumbs]:
         """Thumbnails for ``(job, expect_source)`` pairs, in order; stale or missing ones are made in parallel."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_files(self.folder)  # what a killed run left
         sigs = [signature(job) for job, _ in jobs]
         results: list[Thumbs | None] = [self._cached(job, sig) for (job, _), sig in zip(jobs, sigs)]
         todo = [i for i, r in enumerate(results) if r is None]

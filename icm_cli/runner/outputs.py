@@ -12,6 +12,27 @@ from icm_cli import io, render
 from icm_cli.config import OUTPUT_KINDS, OutputConfig
 
 
+def output_folder(root: Path, kind: str) -> Path:
+    """``root/<kind>``: the folder one kind of PNG output (``masks``, ``alpha``, ...) is written to.
+    Every module that finds a run's outputs asks here (or :meth:`OutputPlan.paths`)."""
+    return Path(root) / kind
+
+
+def output_path(root: Path, kind: str, stem: str) -> Path:
+    """``root/<kind>/<stem>.png``: one source's output of one kind."""
+    return output_folder(root, kind) / f"{stem}.png"
+
+
+#: The PNG kind ``icm eval --kind`` scores in a propagate output folder.
+_SCORED_KIND = {"mask": "masks", "alpha": "alpha"}
+
+
+def scored_folder_name(kind: str) -> str:
+    """The name of the folder ``icm eval --kind KIND`` scores in a propagate output: ``masks`` for
+    ``mask``, ``alpha`` for ``alpha``."""
+    return output_folder(Path(), _SCORED_KIND[kind]).name
+
+
 @dataclass(frozen=True)
 class OutputPlan:
     """The output folder of a propagate run and what is written per source."""
@@ -25,7 +46,7 @@ class OutputPlan:
         return self.config.kinds
 
     def paths(self, stem: str) -> dict[str, Path]:
-        return {kind: self.root / kind / f"{stem}.png" for kind in self.kinds}
+        return {kind: output_path(self.root, kind, stem) for kind in self.kinds}
 
     def done(self, stem: str) -> bool:
         """Every output of ``stem`` exists (and ``--overwrite`` was not given)."""
@@ -34,12 +55,12 @@ class OutputPlan:
     @property
     def written_folders(self) -> list[Path]:
         """Every folder this kind of run writes into: never read as sources."""
-        return [self.root / kind for kind in OUTPUT_KINDS]
+        return [output_folder(self.root, kind) for kind in OUTPUT_KINDS]
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files killed runs left in the output folders (:func:`io.remove_stale_temp_files`)."""
         folders = {self.root, *(p.parent for p in self.root.glob("*/**/") if p.is_dir())}
-        folders.update(self.root / k for k in self.kinds)
+        folders.update(output_folder(self.root, k) for k in self.kinds)
         return sum(io.remove_stale_temp_files(folder) for folder in folders)
 
     def render(self, image: np.ndarray, result, matte: Callable | None = None) -> dict[str, np.ndarray]:
@@ -63,9 +84,9 @@ class OutputPlan:
             if matte is None:
                 from icm_cli.matting import solve_alpha as matte
             alpha = matte(image, trimap.astype(np.float32) / 255.0)
+            from icm_cli.matting import alpha_to_u8, cutout_rgba
             if "alpha" in kinds:
-                out["alpha"] = (np.clip(alpha, 0, 1) * 255 + 0.5).astype(np.uint8)
+                out["alpha"] = alpha_to_u8(alpha)
             if "cutout" in kinds:
-                from icm_cli.matting import cutout_rgba
                 out["cutout"] = cutout_rgba(image, alpha)
         return out

@@ -12,6 +12,7 @@ from typing import Iterator
 from icm_cli import io
 from icm_cli.runner.batch import BatchRunner, Work
 from icm_cli.runner.outcome import BatchOutcome
+from icm_cli.runner.outputs import output_path
 from icm_cli.video import FrameSequence
 
 
@@ -41,7 +42,7 @@ def run_video(runner: BatchRunner, sequence: FrameSequence, model) -> BatchOutco
                 break
             if isinstance(image, str):
                 continue
-            mask_path = runner.plan.root / "masks" / f"{source.stem}.png"
+            mask_path = output_path(runner.plan.root, "masks", source.stem)
             if index >= start - model.memory_frames and mask_path.exists():
                 model.observe_encoded(model.encode(image), io.read_mask(mask_path) >= 0.5)
             if prime and index == start - 1:
@@ -58,7 +59,7 @@ def _written_alpha(root, stem: str):
     from icm_cli.process_settings import open_unguarded
 
     for kind, channel in (("alpha", None), ("cutout", 3)):
-        path = root / kind / f"{stem}.png"
+        path = output_path(root, kind, stem)
         try:
             with open_unguarded(path) as img:  # icm's own output: its size was checked when the source was read
                 pixels = np.asarray(img)

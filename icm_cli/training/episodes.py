@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Callable
 
 import numpy as np
 
+from icm_cli.atomic import atomic_file, atomic_write, remove_stale_temp_files
 from icm_cli.training.layout import MIN_REFERENCE_SHARE, Group
 
 KINDS = ("pair", "pasted", "augmented", "refine")
@@ -310,9 +310,8 @@ def _worker(args: tuple) -> int:
         prop.set_references([(image, reference_of(first, image, mask))])
         for plan in todo:
             arrays = make_episode(prop, data, plan, io.read_image, io.read_mask)
-            tmp = folder / f".{plan.index:05d}.{os.getpid()}.tmp.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, folder / f"{plan.index:05d}.npz")
+            with atomic_file(folder / f"{plan.index:05d}.npz") as fh:
+                np.savez(fh, **arrays)
             done += 1
     return done
 
@@ -332,6 +331,7 @@ def build_episodes(data: Path, cache: Path, plans: list[EpisodePlan], workers: i
     is called as batches finish."""
     folder = cache / "episodes"
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(folder)  # what a killed run left
     by_ref: dict[tuple, list[EpisodePlan]] = {}
     for p in plans:
         key = (p.ref, p.ref_mask, p.seed if p.kind == "refine" else 0)
@@ -359,9 +359,7 @@ def build_episodes(data: Path, cache: Path, plans: list[EpisodePlan], workers: i
 
 def save_plan(cache: Path, plans: list[EpisodePlan], meta: dict) -> None:
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".plan.{os.getpid()}.json"
-    tmp.write_text(json.dumps({"meta": meta, "episodes": [dataclasses.asdict(p) for p in plans]}))
-    os.replace(tmp, cache / "plan.json")
+    atomic_write(cache / "plan.json", json.dumps({"meta": meta, "episodes": [dataclasses.asdict(p) for p in plans]}))
 
 
 def load_plan(cache: Path) -> tuple[list[EpisodePlan], dict]:

@@ -261,7 +261,9 @@ def validate(model: MaskDecoder, data: EpisodeSet, seed: int = 0) -> dict[str, d
 def save_checkpoint(path: Path, model: MaskDecoder, opt: torch.optim.Optimizer, step: int,
                     rng: np.random.Generator, meta: dict[str, str]) -> None:
     """Weights, optimiser state, step and random state: safetensors, written atomically."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from icm_cli.atomic import atomic_write
 
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     state = opt.state_dict()
@@ -270,10 +272,8 @@ def save_checkpoint(path: Path, model: MaskDecoder, opt: torch.optim.Optimizer, 
             tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
     meta = {**meta, "step": str(step), "rng": json.dumps(rng.bit_generator.state),
             "param_groups": json.dumps(state["param_groups"])}
-    tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
+    atomic_write(path, save(tensors, metadata=meta), mode=0o600)  # private, as safetensors' save_file made it
 
 
 def load_checkpoint(path: Path, model: MaskDecoder, opt: torch.optim.Optimizer,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,13 +49,13 @@ class Reporter:
 
 def default_cache(data: Path, seed: int, recipe: Recipe) -> Path:
     """Where episodes of ``data`` are kept unless ``--cache`` says: the user's cache folder
-    (``$ICM_CACHE_DIR``, else ``$XDG_CACHE_HOME/icm``, else ``~/.cache/icm``), one folder per
-    data folder, seed and recipe."""
-    root = os.environ.get("ICM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "icm")
+    (:func:`icm_cli.cache.cache_root`: ``$ICM_CACHE_DIR``, else ``$XDG_CACHE_HOME/icm``, else
+    ``~/.cache/icm``, ``~`` expanded in each), one folder per data folder, seed and recipe."""
+    from icm_cli.cache import cache_root
+
     key = hashlib.blake2b(json.dumps([str(data.resolve()), seed, dataclasses.asdict(recipe)]).encode(),
                           digest_size=6).hexdigest()
-    return Path(root) / "train" / f"{data.resolve().name}-{key}"
+    return cache_root() / "train" / f"{data.resolve().name}-{key}"
 
 
 def dataset_options(data: Path) -> dict:
@@ -116,6 +115,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
     Returns the last validation figures (per pool)."""
     import torch
 
+    from icm_cli.atomic import remove_stale_temp_files
     from icm_cli.predict.decoder import save_decoder
     from icm_cli.training.episodes import episode_settings
     from icm_cli.training.fit import fit
@@ -126,6 +126,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
     if not fs.pool_weights and isinstance(extra.get("pool_weights"), dict):
         fs = dataclasses.replace(fs, pool_weights={str(k): float(v) for k, v in extra["pool_weights"].items()})
     cache = cache or default_cache(data, fs.seed, options.recipe)
+    remove_stale_temp_files(cache)  # what a killed run left: a checkpoint or plan half written
     groups = read_layout(data, options.val_share, fs.seed)
     for g in groups:
         for w in g.warnings:
@@ -160,6 +161,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
             "backbone": "efficientnet-lite0", "fit": fs.to_json(),
             "recipe": json.dumps(dataclasses.asdict(options.recipe)), "init": options.init,
             "val": json.dumps(figures), "torch": torch.__version__}
+    remove_stale_temp_files(Path(out).parent)
     try:
         save_decoder(model, out, meta)
     except OSError as exc:  # checked writable before training; a disk that filled up since, say
