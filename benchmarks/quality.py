@@ -97,7 +97,7 @@ def run_icm(cases, variants, backbone_name):
     from icm_cli import io
     from icm_cli.backbones import create_backbone
     from icm_cli.metrics import boundary_f
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     torch.set_grad_enabled(False)
     net = create_backbone(backbone_name)
@@ -261,7 +261,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (the shared evaluation data is not on this machine)")
         return 0
-    from icm_cli.predict.engine import PropagateSettings
+    from icm_cli.config import PropagateSettings
     settings = parse_settings(PropagateSettings(), args.set)
     print("settings:", dataclasses.asdict(settings))
     variants = {"icm": settings}

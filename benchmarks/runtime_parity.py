@@ -34,7 +34,7 @@ def engines():
 
     from icm_cli.backbones import create_backbone
     from icm_cli.backbones.onnx_trunk import load_trunk
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     torch.set_grad_enabled(False)
     on_torch = create_backbone("efficientnet-lite0")

@@ -65,12 +65,12 @@ def test_the_confidence_follows_the_path_that_made_the_probability(predictor):
     none.set_reference(ref, ref_mask.astype(bool))
     for p, decodes in ((predictor, True), (none, False)):  # the fixture runs the default (learned) decoder
         coarse = p.predict_coarse([src])[0]
-        assert p.engine.decodes(coarse) is decodes
-        _, path_mask, learned = p.engine.finish_path(src, coarse)  # the gate may keep the training-free result
+        assert p.propagator.decodes(coarse) is decodes
+        _, path_mask, learned = p.propagator.finish_path(src, coarse)  # the gate may keep the training-free result
         assert learned is False or decodes
         result = p.finish(src, coarse)
         np.testing.assert_array_equal(result.mask, path_mask)
-        signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.engine.context))
+        signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.propagator.context))
         assert result.confidence == pytest.approx(combine(signals, learned))
         assert result.confidence != pytest.approx(combine(signals, not learned))
 
@@ -79,8 +79,9 @@ def test_the_gate_keeps_whichever_path_is_more_confident(predictor):
     import dataclasses
 
     from icm_cli.predict.confidence import assess
+    from icm_cli.predict.finish import full_size
 
-    engine = predictor.engine
+    engine = predictor.propagator
     gated = engine.settings
     try:
         for seed in (2, 3, 5):
@@ -92,7 +93,7 @@ def test_the_gate_keeps_whichever_path_is_more_confident(predictor):
             engine.settings = dataclasses.replace(gated, gate=True)
             prob, mask, learned = engine.finish_path(src, coarse)
             free_prob = coarse.geometry.to_original(coarse.prob)[0, 0].numpy()
-            free_prob, free_mask = engine._full_size(src, free_prob)
+            free_prob, free_mask = full_size(engine.settings, src, free_prob)
             by_decoder = assess(decoder_prob, decoder_mask, coarse, learned=True).confidence
             training_free = assess(free_prob, free_mask, coarse).confidence
             np.testing.assert_array_equal(mask, decoder_mask if learned else free_mask)
@@ -133,7 +134,7 @@ def test_configs_are_frozen_and_picklable():
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.size = 10
-    assert cfg.engine_settings().grabcut is False and cfg.engine_settings().threshold == 0.4
+    assert cfg.propagate_settings().grabcut is False and cfg.propagate_settings().threshold == 0.4
     assert "device" not in cfg.result_settings() and os.environ is not None
 
 

@@ -15,7 +15,7 @@ names are kept so readers of the ICM code find their way.
 
 What icm runs and what is the seed-compatible API:
 
-- The engine (:mod:`icm_cli.predict.engine`) runs ``roi_tokens``,
+- The propagator (:mod:`icm_cli.predict.propagator`) runs ``roi_tokens``,
   ``cross_attention_heat`` and ``propagate_heat`` (ICM's inter and intra
   heat: the gate of every prediction, the decoder's inputs, ``inspect-attn``),
   ``dilate`` and ``window_padding`` (trimaps, the video window) and

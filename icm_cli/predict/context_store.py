@@ -1,6 +1,6 @@
 """Reference contexts kept between runs: a rerun, a shard or a second folder starts predicting at once.
 
-Building a :class:`~icm_cli.predict.engine.ReferenceContext` costs backbone
+Building a :class:`~icm_cli.predict.context.ReferenceContext` costs backbone
 passes over each reference and its augmented copies and the object head's
 training (seconds on a small CPU). The context is a handful of arrays, so it
 is stored in the cache folder (:mod:`icm_cli.cache`, ``contexts/``) as one
@@ -38,7 +38,7 @@ FORMAT = "icm-context-1"
 #: Engine settings that act only on sources (the fused probability, GrabCut, cleaning), never on the context:
 #: changing them reuses a stored context. Every other field, including ones added later, is part of the key.
 SOURCE_ONLY_SETTINGS = frozenset({"temperature", "head_weight", "grabcut", "grabcut_scale", "clean", "threshold",
-                                  "attention_prior", "source_background"})
+                                  "intra_gate", "source_background"})
 
 
 def reference_digest(image: np.ndarray, mask: np.ndarray) -> str:
@@ -102,7 +102,7 @@ def context_arrays(context) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def context_from_arrays(tensors: dict[str, torch.Tensor], meta: dict[str, str]):
     """The inverse of :func:`context_arrays`; ValueError when the arrays do not make a context."""
-    from icm_cli.predict.engine import ReferenceContext
+    from icm_cli.predict.context import ReferenceContext
     from icm_cli.predict.head import ObjectHead
     from icm_cli.predict.tokens import ReferenceTokens
 

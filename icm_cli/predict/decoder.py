@@ -164,16 +164,16 @@ def decoder_maps(evidence) -> torch.Tensor:
     return torch.cat([by_name[name].float() for name in MAP_CHANNELS], dim=1)
 
 
-def maps_without_head(maps: torch.Tensor, attention_prior: float) -> torch.Tensor:
+def maps_without_head(maps: torch.Tensor, intra_gate: float) -> torch.Tensor:
     """``[B, M, h, w]`` maps of a run with an object head -> the maps the engine makes without one:
     the head channel repeats the nearest-neighbour contrast and the fused probability is that
-    contrast gated by the intra heat (``attention_prior`` as in the engine's settings).
+    contrast gated by the intra heat (``intra_gate`` as in the engine's settings).
     Training shows some episodes this way so that ``--head-steps 0`` is served too."""
     i = {n: k for k, n in enumerate(MAP_CHANNELS)}
     out = maps.clone()
     nearest = maps[:, i["nearest"]]
     out[:, i["head"]] = nearest
-    gate = (maps[:, i["intra"]] / attention_prior).clamp(max=1.0) if attention_prior > 0 else 1.0
+    gate = (maps[:, i["intra"]] / intra_gate).clamp(max=1.0) if intra_gate > 0 else 1.0
     out[:, i["prob"]] = nearest * gate
     return out
 

@@ -1,6 +1,6 @@
 """What the engine found in one source: its in-context evidence, typed.
 
-:meth:`Propagator.evidence <icm_cli.predict.engine.Propagator.evidence>` builds
+:meth:`Propagator.evidence <icm_cli.predict.propagator.Propagator.evidence>` builds
 one :class:`Evidence` per source, for still images, video frames and the
 attention maps of ``icm inspect-attn`` alike. The learned decoder, the
 confidence and the decoder's training read it; nothing else looks inside.
