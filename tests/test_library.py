@@ -208,3 +208,35 @@ def test_predicting_too_early_or_on_an_unusable_array_raises_an_icm_error_that_k
         assert issubclass(kind, IcmError), kind
     assert issubclass(ArrayError, ValueError) and issubclass(NotReadyError, RuntimeError)
     assert issubclass(RuntimeUnavailable, ValueError)
+
+
+def test_the_old_engine_name_warns_and_the_runner_plumbing_is_on_the_pipeline(predictor):
+    from icm_cli.pipeline import PipelineAdapter
+
+    with pytest.warns(DeprecationWarning, match="propagator"):
+        assert predictor.engine is predictor.propagator
+    assert isinstance(predictor.pipeline, PipelineAdapter) and predictor.pipeline.predictor is predictor
+    src, _ = textured_scene(72, 96, (10, 30, 36, 40), seed=2)
+    pipe = predictor.pipeline
+    split = pipe.finish(src, pipe.predict_coarse([src], encoded=pipe.encode_batch([src]))[0])
+    whole = predictor.predict(src)
+    np.testing.assert_array_equal(split.mask, whole.mask)
+    np.testing.assert_array_equal(split.probability, whole.probability)
+    assert split.confidence == whole.confidence
+
+
+def test_the_contrast_temperature_sets_the_nearest_neighbour_probability():
+    """sigmoid((sim_fg - sim_bg) / CONTRAST_TEMPERATURE), known answer: the cell (0.8, 0.6) has similarity
+    0.8 to the object token (1, 0) and 0.6 to the background one (0, 1): sigmoid(0.2 / 0.05) = 0.982
+    (core's 0.1 would give 0.881)."""
+    import math
+
+    import torch
+
+    from icm_cli.config import CONTRAST_TEMPERATURE, PropagateSettings
+    from icm_cli.predict.nearest import contrast_probability
+
+    ft = torch.tensor([0.8, 0.6]).reshape(1, 2, 1, 1)
+    prob = contrast_probability(ft, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), k=1)
+    assert float(prob) == pytest.approx(1 / (1 + math.exp(-4.0)), abs=5e-3)  # bfloat16 products on some CPUs
+    assert PropagateSettings().temperature == CONTRAST_TEMPERATURE == 0.05

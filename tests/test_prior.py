@@ -168,11 +168,15 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     encoded = video.encode(second)
     assert encoded.found is not None
     ahead = video.predict_encoded(encoded)
+    # the video's prior weight is the evidence's from its construction; the evidence found ahead is not changed
+    assert ahead.prior_weight == VideoConfig().prior_weight != 1.0 and encoded.found.prior_weight == 1.0
     engine = predictor.propagator
     geo = encoded.geometry
     window = video.temporal.window(tuple(encoded.features.ft.shape[-2:]))
     assert window is not None and not bool(window.all())  # the window does cut the search
-    at_once = engine.evidence(encoded.features, geo, prior=video.temporal.prior(geo), window=window)[0]
+    at_once = engine.evidence(encoded.features, geo, prior=video.temporal.prior(geo), window=window,
+                              prior_weight=video.config.prior_weight)[0]
+    assert at_once.prior_weight == ahead.prior_weight
     for name in ("prob", "nearest", "sim_fg", "sim_bg", "head", "inter", "intra", "base", "prior", "window"):
         assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
     assert video.finish(second, ahead).mask.tolist() == video.finish(second, at_once).mask.tolist()

@@ -26,7 +26,7 @@ What icm runs and what is the seed-compatible API:
   paper code's names and contracts, kept for readers and for experiments,
   not called by any command. ``tests/test_core_attention.py`` checks that
   ``TrainingFreeAttention`` computes the same inter and intra heat as the
-  engine on a shared grid, so the two cannot drift apart. icm's learned
+  propagator on a shared grid, so the two cannot drift apart. icm's learned
   part is :mod:`icm_cli.predict.decoder`, not :mod:`.modules`.
 """
 

@@ -1,7 +1,7 @@
-"""Training episodes: what the decoder reads at run time, made by icm's own engine.
+"""Training episodes: what the decoder reads at run time, made by icm's own propagator.
 
 An episode is a reference (an image and its mask) and a target (an image
-and its true mask). The engine builds the reference context exactly as
+and its true mask). The propagator builds the reference context exactly as
 ``icm propagate`` does (object head included) and records the target's
 evidence as the decoder reads it (:func:`~icm_cli.predict.decoder.decoder_maps`,
 the stride-4 level, the reference prototypes). Kinds:
@@ -318,7 +318,7 @@ def _worker(args: tuple) -> int:
 
 
 def episode_settings():
-    """The engine settings episodes are made with: ``icm propagate``'s defaults, training-free maps."""
+    """The propagator settings episodes are made with: ``icm propagate``'s defaults, training-free maps."""
     from icm_cli.config import PropagateSettings
 
     return dataclasses.replace(PropagateSettings(), decoder="none")

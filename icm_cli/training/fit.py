@@ -11,7 +11,7 @@ uniformly, an episode of that group uniformly. A sample is shown
   earlier frame (sequences), the current decoder's own prediction of an
   earlier frame (chained episodes: it learns to recover from its drift),
   or a random corruption of the target's truth;
-- with one group of its in-context maps replaced by what a weaker engine
+- with one group of its in-context maps replaced by what a weaker propagator
   would give (``channel_dropout``), so it does not lean on one signal.
 
 Loss: BCE + soft IoU against the mask area-averaged onto the stride-4
@@ -148,7 +148,7 @@ def choose_prior(plan: EpisodePlan, item: dict[str, np.ndarray], rng: np.random.
 
 def drop_channels(maps: torch.Tensor, rng: np.random.Generator, share: float) -> torch.Tensor:
     """``[M, h, w]`` maps with, for ``share`` of the samples, one kind of evidence replaced by what an
-    engine without it makes: the head by the nearest-neighbour map (and vice versa), ICM's heat by 1,
+    propagator without it makes: the head by the nearest-neighbour map (and vice versa), ICM's heat by 1,
     the similarities by their mean."""
     if share <= 0 or rng.random() >= share:
         return maps
