@@ -64,11 +64,11 @@ def test_the_confidence_follows_the_path_that_made_the_probability(predictor):
     ref, ref_mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
     none.set_reference(ref, ref_mask.astype(bool))
     for p, decodes in ((predictor, True), (none, False)):  # the fixture runs the default (learned) decoder
-        coarse = p.predict_coarse([src])[0]
+        coarse = p.pipeline.predict_coarse([src])[0]
         assert p.propagator.decodes(coarse) is decodes
         _, path_mask, learned = p.propagator.finish_path(src, coarse)  # the gate may keep the training-free result
         assert learned is False or decodes
-        result = p.finish(src, coarse)
+        result = p.pipeline.finish(src, coarse)
         np.testing.assert_array_equal(result.mask, path_mask)
         signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.propagator.context))
         assert result.confidence == pytest.approx(combine(signals, learned))
@@ -86,7 +86,7 @@ def test_the_gate_keeps_whichever_path_is_more_confident(predictor):
     try:
         for seed in (2, 3, 5):
             src, _ = textured_scene(72, 96, (10, 30, 36, 40), seed=seed)
-            coarse = predictor.predict_coarse([src])[0]
+            coarse = predictor.pipeline.predict_coarse([src])[0]
             engine.settings = dataclasses.replace(gated, gate=False)
             decoder_prob, decoder_mask, learned = engine.finish_path(src, coarse)
             assert learned is True
