@@ -3,7 +3,7 @@
     python benchmarks/confidence.py [--sets davis,cows,perseg,demo] [--stride 5] [--video]
                                     [--set head_steps=0] [--dump rows.json] [--from rows.json]
 
-Runs the engine with its default settings on the dev sets of
+Runs the propagator with its default settings on the dev sets of
 benchmarks/quality.py (DAVIS-2016 dev every ``--stride``-th frame with frame 0
 as the reference, MSRC cows each cow against the others, PerSeg, and the
 bundled demo), computes every signal of :mod:`icm_cli.predict.confidence`
@@ -214,7 +214,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="davis,cows,perseg,demo")
     ap.add_argument("--stride", type=int, default=5, help="score every Nth DAVIS frame")
-    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--set", action="append", default=[], help="propagator setting override key=value (config.PropagateSettings)")
     ap.add_argument("--video", action="store_true", help="also DAVIS as --video (every frame predicted in order)")
     ap.add_argument("--dump", type=Path, help="write the per-image rows (JSON) here")
     ap.add_argument("--from", dest="from_", type=Path, help="read rows written by --dump instead of running the model")

@@ -3,7 +3,7 @@
     python benchmarks/decoder_dev.py build [--sets davis,cows,perseg,icoseg] [--cache DIR]
     python benchmarks/decoder_dev.py eval --decoder FILE [--decoder none] [--video] [--gate RULE]
 
-``build`` runs icm's engine once (default settings, object head, training-free
+``build`` runs icm's propagator once (default settings, object head, training-free
 maps) on every dev target of ``benchmarks/quality.py``'s protocols and caches
 what a decoder reads, exactly as training episodes are made
 (:func:`icm_cli.training.episodes.target_arrays`). ``eval`` then runs each
@@ -69,7 +69,7 @@ def build(sets: list[str], cache: Path) -> None:
 
 
 def evidence_of(arrays: dict, geo, prior=None, prior_weight: float = 1.0):
-    """The cached arrays as the engine's Evidence (maps in MAP_CHANNELS order)."""
+    """The cached arrays as the propagator's Evidence (maps in MAP_CHANNELS order)."""
     import torch
 
     from icm_cli.predict.evidence import Evidence
@@ -193,7 +193,7 @@ def main() -> int:
     ap.add_argument("--gate", help="conf or conf-margin:M: per image, the decoder or the training-free result")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (not with --video)")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--set", action="append", default=[], help="propagator setting override key=value (config.PropagateSettings)")
     args = ap.parse_args()
     if not quality.DATA.is_dir():
         print(f"skipped: {quality.DATA} not found")

@@ -4,7 +4,7 @@
     python benchmarks/quality.py [--sets davis,cows,perseg,icoseg,demo] [--set key=value ...]
     python benchmarks/quality.py --baseline --variant before:decoder=none --variant after:decoder=builtin
 
-Runs icm's engine with its default settings (or overrides such as
+Runs icm's propagator with its default settings (or overrides such as
 ``--set head_steps=0``) and prints per-sequence / per-object figures and the
 means: DAVIS over all 17 dev sequences and over the first five (blackswan,
 bmx-trees, dance-twirl, car-shadow, kite-surf; comparable with older
@@ -241,7 +241,7 @@ def parse_settings(base, pairs):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="davis,cows,perseg,icoseg,demo")
-    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--set", action="append", default=[], help="propagator setting override key=value (config.PropagateSettings)")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value,key=value (repeatable): settings compared in the same run")
     ap.add_argument("--backbone", default="efficientnet-lite0")
