@@ -92,7 +92,7 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, runtime: str) -> 
     t0 = time.perf_counter()
     predictor.set_references(load_references([str(ref)], [str(mask)]))
     ref_s = time.perf_counter() - t0
-    predictor.engine.backbone_seconds = 0.0
+    predictor.propagator.backbone_seconds = 0.0
     manifest = ManifestWriter(out / "manifest.jsonl")
     runner = BatchRunner(OutputPlan(out), manifest)
     workers = predictor.stream_workers()
@@ -102,7 +102,7 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, runtime: str) -> 
     wall = time.perf_counter() - t0
     manifest.close()
     return {"load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,
-            "backbone_share": predictor.engine.backbone_seconds / wall, "stream_ips": outcome.done / wall,
+            "backbone_share": predictor.propagator.backbone_seconds / wall, "stream_ips": outcome.done / wall,
             "workers": workers}
 
 

@@ -92,7 +92,7 @@ def main() -> int:
     torch.set_grad_enabled(False)
     methods = args.methods.split(",")
     predictor = Predictor(ModelConfig(device="cpu", decoder=args.decoder))
-    net, size = predictor.engine.backbone, predictor.config.size
+    net, size = predictor.propagator.backbone, predictor.config.size
     scores = {(s, k, m): [] for s in args.sets.split(",") for k in CORRUPTIONS for m in ["coarse", *methods]}
     seconds = {m: 0.0 for m in methods}
     count = 0

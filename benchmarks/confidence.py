@@ -3,7 +3,7 @@
     python benchmarks/confidence.py [--sets davis,cows,perseg,demo] [--stride 5] [--video]
                                     [--set head_steps=0] [--dump rows.json] [--from rows.json]
 
-Runs the engine with its default settings on the dev sets of
+Runs the propagator with its default settings on the dev sets of
 benchmarks/quality.py (DAVIS-2016 dev every ``--stride``-th frame with frame 0
 as the reference, MSRC cows each cow against the others, PerSeg, and the
 bundled demo), computes every signal of :mod:`icm_cli.predict.confidence`
@@ -83,7 +83,7 @@ def collect(set_name: str, cases, settings) -> list[dict]:
     from icm_cli import io
     from icm_cli.backbones import create_backbone
     from icm_cli.predict.confidence import reference_area_share
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     torch.set_grad_enabled(False)
     prop = Propagator(create_backbone("efficientnet-lite0"), settings=settings)
@@ -108,7 +108,8 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
     from icm_cli import io
     from icm_cli.backbones import create_backbone
     from icm_cli.predict.confidence import reference_area_share
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
+    from icm_cli.config import VideoConfig
     from icm_cli.predict.temporal import TemporalContext
 
     torch.set_grad_enabled(False)
@@ -119,7 +120,7 @@ def collect_video(settings, stride: int, radius: int = 6) -> list[dict]:
         frames = sorted((root / "JPEGImages" / seq).glob("*.jpg"))
         prop.set_references([(io.read_image(frames[0]), io.read_mask(root / "Annotations" / seq / "00000.png"))])
         ref_area = reference_area_share(prop.context)
-        temporal = TemporalContext(radius=radius)
+        temporal = TemporalContext(VideoConfig(radius=radius, motion=False))
         for index, frame in enumerate(frames):
             image = io.read_image(frame)
             geo, feats = prop.source_features([image])
@@ -213,7 +214,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="davis,cows,perseg,demo")
     ap.add_argument("--stride", type=int, default=5, help="score every Nth DAVIS frame")
-    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--set", action="append", default=[], help="propagator setting override key=value (config.PropagateSettings)")
     ap.add_argument("--video", action="store_true", help="also DAVIS as --video (every frame predicted in order)")
     ap.add_argument("--dump", type=Path, help="write the per-image rows (JSON) here")
     ap.add_argument("--from", dest="from_", type=Path, help="read rows written by --dump instead of running the model")
@@ -226,7 +227,7 @@ def main() -> int:
         report(rows)
         return 0
     quality.FRAME_STRIDE = args.stride
-    from icm_cli.predict.engine import PropagateSettings
+    from icm_cli.config import PropagateSettings
     settings = PropagateSettings()
     for kv in args.set:
         key, value = kv.split("=", 1)

@@ -3,7 +3,7 @@
     python benchmarks/decoder_dev.py build [--sets davis,cows,perseg,icoseg] [--cache DIR]
     python benchmarks/decoder_dev.py eval --decoder FILE [--decoder none] [--video] [--gate RULE]
 
-``build`` runs icm's engine once (default settings, object head, training-free
+``build`` runs icm's propagator once (default settings, object head, training-free
 maps) on every dev target of ``benchmarks/quality.py``'s protocols and caches
 what a decoder reads, exactly as training episodes are made
 (:func:`icm_cli.training.episodes.target_arrays`). ``eval`` then runs each
@@ -43,7 +43,7 @@ def build(sets: list[str], cache: Path) -> None:
 
     from icm_cli import io
     from icm_cli.backbones import create_backbone
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
     from icm_cli.training.episodes import episode_settings, target_arrays
 
     torch.set_grad_enabled(False)
@@ -68,8 +68,8 @@ def build(sets: list[str], cache: Path) -> None:
         (folder / "index.json").write_text(json.dumps(index))
 
 
-def evidence_of(arrays: dict, geo, prior=None):
-    """The cached arrays as the engine's Evidence (maps in MAP_CHANNELS order)."""
+def evidence_of(arrays: dict, geo, prior=None, prior_weight: float = 1.0):
+    """The cached arrays as the propagator's Evidence (maps in MAP_CHANNELS order)."""
     import torch
 
     from icm_cli.predict.evidence import Evidence
@@ -77,7 +77,7 @@ def evidence_of(arrays: dict, geo, prior=None):
     m = torch.from_numpy(arrays["maps"].astype(np.float32))[None]
     one = lambda i: m[:, i:i + 1]  # noqa: E731
     return Evidence(geometry=geo, prob=one(0), nearest=one(1), head=one(2), inter=one(3), intra=one(4),
-                    sim_fg=one(5), sim_bg=one(6), base=one(0), prior=prior,
+                    sim_fg=one(5), sim_bg=one(6), base=one(0), prior=prior, prior_weight=prior_weight,
                     levels={4: torch.from_numpy(arrays["level4"].astype(np.float32))[None]})
 
 
@@ -104,8 +104,9 @@ def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, rad
     from icm_cli import io
     from icm_cli.backbones import create_backbone
     from icm_cli.predict.confidence import assess
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
     from icm_cli.predict.motion import grey_half
+    from icm_cli.config import VideoConfig
     from icm_cli.predict.temporal import TemporalContext
     from icm_cli.training.episodes import episode_settings
 
@@ -138,11 +139,10 @@ def evaluate(cache: Path, sets: list[str], decoders: list[str], video: bool, rad
                 prior = window = None
                 if video:
                     key = (name, e["case"])
-                    tc = temporal.setdefault(key, TemporalContext(radius=radius, motion=motion))
+                    tc = temporal.setdefault(key, TemporalContext(VideoConfig(radius=radius, motion=motion)))
                     prior = tc.prior(geo, grey) if prop.reads_priors else None
                     window = tc.window((geo.padded_h // 8, geo.padded_w // 8))
-                ev = evidence_of(arrays, geo, prior)
-                ev.prior_weight = prior_weight
+                ev = evidence_of(arrays, geo, prior, prior_weight)
                 if window is not None:
                     ev.window = window
                     ev.prob = ev.prob * window
@@ -193,7 +193,7 @@ def main() -> int:
     ap.add_argument("--gate", help="conf or conf-margin:M: per image, the decoder or the training-free result")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (not with --video)")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--set", action="append", default=[], help="propagator setting override key=value (config.PropagateSettings)")
     args = ap.parse_args()
     if not quality.DATA.is_dir():
         print(f"skipped: {quality.DATA} not found")

@@ -4,7 +4,7 @@
     python benchmarks/quality.py [--sets davis,cows,perseg,icoseg,demo] [--set key=value ...]
     python benchmarks/quality.py --baseline --variant before:decoder=none --variant after:decoder=builtin
 
-Runs icm's engine with its default settings (or overrides such as
+Runs icm's propagator with its default settings (or overrides such as
 ``--set head_steps=0``) and prints per-sequence / per-object figures and the
 means: DAVIS over all 17 dev sequences and over the first five (blackswan,
 bmx-trees, dance-twirl, car-shadow, kite-surf; comparable with older
@@ -97,7 +97,7 @@ def run_icm(cases, variants, backbone_name):
     from icm_cli import io
     from icm_cli.backbones import create_backbone
     from icm_cli.metrics import boundary_f
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     torch.set_grad_enabled(False)
     net = create_backbone(backbone_name)
@@ -241,7 +241,7 @@ def parse_settings(base, pairs):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="davis,cows,perseg,icoseg,demo")
-    ap.add_argument("--set", action="append", default=[], help="engine setting override key=value")
+    ap.add_argument("--set", action="append", default=[], help="propagator setting override key=value (config.PropagateSettings)")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME:key=value,key=value (repeatable): settings compared in the same run")
     ap.add_argument("--backbone", default="efficientnet-lite0")
@@ -261,7 +261,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (the shared evaluation data is not on this machine)")
         return 0
-    from icm_cli.predict.engine import PropagateSettings
+    from icm_cli.config import PropagateSettings
     settings = parse_settings(PropagateSettings(), args.set)
     print("settings:", dataclasses.asdict(settings))
     variants = {"icm": settings}

@@ -2,7 +2,7 @@
 
     python benchmarks/runtime_parity.py [--sets davis,cows,perseg] [--threads 1] [--stride 1]
 
-Builds the default engine twice on one set of weights: the backbone on
+Builds the default propagator twice on one set of weights: the backbone on
 torch, and on ONNX Runtime (the cached export of the same module,
 ``--runtime onnx``). Each case's reference context is built by each, each
 target predicted by each (default settings, learned decoder, GrabCut), and
@@ -34,7 +34,7 @@ def engines():
 
     from icm_cli.backbones import create_backbone
     from icm_cli.backbones.onnx_trunk import load_trunk
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     torch.set_grad_enabled(False)
     on_torch = create_backbone("efficientnet-lite0")

@@ -23,6 +23,10 @@ DEFAULT_DECODER = "auto"
 #: (about 16k x 16k); ``--max-pixels`` changes it.
 DEFAULT_MAX_PIXELS = 260_000_000
 
+#: How ``icm refine`` / :meth:`Predictor.refine <icm_cli.predictor.Predictor.refine>` refine a coarse mask:
+#: the learned decoder, ICM's training-free attention vote, or auto (the decoder when it reads priors).
+REFINE_METHODS = ("auto", "decoder", "attention")
+
 #: Methods :func:`icm_cli.matting.solve_alpha` accepts, default first.
 MATTE_METHODS = ("sm-cf", "cf", "lbdm", "knn", "rw", "lkm", "sm")
 DEFAULT_MATTE_METHOD = "sm-cf"
@@ -58,6 +62,13 @@ def batch_size_for(requested: int, on_gpu: bool) -> int:
     return GPU_BATCH_SIZE if on_gpu else CPU_BATCH_SIZE
 
 
+#: Sharpness of icm's cosine-similarity contrasts: the fg-vs-bg nearest-neighbour probability
+#: ``sigmoid((sim_fg - sim_bg) / T)``, the attention of one reference point (``inspect-attn --point``)
+#: and EfficientNet's self-attention over its own cells. Not ``icm_cli.core.DEFAULT_TEMPERATURE``
+#: (0.1): that one softens ICM's training-free attention vote (``icm refine --method attention``), a
+#: different knob tuned on its own; both were measured on the dev data and changing either moves masks.
+CONTRAST_TEMPERATURE = 0.05
+
 #: The working short side and the object head's steps: the defaults of both settings layers.
 DEFAULT_SIZE = 384
 DEFAULT_HEAD_STEPS = 100
@@ -65,17 +76,17 @@ DEFAULT_HEAD_STEPS = 100
 
 @dataclass
 class PropagateSettings:
-    """Every knob of the propagation engine (:class:`~icm_cli.predict.engine.Propagator`), torch-free.
+    """Every knob of the propagation model (:class:`~icm_cli.predict.propagator.Propagator`), torch-free.
 
     Defaults were chosen by measurement on the dev data (see benchmarks/quality.py).
-    :meth:`ModelConfig.engine_settings` derives them from the user-facing knobs;
+    :meth:`ModelConfig.propagate_settings` derives them from the user-facing knobs;
     ``threshold`` here is the one used where GrabCut is off, while
     ``ModelConfig.threshold`` None means "GrabCut decides"."""
 
     size: int = DEFAULT_SIZE   # short side of the working size, in pixels
     min_size: int = 320        # small images are upscaled to at most this short side
     k: int = 5                 # nearest neighbours averaged per side
-    temperature: float = 0.05  # sharpness of the fg-vs-bg contrast
+    temperature: float = CONTRAST_TEMPERATURE  # sharpness of the fg-vs-bg contrast
     head_steps: int = DEFAULT_HEAD_STEPS  # test-time-trained object head: optimiser steps (0 = no head)
     augmentations: int = 4     # augmented copies of each reference for the head (8: same quality, 2x set-up)
     head_batch: int = 4096     # cells per optimiser step
@@ -85,7 +96,7 @@ class PropagateSettings:
     grabcut_scale: float = 0.5
     clean: bool = True         # fill holes, drop components without a confident core
     threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
-    attention_prior: float = 0.1   # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
+    intra_gate: float = 0.1    # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
     source_background: bool = True  # lend each source its own clear background (see nearest.py)
     background_quantile: float = 0.1
     decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
@@ -130,8 +141,8 @@ class ModelConfig:
         """
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "runtime")}
 
-    def engine_settings(self):
-        """The engine's full :class:`PropagateSettings` for this config."""
+    def propagate_settings(self) -> PropagateSettings:
+        """The propagator's full :class:`PropagateSettings` for this config."""
         settings = PropagateSettings(size=self.size, head_steps=self.head_steps, decoder=self.decoder)
         if self.threshold is not None:
             return dataclasses.replace(settings, grabcut=False, threshold=self.threshold)

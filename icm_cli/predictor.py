@@ -9,26 +9,27 @@
         mask = video.step(frame).mask
 
 Images may be paths, PIL images or ``[H, W, 3]`` uint8 arrays; masks paths,
-PIL images or ``[H, W]`` arrays (bool, 0/1, 0/255). Each public method has a
-twin the batch runner uses to overlap the backbone with the full-size
-finishing on two threads: :meth:`Predictor.predict_coarse` (the feature-grid
-probability) and :meth:`Predictor.finish` (full size).
+PIL images or ``[H, W]`` arrays (bool, 0/1, 0/255). The batch runner, which
+overlaps the backbone with the full-size finishing on several threads, splits
+each step through :attr:`Predictor.pipeline` (:mod:`icm_cli.pipeline`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from icm_cli.config import DEFAULT_TRIMAP_KERNEL, ModelConfig, VideoConfig
+from icm_cli.config import CONTRAST_TEMPERATURE, DEFAULT_TRIMAP_KERNEL, ModelConfig, VideoConfig
 from icm_cli.errors import NotReadyError, SettingError
 from icm_cli.core import peak_normalise
-from icm_cli.predict.engine import Propagator, to_tensor
+from icm_cli.pipeline import Encoded, PipelineAdapter, VideoPipeline
+from icm_cli.predict.context import to_tensor
 from icm_cli.predict.evidence import Evidence
+from icm_cli.predict.propagator import Propagator
 from icm_cli.references import Reference, as_image, as_mask, check_reference
 
 
@@ -77,18 +78,6 @@ class AttentionMaps:
     point: np.ndarray | None = None
 
 
-@dataclass
-class Encoded:
-    """A frame's backbone output (and, for the motion cue, its half-size grey image), kept until
-    the previous frame's mask is known; without a memory of earlier frames also its evidence
-    before the window and prior (all of the frame's search that does not wait for that mask)."""
-
-    geometry: object
-    features: object
-    grey: np.ndarray | None = None
-    found: Evidence | None = None
-
-
 class Predictor:
     """In-context segmentation with one model: references in, masks out.
 
@@ -96,7 +85,7 @@ class Predictor:
     :class:`~icm_cli.config.ModelConfig`); keyword arguments override its
     fields (``Predictor(device="cpu", size=480)``). ``settings`` (for
     experiments, e.g. ``benchmarks/quality.py --set k=3``) replaces the
-    engine's :class:`~icm_cli.predict.engine.PropagateSettings` derived from
+    model's :class:`~icm_cli.config.PropagateSettings` derived from
     ``config``. Building loads the backbone's weights; raises
     :class:`~icm_cli.backbones.WeightsError` or
     :class:`~icm_cli.device.DeviceError` with a one-line reason.
@@ -116,13 +105,22 @@ class Predictor:
         backbone = create_backbone(config.backbone, config.weights)
         #: What runs the backbone ("onnx" or "torch") and, when ``auto`` fell back to torch, why.
         self.runtime, self.runtime_note = attach(backbone, config.runtime, self.device.type)
-        self.engine = Propagator(backbone, device=self.device,
-                                 dtype=default_dtype(self.device), settings=settings or config.engine_settings())
+        #: The model itself (:class:`~icm_cli.predict.propagator.Propagator`).
+        self.propagator = Propagator(backbone, device=self.device, dtype=default_dtype(self.device),
+                                     settings=settings or config.propagate_settings())
+        #: The batch runner's split step (:class:`~icm_cli.pipeline.PipelineAdapter`).
+        self.pipeline = PipelineAdapter(self)
         #: Reference contexts are kept in the cache folder and reused (see predict/context_store.py).
         self.reference_cache = reference_cache
         self.reused_context = False
         self.references: list[Reference] = []
-        self._reference_area: float | None = None  # the references' object share, for the confidence
+        self.reference_area: float | None = None  # the references' object share, for the confidence
+
+    @property
+    def engine(self) -> Propagator:
+        """Deprecated name of :attr:`propagator` ("engine" now names only ``--engine``'s back-ends)."""
+        warnings.warn("Predictor.engine is now Predictor.propagator", DeprecationWarning, stacklevel=2)
+        return self.propagator
 
     # ------------------------------------------------------------ references
     def set_reference(self, image, mask) -> None:
@@ -152,14 +150,9 @@ class Predictor:
         store = context_store.ContextStore.default() if self.reference_cache else None
         with torch.no_grad():
             self.reused_context = context_store.set_references(
-                self.engine, [(r.image, r.mask) for r in refs], self.runtime, store)
+                self.propagator, [(r.image, r.mask) for r in refs], self.runtime, store)
         self.references = refs
-        self._reference_area = reference_area_share(self.engine.context)
-
-    def cell_pixels(self, reference: Reference) -> float:
-        """The side of one feature cell in ``reference``'s own pixels."""
-        geo = self.engine.geometry_for(*reference.image.shape[:2])
-        return self.engine.backbone.stride * reference.image.shape[0] / geo.resized_h
+        self.reference_area = reference_area_share(self.propagator.context)
 
     # ------------------------------------------------------------ images
     def predict(self, image, prior=None) -> Result:
@@ -167,7 +160,7 @@ class Predictor:
         another tool's), which a decoder that reads priors weighs against the evidence."""
         img = as_image(image)
         priors = None if prior is None else [self._prior_mask(prior, img)]
-        return self.finish(img, self.predict_coarse([img], priors=priors)[0])
+        return self.pipeline.finish(img, self.pipeline.predict_coarse([img], priors=priors)[0])
 
     @staticmethod
     def _prior_mask(prior, image: np.ndarray) -> np.ndarray:
@@ -187,87 +180,94 @@ class Predictor:
         for i, img in enumerate(imgs):
             by_shape.setdefault(img.shape, []).append(i)
         for idx in by_shape.values():
-            for i, coarse in zip(idx, self.predict_coarse([imgs[i] for i in idx])):
-                out[i] = self.finish(imgs[i], coarse)
+            for i, coarse in zip(idx, self.pipeline.predict_coarse([imgs[i] for i in idx])):
+                out[i] = self.pipeline.finish(imgs[i], coarse)
         return out
 
-    def predict_coarse(self, images: list[np.ndarray], encoded=None, priors: list | None = None) -> list[Evidence]:
-        """The feature-grid :class:`~icm_cli.predict.evidence.Evidence` of same-size ``[H, W, 3]`` uint8
-        images (one forward pass; none when ``encoded``, what :meth:`encode_batch` returned for them, is
-        given); ``priors``: a ``[H, W]`` bool prior mask or None per image."""
-        self.check_ready()
-        with torch.no_grad():
-            return self.engine.predict_grid(images, priors if self.engine.reads_priors else None,
-                                            features=encoded)
+    # The runner's plumbing, on :attr:`pipeline` now; these delegations keep ``runner/`` working until it
+    # calls the adapter itself (then they go).
+    def predict_coarse(self, images, encoded=None, priors=None) -> list[Evidence]:
+        return self.pipeline.predict_coarse(images, encoded=encoded, priors=priors)
 
-    def encode_batch(self, images: list[np.ndarray]):
-        """The backbone's part of :meth:`predict_coarse` for same-size images (the runner's model thread);
-        the rest runs in ``predict_coarse(images, encoded=...)`` on a finishing thread."""
-        self.check_ready()
-        with torch.no_grad():
-            return self.engine.source_features(images)
+    def encode_batch(self, images):
+        return self.pipeline.encode_batch(images)
 
     def stream_workers(self) -> int:
-        """Finishing threads for a stream of sources: on a CPU one per core torch may use (the backbone's
-        thread then runs only the backbone, the finishing threads the rest), at most 16 (each holds about
-        two sources in memory); 1 on a GPU."""
-        return min(16, max(1, torch.get_num_threads())) if self.device.type == "cpu" else 1
+        return self.pipeline.stream_workers()
 
-    @contextlib.contextmanager
     def streaming(self, workers: int):
-        """While ``workers`` finishing threads run, torch computes on one thread in each of them: the
-        threads themselves use the cores (ONNX Runtime keeps its own pool for the backbone)."""
-        threads = torch.get_num_threads()
-        if workers > 1 and self.device.type == "cpu":
-            torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+        return self.pipeline.streaming(workers)
 
     def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
-        """The full-size :class:`Result` of a coarse prediction (GrabCut, cleaning, confidence); thread-safe."""
-        from icm_cli.predict.confidence import assess
+        return self.pipeline.finish(image, coarse)
 
-        prob, mask, learned = self.engine.finish_path(image, coarse)
-        quality = assess(prob, mask, coarse, self._reference_area, learned=learned)
-        return Result(probability=prob, mask=mask, confidence=quality.confidence)
+    def cell_pixels(self, reference: Reference) -> float:
+        return self.pipeline.cell_pixels(reference)
 
     # ------------------------------------------------------------ refinement
-    def refine(self, image, coarse_mask) -> Result:
+    def refine(self, image, coarse_mask, method: str = "decoder", *, iterations: int = 3,
+               score: str = "classification") -> Result:
         """A better mask from a rough one (a brush mask, a box, another tool's output).
 
-        The coarse mask is the decoder's prior, and the image's own features
-        under it are the in-context reference, so the decoder can outvote what
+        method ``decoder``: the coarse mask is the decoder's prior, and the image's own
+        features under it are the in-context reference, so the decoder can outvote what
         the mask wrongly includes or leaves out; references set with
         :meth:`set_reference` join that context. Needs a decoder that reads
-        priors (the built-in one does); raises ValueError otherwise, and
-        :class:`~icm_cli.io.InputError` for an empty mask or one of another size.
+        priors (the built-in one does); raises :class:`~icm_cli.errors.SettingError` otherwise.
+        ``attention``: ICM's training-free attention vote on the backbone's own attention grid, no
+        decoder and no reference (``iterations`` at most, ``score``: classification, softmax or ratio);
+        only the cells whose label changes are rewritten, so the mask's own edges stay where attention
+        agrees; its result's probability is the mask itself and its confidence None. ``auto``: the
+        decoder when it reads priors, else attention. Raises :class:`~icm_cli.io.InputError` for an
+        empty mask or one of another size.
         """
+        from icm_cli.config import REFINE_METHODS
         from icm_cli.io import InputError
         from icm_cli.predict.confidence import assess, reference_area_share
 
-        engine = self.engine
-        if not engine.reads_priors:
+        propagator = self.propagator
+        if method not in REFINE_METHODS:
+            raise SettingError(f"the refine method is one of {', '.join(REFINE_METHODS)} (got {method!r})")
+        if method == "auto":
+            method = "decoder" if propagator.reads_priors else "attention"
+        if method == "decoder" and not propagator.reads_priors:
             raise SettingError("learned refinement needs a decoder that reads prior masks (--decoder auto or "
                              "builtin with efficientnet-lite0); --method attention works without one")
-        img, coarse = as_image(image), as_mask(coarse_mask) >= 0.5
+        img, soft = as_image(image), as_mask(coarse_mask)
+        coarse = soft >= 0.5
         if coarse.shape != img.shape[:2]:
             raise InputError(f"the coarse mask is {coarse.shape[1]}x{coarse.shape[0]} but the image is "
                              f"{img.shape[1]}x{img.shape[0]}")
         if not coarse.any():
             raise InputError("the coarse mask is empty: nothing to refine")
+        if method == "attention":
+            return self._refine_by_attention(img, soft, iterations, score)
         pairs = [(img, coarse.astype(np.float32))] + [(r.image, r.mask) for r in self.references]
         with torch.no_grad():
-            context = engine.build_context(pairs)
-            geo, feats = engine.source_features([img])
-            evidence = engine.evidence(feats, geo, prior=engine.prior_on_grid(coarse, geo), context=context)[0]
-            prob, mask, learned = engine.finish_path(img, evidence, context=context)
+            context = propagator.build_context(pairs)
+            geo, feats = propagator.source_features([img])
+            evidence = propagator.evidence(feats, geo, prior=propagator.prior_on_grid(coarse, geo),
+                                           context=context)[0]
+            prob, mask, learned = propagator.finish_path(img, evidence, context=context)
         quality = assess(prob, mask, evidence, reference_area_share(context), learned=learned)
         return Result(probability=prob, mask=mask, confidence=quality.confidence)
 
+    def _refine_by_attention(self, image: np.ndarray, coarse: np.ndarray, iterations: int, score: str) -> Result:
+        """:meth:`refine`'s ``attention`` method: ``coarse`` ``[H, W]`` float in [0, 1], checked."""
+        from icm_cli.core import SCORE_TYPES
+        from icm_cli.predict.selfattention import refine_mask_with_attention
+
+        if score not in SCORE_TYPES:
+            raise SettingError(f"the attention score is one of {', '.join(SCORE_TYPES)} (got {score!r})")
+        if iterations < 1:
+            raise SettingError(f"refinement takes at least 1 iteration (got {iterations})")
+        p = self.propagator
+        refined, _ = refine_mask_with_attention(p.backbone, image, coarse, p.settings.size, iterations, score,
+                                                p.device, p.dtype)
+        return Result(probability=refined.astype(np.float32), mask=refined, confidence=None)
+
     def check_ready(self) -> None:
-        if self.engine.context is None:
+        if self.propagator.context is None:
             raise NotReadyError("set_reference() must come before predict()")
 
     # ------------------------------------------------------------ attention
@@ -276,27 +276,27 @@ class Predictor:
         self.check_ready()
         img = as_image(image)
         with torch.no_grad():
-            evidence, features = self.engine.attention_maps([img])[0]
+            evidence, features = self.propagator.attention_maps([img])[0]
             full = lambda grid: evidence.geometry.to_original(grid)[0, 0].numpy()  # noqa: E731
             point_map = None
             if point is not None:
                 point_map = full(self._point_attention(point, features))
-            result = self.finish(img, evidence)
+            result = self.pipeline.finish(img, evidence)
             return AttentionMaps(inter=full(evidence.inter), intra=full(evidence.intra), result=result,
                                  point=point_map)
 
     def _point_attention(self, point: tuple[int, int], source_ft: torch.Tensor,
-                         temperature: float = 0.05) -> torch.Tensor:
+                         temperature: float = CONTRAST_TEMPERATURE) -> torch.Tensor:
         """Softmax attention of one reference location over the source grid.
 
         source_ft ``[1, C, h, w]``; returns ``[1, 1, h, w]`` scaled to peak 1.
         """
-        if not getattr(self.engine, "reference_features", None):  # a stored context keeps no feature maps
+        if not getattr(self.propagator, "reference_features", None):  # a stored context keeps no feature maps
             first = self.references[0].image
-            geo = self.engine.geometry_for(*first.shape[:2])
+            geo = self.propagator.geometry_for(*first.shape[:2])
             with torch.no_grad():
-                self.engine.reference_features = [(self.engine.features(geo.to_canvas(to_tensor(first))).ft[0].cpu(), geo)]
-        ref_ft, geo = self.engine.reference_features[0]
+                self.propagator.reference_features = [(self.propagator.features(geo.to_canvas(to_tensor(first))).ft[0].cpu(), geo)]
+        ref_ft, geo = self.propagator.reference_features[0]
         x, y = point
         if not (0 <= x < geo.orig_w and 0 <= y < geo.orig_h):
             raise SettingError(f"the point {x},{y} lies outside the first reference ({geo.orig_w}x{geo.orig_h})")
@@ -322,68 +322,49 @@ class VideoPredictor:
 
     :meth:`step` predicts a frame and remembers its mask for the next;
     :meth:`observe` tells it a frame's true mask instead (a correction, or
-    the written masks of a resumed run). The twin API for the runner splits
-    a step: :meth:`encode` (the backbone, independent of earlier frames),
-    :meth:`predict_encoded`, :meth:`finish` and :meth:`observe_encoded`.
+    the written masks of a resumed run). The runner splits a step through
+    :attr:`pipeline` (:class:`~icm_cli.pipeline.VideoPipeline`).
     """
 
     def __init__(self, predictor: Predictor, config: VideoConfig) -> None:
-        from icm_cli.predict.temporal import TemporalContext
-
         self.predictor = predictor
         self.config = config
-        self.temporal = TemporalContext(radius=config.radius, memory=config.memory, motion=config.motion)
+        #: The split step and what the sequence carries from frame to frame.
+        self.pipeline = VideoPipeline(predictor.pipeline, config)
+
+    @property
+    def temporal(self):
+        return self.pipeline.temporal
 
     def step(self, image) -> Result:
         img = as_image(image)
-        encoded = self.encode(img)
-        result = self.finish(img, self.predict_encoded(encoded))
-        self.observe_encoded(encoded, result.mask)
+        p = self.pipeline
+        encoded = p.encode(img)
+        result = p.finish(img, p.predict_encoded(encoded))
+        p.observe_encoded(encoded, result.mask)
         return result
 
     def observe(self, image, mask) -> None:
         """Use ``mask`` as this frame's result for what follows."""
-        self.observe_encoded(self.encode(as_image(image)), as_mask(mask) >= 0.5)
+        self.pipeline.observe_encoded(self.pipeline.encode(as_image(image)), as_mask(mask) >= 0.5)
 
+    # The runner's plumbing, on :attr:`pipeline` now; these delegations keep ``runner/`` working until it
+    # calls the pipeline itself (then they go).
     def encode(self, image: np.ndarray) -> Encoded:
-        engine = self.predictor.engine
-        with torch.no_grad():
-            geo, feats = engine.source_features([image])
-            # the memory's tokens depend on earlier frames' masks; without one the whole search
-            # is done here, where a runner can overlap it with finishing the previous frame
-            found = engine.evidence(feats, geo)[0] if not self.config.memory and engine.context is not None \
-                else None
-        grey = None
-        if self.config.motion and engine.reads_priors:
-            from icm_cli.predict.motion import grey_half
-
-            grey = grey_half(image, geo)
-        return Encoded(geo, feats, grey, found)
+        return self.pipeline.encode(image)
 
     def predict_encoded(self, encoded: Encoded) -> Evidence:
-        self.predictor.check_ready()
-        feats, engine = encoded.features, self.predictor.engine
-        with torch.no_grad():
-            prior = self.temporal.prior(encoded.geometry, encoded.grey) if engine.reads_priors else None
-            window = self.temporal.window(tuple(feats.ft.shape[-2:]))
-            if encoded.found is not None:
-                evidence = engine.placed(encoded.found, window=window, prior=prior)
-            else:
-                evidence = engine.evidence(feats, encoded.geometry, prior=prior, window=window,
-                                           memory=self.temporal.memory_tokens())[0]
-        evidence.prior_weight = self.config.prior_weight
-        return evidence
+        return self.pipeline.predict_encoded(encoded)
 
     def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
-        return self.predictor.finish(image, coarse)
+        return self.pipeline.finish(image, coarse)
 
     def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:
-        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu(), encoded.grey)
+        self.pipeline.observe_encoded(encoded, mask)
 
     @property
     def memory_frames(self) -> int:
-        """How many earlier frames the context keeps (the search window needs one)."""
-        return max(1, self.config.memory)
+        return self.pipeline.memory_frames
 
 
 __all__ = ["AttentionMaps", "Predictor", "Result", "VideoPredictor", "to_tensor"]

@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
+from icm_cli.config import VideoConfig
 from icm_cli.predict.temporal import TemporalContext
 from icm_cli.geometry import WorkingGeometry
 from tests.conftest import save_png, textured_scene, source_records
@@ -78,7 +79,7 @@ def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path, memory):
 
 def test_temporal_memory_is_a_bounded_ring_buffer():
     import torch
-    ctx = TemporalContext(radius=1, memory=3)
+    ctx = TemporalContext(VideoConfig(radius=1, memory=3, motion=False))
     geo = WorkingGeometry.fit(64, 64, 64, 32)
     ft = torch.nn.functional.normalize(torch.randn(1, 8, 8, 8), dim=1)
     mask = np.zeros((64, 64), bool)
@@ -95,7 +96,7 @@ def test_temporal_memory_is_a_bounded_ring_buffer():
 
 def test_object_leaving_the_frame_lifts_the_window():
     import torch
-    ctx = TemporalContext(radius=2, memory=0)
+    ctx = TemporalContext(VideoConfig(radius=2, memory=0, motion=False))
     geo = WorkingGeometry.fit(64, 64, 64, 32)
     ctx.update(np.zeros((64, 64), bool), geo, torch.zeros(1, 4, 8, 8))
     assert ctx.window((8, 8)) is None

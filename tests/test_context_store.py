@@ -49,7 +49,7 @@ def test_reference_digest_knows_size_pixels_and_thresholded_mask():
 def test_every_setting_that_shapes_the_context_changes_its_key(scene):
     img, mask, _ = scene
     predictor = _predictor()
-    engine = predictor.engine
+    engine = predictor.propagator
     refs = [(img, mask.astype(np.float32))]
     base = context_store.context_key(engine, refs, "onnx")
     assert base == context_store.context_key(engine, refs, "onnx")
@@ -75,7 +75,7 @@ def test_every_setting_that_shapes_the_context_changes_its_key(scene):
     engine.collect_decoder_inputs = not engine.collect_decoder_inputs
     with torch.no_grad():  # other backbone weights (a fresh module: the digest is computed once per module)
         from icm_cli.backbones import create_backbone
-        from icm_cli.predict.engine import Propagator
+        from icm_cli.predict.propagator import Propagator
 
         other = create_backbone("efficientnet-lite0")
         other.stem[0].weight.mul_(1.01)
@@ -103,7 +103,7 @@ def test_a_reused_context_gives_the_same_results_as_a_fresh_one(cache, scene):
 def test_context_arrays_round_trip_exactly(scene):
     img, mask, _ = scene
     predictor = _predictor()
-    ctx = predictor.engine.set_references([(img, mask.astype(np.float32))])
+    ctx = predictor.propagator.set_references([(img, mask.astype(np.float32))])
     back = context_store.context_from_arrays(*context_store.context_arrays(ctx))
     for name in ("fg", "bg", "cells", "cell_targets"):
         assert torch.equal(getattr(ctx.tokens, name), getattr(back.tokens, name))

@@ -388,7 +388,7 @@ def test_seed_compatible_attention_computes_the_engines_heat():
 
     from icm_cli.backbones.base import affinity_attention
     from icm_cli.core import TrainingFreeAttention, roi_tokens
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     g = torch.Generator().manual_seed(0)
     ft = torch.nn.functional.normalize(torch.randn(2, 16, 6, 10, generator=g), dim=1)

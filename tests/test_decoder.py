@@ -12,7 +12,7 @@ import torch
 from icm_cli.backbones import WeightsError, create_backbone
 from icm_cli.predict.decoder import (BUILTIN, MAP_CHANNELS, DecoderConfig, MaskDecoder, load_decoder,
                                      read_metadata, reference_prototypes, resolve_decoder, save_decoder)
-from icm_cli.predict.engine import PropagateSettings, Propagator, to_tensor
+from icm_cli.predict.propagator import PropagateSettings, Propagator, to_tensor
 
 from conftest import textured_scene
 

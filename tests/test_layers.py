@@ -45,3 +45,15 @@ def test_the_runner_and_the_model_print_nothing_themselves():
         for path in (PACKAGE / folder).glob("*.py"):
             found = [m for m in _imports(path) if m.startswith(("icm_cli.console", "icm_cli.commands"))]
             assert not found, (f"{folder}/{path.name}", found)
+
+
+def test_the_model_imports_nothing_of_its_users():
+    """``predict/`` is the model: the public API (``predictor``), the runner's adapter (``pipeline``), the runner,
+    the jobs and the commands sit above it; and the old name ``predict.engine`` is gone (issue 27)."""
+    above = ("icm_cli.predictor", "icm_cli.pipeline", "icm_cli.runner", "icm_cli.jobs", "icm_cli.engines",
+             "icm_cli.commands")
+    for path in (PACKAGE / "predict").glob("*.py"):
+        imported = _imports(path)
+        assert not [m for m in imported if m.startswith(above)], (path.name, imported)
+        assert not [m for m in imported if m.startswith("icm_cli.predict.engine")], path.name
+    assert not (PACKAGE / "predict" / "engine.py").exists()

@@ -64,13 +64,13 @@ def test_the_confidence_follows_the_path_that_made_the_probability(predictor):
     ref, ref_mask = textured_scene(72, 96, (18, 24, 36, 40), seed=1)
     none.set_reference(ref, ref_mask.astype(bool))
     for p, decodes in ((predictor, True), (none, False)):  # the fixture runs the default (learned) decoder
-        coarse = p.predict_coarse([src])[0]
-        assert p.engine.decodes(coarse) is decodes
-        _, path_mask, learned = p.engine.finish_path(src, coarse)  # the gate may keep the training-free result
+        coarse = p.pipeline.predict_coarse([src])[0]
+        assert p.propagator.decodes(coarse) is decodes
+        _, path_mask, learned = p.propagator.finish_path(src, coarse)  # the gate may keep the training-free result
         assert learned is False or decodes
-        result = p.finish(src, coarse)
+        result = p.pipeline.finish(src, coarse)
         np.testing.assert_array_equal(result.mask, path_mask)
-        signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.engine.context))
+        signals = confidence_signals(result.probability, result.mask, coarse, reference_area_share(p.propagator.context))
         assert result.confidence == pytest.approx(combine(signals, learned))
         assert result.confidence != pytest.approx(combine(signals, not learned))
 
@@ -79,20 +79,21 @@ def test_the_gate_keeps_whichever_path_is_more_confident(predictor):
     import dataclasses
 
     from icm_cli.predict.confidence import assess
+    from icm_cli.predict.finish import full_size
 
-    engine = predictor.engine
+    engine = predictor.propagator
     gated = engine.settings
     try:
         for seed in (2, 3, 5):
             src, _ = textured_scene(72, 96, (10, 30, 36, 40), seed=seed)
-            coarse = predictor.predict_coarse([src])[0]
+            coarse = predictor.pipeline.predict_coarse([src])[0]
             engine.settings = dataclasses.replace(gated, gate=False)
             decoder_prob, decoder_mask, learned = engine.finish_path(src, coarse)
             assert learned is True
             engine.settings = dataclasses.replace(gated, gate=True)
             prob, mask, learned = engine.finish_path(src, coarse)
             free_prob = coarse.geometry.to_original(coarse.prob)[0, 0].numpy()
-            free_prob, free_mask = engine._full_size(src, free_prob)
+            free_prob, free_mask = full_size(engine.settings, src, free_prob)
             by_decoder = assess(decoder_prob, decoder_mask, coarse, learned=True).confidence
             training_free = assess(free_prob, free_mask, coarse).confidence
             np.testing.assert_array_equal(mask, decoder_mask if learned else free_mask)
@@ -133,7 +134,7 @@ def test_configs_are_frozen_and_picklable():
     assert pickle.loads(pickle.dumps(cfg)) == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.size = 10
-    assert cfg.engine_settings().grabcut is False and cfg.engine_settings().threshold == 0.4
+    assert cfg.propagate_settings().grabcut is False and cfg.propagate_settings().threshold == 0.4
     assert "device" not in cfg.result_settings() and os.environ is not None
 
 
@@ -207,3 +208,35 @@ def test_predicting_too_early_or_on_an_unusable_array_raises_an_icm_error_that_k
         assert issubclass(kind, IcmError), kind
     assert issubclass(ArrayError, ValueError) and issubclass(NotReadyError, RuntimeError)
     assert issubclass(RuntimeUnavailable, ValueError)
+
+
+def test_the_old_engine_name_warns_and_the_runner_plumbing_is_on_the_pipeline(predictor):
+    from icm_cli.pipeline import PipelineAdapter
+
+    with pytest.warns(DeprecationWarning, match="propagator"):
+        assert predictor.engine is predictor.propagator
+    assert isinstance(predictor.pipeline, PipelineAdapter) and predictor.pipeline.predictor is predictor
+    src, _ = textured_scene(72, 96, (10, 30, 36, 40), seed=2)
+    pipe = predictor.pipeline
+    split = pipe.finish(src, pipe.predict_coarse([src], encoded=pipe.encode_batch([src]))[0])
+    whole = predictor.predict(src)
+    np.testing.assert_array_equal(split.mask, whole.mask)
+    np.testing.assert_array_equal(split.probability, whole.probability)
+    assert split.confidence == whole.confidence
+
+
+def test_the_contrast_temperature_sets_the_nearest_neighbour_probability():
+    """sigmoid((sim_fg - sim_bg) / CONTRAST_TEMPERATURE), known answer: the cell (0.8, 0.6) has similarity
+    0.8 to the object token (1, 0) and 0.6 to the background one (0, 1): sigmoid(0.2 / 0.05) = 0.982
+    (core's 0.1 would give 0.881)."""
+    import math
+
+    import torch
+
+    from icm_cli.config import CONTRAST_TEMPERATURE, PropagateSettings
+    from icm_cli.predict.nearest import contrast_probability
+
+    ft = torch.tensor([0.8, 0.6]).reshape(1, 2, 1, 1)
+    prob = contrast_probability(ft, torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), k=1)
+    assert float(prob) == pytest.approx(1 / (1 + math.exp(-4.0)), abs=5e-3)  # bfloat16 products on some CPUs
+    assert PropagateSettings().temperature == CONTRAST_TEMPERATURE == 0.05

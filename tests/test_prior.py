@@ -35,7 +35,7 @@ def _iou(a, b):
 def test_refine_runs_the_decoder_with_the_coarse_mask_as_prior(prior_decoder):
     image, mask = textured_scene(96, 128, (20, 30, 40, 50), seed=3)
     predictor = Predictor(ModelConfig(device="cpu", decoder=str(prior_decoder), size=128, head_steps=10))
-    assert predictor.engine.reads_priors
+    assert predictor.propagator.reads_priors
     coarse = np.zeros_like(mask, dtype=bool)
     coarse[25:55, 35:75] = True
     result = predictor.refine(image, coarse)
@@ -105,7 +105,7 @@ def test_video_carries_the_previous_mask_and_finds_an_object_that_comes_back(pri
     assert video.temporal.previous_fine is not None and video.temporal.previous_grey is not None
     # The object leaves: no prior, no window, so nothing stops it being found when it returns.
     video.observe(frame, np.zeros(frame.shape[:2], bool))
-    geo = predictor.engine.geometry_for(*frame.shape[:2])
+    geo = predictor.propagator.geometry_for(*frame.shape[:2])
     assert video.temporal.prior(geo) is None and video.temporal.window((geo.padded_h // 8, geo.padded_w // 8)) is None
     back = video.step(frame)
     assert back.mask.shape == frame.shape[:2]
@@ -138,7 +138,7 @@ def test_propagate_prior_folder_pairs_by_name_and_judges_each_source(tmp_path, p
 
 
 def test_placing_a_window_and_a_prior_on_found_evidence():
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
     from icm_cli.predict.evidence import Evidence
 
     ones = torch.ones(1, 1, 2, 3)
@@ -168,11 +168,15 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     encoded = video.encode(second)
     assert encoded.found is not None
     ahead = video.predict_encoded(encoded)
-    engine = predictor.engine
+    # the video's prior weight is the evidence's from its construction; the evidence found ahead is not changed
+    assert ahead.prior_weight == VideoConfig().prior_weight != 1.0 and encoded.found.prior_weight == 1.0
+    engine = predictor.propagator
     geo = encoded.geometry
     window = video.temporal.window(tuple(encoded.features.ft.shape[-2:]))
     assert window is not None and not bool(window.all())  # the window does cut the search
-    at_once = engine.evidence(encoded.features, geo, prior=video.temporal.prior(geo), window=window)[0]
+    at_once = engine.evidence(encoded.features, geo, prior=video.temporal.prior(geo), window=window,
+                              prior_weight=video.config.prior_weight)[0]
+    assert at_once.prior_weight == ahead.prior_weight
     for name in ("prob", "nearest", "sim_fg", "sim_bg", "head", "inter", "intra", "base", "prior", "window"):
         assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
     assert video.finish(second, ahead).mask.tolist() == video.finish(second, at_once).mask.tolist()

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from icm_cli.config import CONTRAST_TEMPERATURE
 from icm_cli.backbones.base import (Backbone, Features, affinity_attention, imagenet_normalise,
                                     l2_normalise)
 from icm_cli.backbones.weights import WeightsError, load_state_dict
@@ -74,7 +75,7 @@ class EfficientNetLite(Backbone):
     exports_onnx = True
 
     def __init__(self, variant: str = "efficientnet-lite0", weights: str | Path | None = None,
-                 attention_temperature: float = 0.05) -> None:
+                 attention_temperature: float = CONTRAST_TEMPERATURE) -> None:
         super().__init__()
         if variant not in TAPS:
             raise WeightsError(f"unknown EfficientNet-Lite variant {variant!r}")

@@ -8,10 +8,10 @@ from typing import Annotated, List
 import typer
 
 from icm_cli import options as opts
-from icm_cli.config import DEFAULT_MAX_PIXELS
+from icm_cli.config import DEFAULT_MAX_PIXELS, REFINE_METHODS
 
 D = opts.MODEL_DEFAULTS
-METHODS = ("auto", "decoder", "attention")
+METHODS = REFINE_METHODS
 
 
 def refine(
@@ -132,41 +132,34 @@ def refine(
             raise io.InputError(f"{source.path}: the coarse mask is empty: nothing to refine")
         return image, coarse
 
-    try:
-        predictor = None
-        if method != "attention":
-            from icm_cli.config import ModelConfig
-            from icm_cli.predictor import Predictor
+    from icm_cli.config import ModelConfig
+    from icm_cli.predictor import Predictor
 
-            predictor = Predictor(ModelConfig(backbone=backbone, weights=weights, device=device, size=size,
-                                              head_steps=head_steps, decoder=decoder))
-            if not predictor.engine.reads_priors:
+    def attention_predictor() -> Predictor:
+        # The attention vote reads no decoder, and runs on torch as it always has (the ONNX trunk would
+        # move its masks by float rounding).
+        return Predictor(ModelConfig(backbone=backbone, weights=weights, device=device, size=size,
+                                     head_steps=head_steps, decoder="none", runtime="torch"))
+
+    try:
+        if resolved == "attention":
+            predictor, use = attention_predictor(), "attention"
+        else:
+            predictor, use = Predictor(ModelConfig(backbone=backbone, weights=weights, device=device, size=size,
+                                                   head_steps=head_steps, decoder=decoder)), "decoder"
+            if not predictor.propagator.reads_priors:
                 if method == "decoder" or ref or mask:
                     error_line(f"--decoder {decoder}: this decoder does not read prior masks; use --decoder auto "
                                "(efficientnet-lite0) or --method attention")
                     raise typer.Exit(2)
-                predictor = None  # auto: the attention vote
-        if predictor is not None:
-            if references:
-                predictor.set_references(references)
+                predictor, use = attention_predictor(), "attention"  # auto: the attention vote
+        if references:
+            predictor.set_references(references)
 
-            def work(source) -> None:
-                image, coarse = read_pair(source)
-                result = predictor.refine(image, coarse)
-                io.write_image_atomic(output / f"{source.stem}.png", result.mask.astype(np.uint8) * 255)
-        else:
-            from icm_cli.backbones import create_backbone
-            from icm_cli.device import default_dtype, resolve_device
-            from icm_cli.predict.selfattention import refine_mask_with_attention
-
-            dev = resolve_device(device)
-            dtype = default_dtype(dev)
-            net = create_backbone(backbone, weights).to(dev, dtype).eval()
-
-            def work(source) -> None:
-                image, coarse = read_pair(source)
-                refined, _ = refine_mask_with_attention(net, image, coarse, size, iterations, score, dev, dtype)
-                io.write_image_atomic(output / f"{source.stem}.png", refined.astype(np.uint8) * 255)
+        def work(source) -> None:
+            image, coarse = read_pair(source)
+            result = predictor.refine(image, coarse, method=use, iterations=iterations, score=score)
+            io.write_image_atomic(output / f"{source.stem}.png", result.mask.astype(np.uint8) * 255)
     except IcmError as exc:
         error_line(str(exc))
         raise typer.Exit(2)

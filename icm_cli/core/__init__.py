@@ -15,7 +15,7 @@ names are kept so readers of the ICM code find their way.
 
 What icm runs and what is the seed-compatible API:
 
-- The engine (:mod:`icm_cli.predict.engine`) runs ``roi_tokens``,
+- The propagator (:mod:`icm_cli.predict.propagator`) runs ``roi_tokens``,
   ``cross_attention_heat`` and ``propagate_heat`` (ICM's inter and intra
   heat: the gate of every prediction, the decoder's inputs, ``inspect-attn``),
   ``dilate`` and ``window_padding`` (trimaps, the video window) and
@@ -26,7 +26,7 @@ What icm runs and what is the seed-compatible API:
   paper code's names and contracts, kept for readers and for experiments,
   not called by any command. ``tests/test_core_attention.py`` checks that
   ``TrainingFreeAttention`` computes the same inter and intra heat as the
-  engine on a shared grid, so the two cannot drift apart. icm's learned
+  propagator on a shared grid, so the two cannot drift apart. icm's learned
   part is :mod:`icm_cli.predict.decoder`, not :mod:`.modules`.
 """
 

@@ -1,15 +1,15 @@
 """Reference contexts kept between runs: a rerun, a shard or a second folder starts predicting at once.
 
-Building a :class:`~icm_cli.predict.engine.ReferenceContext` costs backbone
+Building a :class:`~icm_cli.predict.context.ReferenceContext` costs backbone
 passes over each reference and its augmented copies and the object head's
 training (seconds on a small CPU). The context is a handful of arrays, so it
 is stored in the cache folder (:mod:`icm_cli.cache`, ``contexts/``) as one
 safetensors file (plain arrays and strings: nothing is ever unpickled) named
 by a digest of everything that shapes it:
 
-- the references' pixels and masks (as the engine sees them: mask >= 0.5),
+- the references' pixels and masks (as the propagator sees them: mask >= 0.5),
   with their sizes, in order;
-- every engine setting except those that act only on sources
+- every propagator setting except those that act only on sources
   (:data:`SOURCE_ONLY_SETTINGS`), and whether decoder prototypes are kept;
 - the backbone's name and a digest of its weights, the runtime that ran it
   and its version, the device type and dtype, torch's and icm's versions.
@@ -38,11 +38,11 @@ FORMAT = "icm-context-1"
 #: Engine settings that act only on sources (the fused probability, GrabCut, cleaning), never on the context:
 #: changing them reuses a stored context. Every other field, including ones added later, is part of the key.
 SOURCE_ONLY_SETTINGS = frozenset({"temperature", "head_weight", "grabcut", "grabcut_scale", "clean", "threshold",
-                                  "attention_prior", "source_background"})
+                                  "intra_gate", "source_background"})
 
 
 def reference_digest(image: np.ndarray, mask: np.ndarray) -> str:
-    """SHA-256 of one reference as the engine reads it: size, pixels and the mask thresholded at 0.5."""
+    """SHA-256 of one reference as the propagator reads it: size, pixels and the mask thresholded at 0.5."""
     image = np.ascontiguousarray(image)
     digest = hashlib.sha256(f"{image.shape}|{image.dtype}|".encode())
     digest.update(image.tobytes())
@@ -50,20 +50,20 @@ def reference_digest(image: np.ndarray, mask: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def context_key(engine, references: list[tuple[np.ndarray, np.ndarray]], runtime: str) -> str:
-    """The digest naming the context of ``references`` on ``engine`` (a Propagator) run by ``runtime``."""
+def context_key(propagator, references: list[tuple[np.ndarray, np.ndarray]], runtime: str) -> str:
+    """The digest naming the context of ``references`` on ``propagator`` (a Propagator) run by ``runtime``."""
     import dataclasses
 
     from icm_cli import __version__
     from icm_cli.backbones.onnx_trunk import runtime_label, weights_digest
 
-    settings = {k: v for k, v in dataclasses.asdict(engine.settings).items() if k not in SOURCE_ONLY_SETTINGS}
-    backbone = engine.backbone
+    settings = {k: v for k, v in dataclasses.asdict(propagator.settings).items() if k not in SOURCE_ONLY_SETTINGS}
+    backbone = propagator.backbone
     payload = {
         "format": FORMAT, "icm": __version__, "torch": torch.__version__, "runtime": runtime_label(runtime),
-        "device": engine.device.type, "dtype": str(engine.dtype), "backbone": getattr(backbone, "name", ""),
+        "device": propagator.device.type, "dtype": str(propagator.dtype), "backbone": getattr(backbone, "name", ""),
         "weights": weights_digest(backbone), "settings": settings,
-        "decoder_inputs": bool(engine.collect_decoder_inputs),
+        "decoder_inputs": bool(propagator.collect_decoder_inputs),
         "references": [reference_digest(img, msk) for img, msk in references],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -102,7 +102,7 @@ def context_arrays(context) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def context_from_arrays(tensors: dict[str, torch.Tensor], meta: dict[str, str]):
     """The inverse of :func:`context_arrays`; ValueError when the arrays do not make a context."""
-    from icm_cli.predict.engine import ReferenceContext
+    from icm_cli.predict.context import ReferenceContext
     from icm_cli.predict.head import ObjectHead
     from icm_cli.predict.tokens import ReferenceTokens
 
@@ -197,22 +197,22 @@ class ContextStore:
         return context, False
 
 
-def set_references(engine, references: list[tuple[np.ndarray, np.ndarray]], runtime: str,
+def set_references(propagator, references: list[tuple[np.ndarray, np.ndarray]], runtime: str,
                    store: ContextStore | None) -> bool:
-    """``engine.set_references(references)``, or its stored result. Returns True when reused.
+    """``propagator.set_references(references)``, or its stored result. Returns True when reused.
 
-    A reused context leaves ``engine.reference_features`` None (the
+    A reused context leaves ``propagator.reference_features`` None (the
     references' feature maps are not stored; :meth:`Predictor.attention`
     recomputes the one it needs).
     """
     if store is None:
-        engine.set_references(references)
+        propagator.set_references(references)
         return False
-    key = context_key(engine, references, runtime)
-    context, reused = store.get_or_build(key, lambda: engine.set_references(references))
+    key = context_key(propagator, references, runtime)
+    context, reused = store.get_or_build(key, lambda: propagator.set_references(references))
     if reused:
-        engine.context = context
-        engine.reference_features = None
+        propagator.context = context
+        propagator.reference_features = None
     return reused
 
 

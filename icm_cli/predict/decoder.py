@@ -1,10 +1,10 @@
 """A learned mask decoder: the in-context maps icm computes, read at stride 4.
 
-The training-free engine ends in a stride-8 object probability. The decoder
+The training-free path ends in a stride-8 object probability. The decoder
 learns, as In-Context Matting does, to read the in-context evidence together
 with finer image features, and predicts the object at a finer grid:
 
-- **in-context maps** on the stride-8 grid (``MAP_CHANNELS``): the engine's
+- **in-context maps** on the stride-8 grid (``MAP_CHANNELS``): the propagator's
   fused probability, the nearest-neighbour contrast, the object head, ICM's
   inter (cross-attention) and intra (after self-attention) heat, and the
   top-k similarities to the object and to the background side;
@@ -17,7 +17,7 @@ with finer image features, and predicts the object at a finer grid:
 It never sees the 344-d semantic features themselves: every input is either
 a similarity to the reference or low-level, so what it learns is how
 evidence becomes a mask, not what a person looks like. Its output is a
-residual on the engine's own logit, so an untrained decoder reproduces the
+residual on the propagator's own logit, so an untrained decoder reproduces the
 training-free probability (upsampled).
 
 Shapes: maps ``[B, M, h, w]`` (M = len(MAP_CHANNELS)), canvas ``[B, 3, 8h, 8w]``
@@ -164,16 +164,16 @@ def decoder_maps(evidence) -> torch.Tensor:
     return torch.cat([by_name[name].float() for name in MAP_CHANNELS], dim=1)
 
 
-def maps_without_head(maps: torch.Tensor, attention_prior: float) -> torch.Tensor:
-    """``[B, M, h, w]`` maps of a run with an object head -> the maps the engine makes without one:
+def maps_without_head(maps: torch.Tensor, intra_gate: float) -> torch.Tensor:
+    """``[B, M, h, w]`` maps of a run with an object head -> the maps the propagator makes without one:
     the head channel repeats the nearest-neighbour contrast and the fused probability is that
-    contrast gated by the intra heat (``attention_prior`` as in the engine's settings).
+    contrast gated by the intra heat (``intra_gate`` as in the propagator's settings).
     Training shows some episodes this way so that ``--head-steps 0`` is served too."""
     i = {n: k for k, n in enumerate(MAP_CHANNELS)}
     out = maps.clone()
     nearest = maps[:, i["nearest"]]
     out[:, i["head"]] = nearest
-    gate = (maps[:, i["intra"]] / attention_prior).clamp(max=1.0) if attention_prior > 0 else 1.0
+    gate = (maps[:, i["intra"]] / intra_gate).clamp(max=1.0) if intra_gate > 0 else 1.0
     out[:, i["prob"]] = nearest * gate
     return out
 

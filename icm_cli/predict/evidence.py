@@ -1,6 +1,6 @@
-"""What the engine found in one source: its in-context evidence, typed.
+"""What the propagator found in one source: its in-context evidence, typed.
 
-:meth:`Propagator.evidence <icm_cli.predict.engine.Propagator.evidence>` builds
+:meth:`Propagator.evidence <icm_cli.predict.propagator.Propagator.evidence>` builds
 one :class:`Evidence` per source, for still images, video frames and the
 attention maps of ``icm inspect-attn`` alike. The learned decoder, the
 confidence and the decoder's training read it; nothing else looks inside.
@@ -34,7 +34,7 @@ class Evidence:
         and the same spread by the source's own self-attention (None when
         neither the gate nor the decoder needed them).
     base: ``prob`` before the window, the decoder's starting point (None
-        unless the engine collects decoder inputs).
+        unless the propagator collects decoder inputs).
     prior: a prior mask for this source, ``[1, 1, Hc/4, Wc/4]``: its object
         share of each stride-4 cell of the canvas (the previous frame's mask,
         a coarse mask to refine, ``--prior``), which a decoder that reads
@@ -64,5 +64,5 @@ class Evidence:
 
     @property
     def decodable(self) -> bool:
-        """Whether it holds what the learned decoder reads (the engine collected decoder inputs)."""
+        """Whether it holds what the learned decoder reads (the propagator collected decoder inputs)."""
         return self.base is not None and bool(self.levels)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from icm_cli.config import CONTRAST_TEMPERATURE
+
 
 def _cpu_has_native_bfloat16() -> bool:
     """True where the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)."""
@@ -124,7 +126,7 @@ def contrast_similarities(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, 
 
 
 def contrast_probability(ft: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, k: int = 5,
-                         temperature: float = 0.05, source_floor: float | None = None) -> torch.Tensor:
+                         temperature: float = CONTRAST_TEMPERATURE, source_floor: float | None = None) -> torch.Tensor:
     """Object probability of every source cell.
 
     ft: ``[B, C, h, w]`` L2-normalised source features; fg ``[Nf, C]``, bg

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from icm_cli.backbones.base import Backbone
 from icm_cli.core import refine_mask_by_attention
 from icm_cli.geometry import WorkingGeometry
-from icm_cli.predict.engine import to_tensor
+from icm_cli.predict.context import to_tensor
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icm_cli.config import VideoConfig
 from icm_cli.core import dilate
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.motion import half_to_prior, mask_half, warp_back
@@ -22,6 +23,7 @@ class TemporalContext:
     """What a sequence carries from frame to frame: the previous mask (the decoder's prior), a search
     window around it, and a ring buffer of predicted-frame tokens.
 
+    ``config`` (:class:`~icm_cli.config.VideoConfig`, where each default is declared) says how:
     radius: cells the previous mask is grown by to give the window where the
     object may be now (0 = no window). memory: how many earlier predicted
     frames lend tokens (cells wholly inside / outside their masks); old
@@ -30,9 +32,12 @@ class TemporalContext:
     (:mod:`icm_cli.predict.motion`) before it becomes the prior.
     """
 
-    def __init__(self, radius: int = 3, memory: int = 0, motion: bool = False) -> None:
-        self.radius = radius
-        self.motion = motion
+    def __init__(self, config: VideoConfig | None = None) -> None:
+        config = config or VideoConfig()
+        self.config = config
+        self.radius = config.radius
+        self.motion = config.motion
+        memory = config.memory
         self.previous_half: np.ndarray | None = None   # [h2, w2] mask at half the working size (motion)
         self.previous_grey: np.ndarray | None = None   # [h2, w2] uint8 grey frame (motion)
         self.memory: deque[ReferenceTokens] = deque(maxlen=max(memory, 0) or None)

@@ -1,7 +1,7 @@
-"""Training episodes: what the decoder reads at run time, made by icm's own engine.
+"""Training episodes: what the decoder reads at run time, made by icm's own propagator.
 
 An episode is a reference (an image and its mask) and a target (an image
-and its true mask). The engine builds the reference context exactly as
+and its true mask). The propagator builds the reference context exactly as
 ``icm propagate`` does (object head included) and records the target's
 evidence as the decoder reads it (:func:`~icm_cli.predict.decoder.decoder_maps`,
 the stride-4 level, the reference prototypes). Kinds:
@@ -241,7 +241,7 @@ def target_arrays(prop, image: np.ndarray, mask: np.ndarray) -> tuple[dict[str, 
     import torch
 
     from icm_cli.predict.decoder import decoder_maps
-    from icm_cli.predict.engine import to_tensor
+    from icm_cli.predict.context import to_tensor
 
     geo, feats = prop.source_features([image], with_attention=True)
     evidence = prop.evidence(feats, geo)[0]
@@ -296,7 +296,7 @@ def _worker(args: tuple) -> int:
     torch.set_grad_enabled(False)
     from icm_cli import io
     from icm_cli.backbones import create_backbone
-    from icm_cli.predict.engine import Propagator
+    from icm_cli.predict.propagator import Propagator
 
     prop = Propagator(create_backbone("efficientnet-lite0"), settings=settings, collect_decoder_inputs=True)
     done = 0
@@ -317,8 +317,8 @@ def _worker(args: tuple) -> int:
 
 
 def episode_settings():
-    """The engine settings episodes are made with: ``icm propagate``'s defaults, training-free maps."""
-    from icm_cli.predict.engine import PropagateSettings
+    """The propagator settings episodes are made with: ``icm propagate``'s defaults, training-free maps."""
+    from icm_cli.config import PropagateSettings
 
     return dataclasses.replace(PropagateSettings(), decoder="none")
 

@@ -11,7 +11,7 @@ uniformly, an episode of that group uniformly. A sample is shown
   earlier frame (sequences), the current decoder's own prediction of an
   earlier frame (chained episodes: it learns to recover from its drift),
   or a random corruption of the target's truth;
-- with one group of its in-context maps replaced by what a weaker engine
+- with one group of its in-context maps replaced by what a weaker propagator
   would give (``channel_dropout``), so it does not lean on one signal.
 
 Loss: BCE + soft IoU against the mask area-averaged onto the stride-4
@@ -148,7 +148,7 @@ def choose_prior(plan: EpisodePlan, item: dict[str, np.ndarray], rng: np.random.
 
 def drop_channels(maps: torch.Tensor, rng: np.random.Generator, share: float) -> torch.Tensor:
     """``[M, h, w]`` maps with, for ``share`` of the samples, one kind of evidence replaced by what an
-    engine without it makes: the head by the nearest-neighbour map (and vice versa), ICM's heat by 1,
+    propagator without it makes: the head by the nearest-neighbour map (and vice versa), ICM's heat by 1,
     the similarities by their mean."""
     if share <= 0 or rng.random() >= share:
         return maps
@@ -167,7 +167,7 @@ def drop_channels(maps: torch.Tensor, rng: np.random.Generator, share: float) ->
     return out
 
 
-def sample_batch(data: EpisodeSet, rng: np.random.Generator, fs: FitSettings, attention_prior: float,
+def sample_batch(data: EpisodeSet, rng: np.random.Generator, fs: FitSettings, intra_gate: float,
                  own: Callable[[EpisodePlan], np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     """A balanced batch of random crops with their priors (see the module docstring)."""
     keys = ("canvas", "gt", "maps", "valid", "proto2", "proto4", "level4", "prior", "prior_given")
@@ -206,7 +206,7 @@ def sample_batch(data: EpisodeSet, rng: np.random.Generator, fs: FitSettings, at
     if fs.no_head_share > 0:
         pick = torch.from_numpy(rng.random(fs.batch) < fs.no_head_share)
         if pick.any():
-            batch["maps"][pick] = maps_without_head(batch["maps"][pick], attention_prior)
+            batch["maps"][pick] = maps_without_head(batch["maps"][pick], intra_gate)
     return batch
 
 
@@ -302,7 +302,7 @@ def lr_factor(step: int, steps: int, warmup: int = 100) -> float:
     return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
-def fit(cache: Path, plans: list[EpisodePlan], model: MaskDecoder, fs: FitSettings, attention_prior: float,
+def fit(cache: Path, plans: list[EpisodePlan], model: MaskDecoder, fs: FitSettings, intra_gate: float,
         checkpoint: Path | None = None, resume: bool = False,
         on_step: Callable[[int, float], None] | None = None,
         on_validate: Callable[[int, dict], None] | None = None) -> dict:
@@ -314,12 +314,12 @@ def fit(cache: Path, plans: list[EpisodePlan], model: MaskDecoder, fs: FitSettin
     torch.set_num_threads(fs.threads)
     try:
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            return _fit(cache, plans, model, fs, attention_prior, checkpoint, resume, on_step, on_validate)
+            return _fit(cache, plans, model, fs, intra_gate, checkpoint, resume, on_step, on_validate)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(cache, plans, model, fs, attention_prior, checkpoint, resume, on_step, on_validate) -> dict:
+def _fit(cache, plans, model, fs, intra_gate, checkpoint, resume, on_step, on_validate) -> dict:
     torch.manual_seed(fs.seed)
     rng = np.random.default_rng(fs.seed)
     train, val = EpisodeSet(cache, plans, "train"), EpisodeSet(cache, plans, "val")
@@ -347,7 +347,7 @@ def _fit(cache, plans, model, fs, attention_prior, checkpoint, resume, on_step, 
     for step in range(start + 1, fs.steps + 1):
         for group in opt.param_groups:
             group["lr"] = fs.lr * lr_factor(step - 1, fs.steps)
-        batch = sample_batch(train, rng, fs, attention_prior, own if model.config.prior else None)
+        batch = sample_batch(train, rng, fs, intra_gate, own if model.config.prior else None)
         logits = model(batch["maps"], batch["canvas"], {4: batch["level4"]},
                        {2: batch["proto2"], 4: batch["proto4"]}, prior=batch["prior"],
                        prior_given=batch["prior_given"])

@@ -154,7 +154,7 @@ def train(data: Path, out: Path, cache: Path | None, options: TrainOptions, repo
     settings = episode_settings()
     report.stage(f"training {sum(p.numel() for p in model.parameters()) / 1000:.0f} k parameters for "
                  f"{fs.steps} steps")
-    figures = fit(cache, plans, model, fs, settings.attention_prior, checkpoint=cache / "checkpoint.safetensors",
+    figures = fit(cache, plans, model, fs, settings.intra_gate, checkpoint=cache / "checkpoint.safetensors",
                   resume=options.resume, on_step=lambda s, loss: report.step(s, fs.steps, loss),
                   on_validate=report.validation)
     meta = {"trained_on": str(extra.get("description") or data.resolve().name),
