@@ -95,10 +95,10 @@ def in_process(frames: Path, ref: Path, mask: Path, out: Path, runtime: str) -> 
     predictor.propagator.backbone_seconds = 0.0
     manifest = ManifestWriter(out / "manifest.jsonl")
     runner = BatchRunner(OutputPlan(out), manifest)
-    workers = predictor.stream_workers()
+    workers = predictor.pipeline.stream_workers()
     t0 = time.perf_counter()
-    with predictor.streaming(workers):
-        outcome = runner.run_images(list(SourceFinder([frames])), predictor, batch_size=1, workers=workers)
+    with predictor.pipeline.streaming(workers):
+        outcome = runner.run_images(list(SourceFinder([frames])), predictor.pipeline, batch_size=1, workers=workers)
     wall = time.perf_counter() - t0
     manifest.close()
     return {"load_s": load_s, "reference_s": ref_s, "stream_s": wall, "images": outcome.done,

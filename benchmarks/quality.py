@@ -166,7 +166,7 @@ def run_icm_video(settings, backbone_name, memory, radius):
             runner = BatchRunner(OutputPlan(Path(tmp), OutputConfig(("masks",))), RecordList(),
                                  user_masks=UserMasks(predictor.references))
             t0 = time.perf_counter()
-            run_video(runner, FrameSequence(frames), predictor.video(VideoConfig(radius=radius, memory=memory)))
+            run_video(runner, FrameSequence(frames), predictor.video(VideoConfig(radius=radius, memory=memory)).pipeline)
             secs = time.perf_counter() - t0
             ious, fs = [], []
             for gt_path in sorted((root / "Annotations" / seq).glob("*.png"))[1:]:

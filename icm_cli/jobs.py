@@ -273,7 +273,7 @@ class PropagateJob:
             return []
         notes = []
         for ref in self.references:
-            notes += reference_warnings(ref, self.predictor.cell_pixels(ref))
+            notes += reference_warnings(ref, self.predictor.pipeline.cell_pixels(ref))
         return notes
 
     def user_mask_note(self) -> str | None:

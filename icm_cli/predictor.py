@@ -26,9 +26,8 @@ import torch
 from icm_cli.config import CONTRAST_TEMPERATURE, DEFAULT_TRIMAP_KERNEL, ModelConfig, VideoConfig
 from icm_cli.errors import NotReadyError, SettingError
 from icm_cli.core import peak_normalise
-from icm_cli.pipeline import Encoded, PipelineAdapter, VideoPipeline
+from icm_cli.pipeline import Encoded, PipelineAdapter, VideoPipeline  # noqa: F401  (Encoded re-exported)
 from icm_cli.predict.context import to_tensor
-from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.propagator import Propagator
 from icm_cli.references import Reference, as_image, as_mask, check_reference
 
@@ -184,27 +183,6 @@ class Predictor:
                 out[i] = self.pipeline.finish(imgs[i], coarse)
         return out
 
-    # The runner's plumbing, on :attr:`pipeline` now; these delegations keep ``runner/`` working until it
-    # calls the adapter itself (then they go).
-    def predict_coarse(self, images, encoded=None, priors=None) -> list[Evidence]:
-        return self.pipeline.predict_coarse(images, encoded=encoded, priors=priors)
-
-    def encode_batch(self, images):
-        return self.pipeline.encode_batch(images)
-
-    def stream_workers(self) -> int:
-        return self.pipeline.stream_workers()
-
-    def streaming(self, workers: int):
-        return self.pipeline.streaming(workers)
-
-    def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
-        return self.pipeline.finish(image, coarse)
-
-    def cell_pixels(self, reference: Reference) -> float:
-        return self.pipeline.cell_pixels(reference)
-
-    # ------------------------------------------------------------ refinement
     def refine(self, image, coarse_mask, method: str = "decoder", *, iterations: int = 3,
                score: str = "classification") -> Result:
         """A better mask from a rough one (a brush mask, a box, another tool's output).
@@ -347,27 +325,6 @@ class VideoPredictor:
     def observe(self, image, mask) -> None:
         """Use ``mask`` as this frame's result for what follows."""
         self.pipeline.observe_encoded(self.pipeline.encode(as_image(image)), as_mask(mask) >= 0.5)
-
-    # The runner's plumbing, on :attr:`pipeline` now; these delegations keep ``runner/`` working until it
-    # calls the pipeline itself (then they go).
-    def encode(self, image: np.ndarray) -> Encoded:
-        return self.pipeline.encode(image)
-
-    def predict_encoded(self, encoded: Encoded) -> Evidence:
-        return self.pipeline.predict_encoded(encoded)
-
-    def finish(self, image: np.ndarray, coarse: Evidence) -> Result:
-        return self.pipeline.finish(image, coarse)
-
-    def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:
-        self.pipeline.observe_encoded(encoded, mask)
-
-    @property
-    def memory_frames(self) -> int:
-        return self.pipeline.memory_frames
-
-
-__all__ = ["AttentionMaps", "Predictor", "Result", "VideoPredictor", "to_tensor"]
 
 
 def prepare_workers(config: ModelConfig, device: str) -> tuple[ModelConfig, str | None]:

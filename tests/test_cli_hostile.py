@@ -299,9 +299,9 @@ def test_video_onto_a_full_disk_stops_with_one_line(scene, tmp_path, monkeypatch
 
 
 def test_video_model_error_with_an_empty_message_fails_one_frame(scene, tmp_path, monkeypatch):
-    from icm_cli.predictor import VideoPredictor
+    from icm_cli.pipeline import VideoPipeline
 
-    real = VideoPredictor.predict_encoded
+    real = VideoPipeline.predict_encoded
     calls = {"n": 0}
 
     def flaky(self, encoded):
@@ -310,7 +310,7 @@ def test_video_model_error_with_an_empty_message_fails_one_frame(scene, tmp_path
             raise RuntimeError()
         return real(self, encoded)
 
-    monkeypatch.setattr(VideoPredictor, "predict_encoded", flaky)
+    monkeypatch.setattr(VideoPipeline, "predict_encoded", flaky)
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(3):

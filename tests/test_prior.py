@@ -165,9 +165,9 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     first, _ = textured_scene(96, 128, (22, 34, 40, 50), seed=5)
     second, _ = textured_scene(96, 128, (24, 36, 40, 50), seed=6)
     video.step(first)
-    encoded = video.encode(second)
+    encoded = video.pipeline.encode(second)
     assert encoded.found is not None
-    ahead = video.predict_encoded(encoded)
+    ahead = video.pipeline.predict_encoded(encoded)
     # the video's prior weight is the evidence's from its construction; the evidence found ahead is not changed
     assert ahead.prior_weight == VideoConfig().prior_weight != 1.0 and encoded.found.prior_weight == 1.0
     engine = predictor.propagator
@@ -179,6 +179,6 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     assert at_once.prior_weight == ahead.prior_weight
     for name in ("prob", "nearest", "sim_fg", "sim_bg", "head", "inter", "intra", "base", "prior", "window"):
         assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
-    assert video.finish(second, ahead).mask.tolist() == video.finish(second, at_once).mask.tolist()
+    assert video.pipeline.finish(second, ahead).mask.tolist() == video.pipeline.finish(second, at_once).mask.tolist()
     # with a memory of earlier frames the search waits for their masks
-    assert predictor.video(VideoConfig(memory=2)).encode(second).found is None
+    assert predictor.video(VideoConfig(memory=2)).pipeline.encode(second).found is None

@@ -130,13 +130,13 @@ def test_debug_on_the_command_line_reaches_the_per_file_loop(tmp_path, monkeypat
 
 
 def test_debug_on_the_command_line_reaches_the_batch_runner(small_scene, tmp_path, monkeypatch):
-    from icm_cli.predictor import Predictor
+    from icm_cli.pipeline import PipelineAdapter
 
     def broken(self, images, **kwargs):
         raise RuntimeError("simulated model bug")
 
-    monkeypatch.setattr(Predictor, "predict_coarse", broken)
-    monkeypatch.setattr(Predictor, "stream_workers", lambda self: 1)  # one thread: predict_coarse is the model step
+    monkeypatch.setattr(PipelineAdapter, "predict_coarse", broken)
+    monkeypatch.setattr(PipelineAdapter, "stream_workers", lambda self: 1)  # one thread: predict_coarse is the model step
     src = str(small_scene / "src" / "s0.png")
     plain = cli.invoke(app, propagate_args(small_scene, src, "-o", str(tmp_path / "out")))
     assert plain.exit_code == 1 and "model failed: simulated model bug" in plain.output, plain.output

@@ -38,13 +38,14 @@ class LocalEngine:
 
     def run(self, runner: BatchRunner, sources, sequence: FrameSequence | None = None) -> BatchOutcome:
         predictor = self.predictor
+        pipeline = predictor.pipeline  # the runner's split step, not the predictor's public face
         if sequence is not None:
             from icm_cli.runner.sequence import run_video
 
             # three threads share the cores (backbone ahead, the serial chain, writing): one torch thread each
-            with predictor.streaming(predictor.stream_workers()):
-                return run_video(runner, sequence, predictor.video(self.video))
+            with pipeline.streaming(pipeline.stream_workers()):
+                return run_video(runner, sequence, predictor.video(self.video).pipeline)
         batch = batch_size_for(self.batch_size, on_gpu=predictor.device.type != "cpu")
-        workers = predictor.stream_workers()
-        with predictor.streaming(workers):
-            return runner.run_images(sources, predictor, batch_size=batch, workers=workers)
+        workers = pipeline.stream_workers()
+        with pipeline.streaming(workers):
+            return runner.run_images(sources, pipeline, batch_size=batch, workers=workers)

@@ -133,7 +133,7 @@ class PredictWorker:
             source = Source(Path(str(path)), str(key), str(name), str(stem))
             works.append(Work(source, image=None if error else np.asarray(image, np.uint8),
                               error=str(error) or None, decode_s=float(decode_s)))
-        runner.run_images(works, self.predictor, batch_size=self.batch_size)
+        runner.run_images(works, self.predictor.pipeline, batch_size=self.batch_size)
         return {"record": np.array([record_json(r) for r in sink.records], dtype=object)}
 
 
