@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 from icm_cli import io
 from icm_cli.config import DEFAULT_MAX_PIXELS
-from icm_cli.errors import SettingError
+from icm_cli.errors import EvalArgumentsError, SettingError  # noqa: F401 (EvalArgumentsError re-exported)
 from icm_cli.sources import natural_key
 
 KINDS = ("mask", "alpha")
@@ -234,10 +234,6 @@ def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -
         raise io.InputError(f"{gt}: GT must be a folder when PRED is a folder")
     if trimaps is not None and not trimaps.is_dir():
         raise io.InputError(f"{trimaps}: --trimaps must be a folder")
-
-
-class EvalArgumentsError(io.InputError):
-    """PRED and GT that cannot be what was meant (swapped, or sequences without ``--recursive``)."""
 
 
 def _holds_outputs(folder: Path) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from icm_cli import io
 from icm_cli.config import ModelConfig, OutputConfig, VideoConfig, batch_size_for
 from icm_cli.console import BatchOutcome
-from icm_cli.errors import IcmError
+from icm_cli.errors import IcmError, UsageProblem  # noqa: F401 (UsageProblem re-exported)
 from icm_cli.references import Reference
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
@@ -29,10 +29,6 @@ from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_so
 if TYPE_CHECKING:
     from icm_cli.predictor import Predictor
     from icm_cli.video import FrameSequence
-
-
-class UsageProblem(IcmError):
-    """The run cannot start as asked; the message is one line for people (exit 2)."""
 
 
 @dataclass(frozen=True)

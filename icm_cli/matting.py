@@ -29,7 +29,7 @@ import numpy as np
 
 from icm_cli.config import DEFAULT_MATTE_METHOD as DEFAULT_METHOD  # noqa: F401 - re-exported
 from icm_cli.config import DEFAULT_SOLVE_PIXELS, MATTE_METHODS as METHODS  # noqa: F401
-from icm_cli.errors import IcmError
+from icm_cli.errors import MattingError  # noqa: F401 (re-exported)
 
 #: Trimap values at or below this are background, at or above ``1 - this``
 #: foreground, anything between is unknown (tolerates JPEG-damaged 0/128/255).
@@ -44,10 +44,6 @@ _MARGIN = 16
 # Guided-filter upsampling: radius in low-resolution pixels, regularisation.
 _GF_RADIUS_LOW = 2.0
 _GF_EPS = 1e-4
-
-
-class MattingError(IcmError, RuntimeError):
-    """Every solver tried for an image failed; the message says which and why."""
 
 
 # --------------------------------------------------------------------- trimaps

@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from icm_cli import io, render
-from icm_cli.errors import IcmError
+from icm_cli.errors import VideoOutputError  # noqa: F401 (re-exported)
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
 VIDEO_KINDS = ("mask", "matte", "cutout", "overlay")
@@ -61,10 +61,6 @@ _DESCRIBE = {"prores_ks": {"3": "ProRes 422 HQ", "4": "ProRes 4444 with alpha"},
 #: Decimal rates people type for the NTSC family, as the exact fractions cameras record.
 _NTSC = {"23.976": Fraction(24000, 1001), "29.97": Fraction(30000, 1001), "47.952": Fraction(48000, 1001),
          "59.94": Fraction(60000, 1001), "119.88": Fraction(120000, 1001)}
-
-
-class VideoOutputError(IcmError):
-    """A video could not be written; the message is one line naming the file."""
 
 
 def parse_fps(text: str) -> Fraction:

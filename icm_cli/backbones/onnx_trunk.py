@@ -36,17 +36,13 @@ import torch
 
 from icm_cli import cache
 from icm_cli.config import RUNTIMES
-from icm_cli.errors import IcmError
+from icm_cli.errors import RuntimeUnavailable  # noqa: F401 (re-exported)
 OPSET = 17
 FORMAT = "icm-onnx-trunk-1"
 #: Largest |onnx - torch| accepted on the check input, relative to the largest |torch| value
 #: (measured: about 1e-6; a wrong graph is off by O(1)).
 TOLERANCE = 1e-4
 INSTALL_HINT = "pip install onnxruntime onnx"
-
-
-class RuntimeUnavailable(IcmError, ValueError):
-    """ONNX Runtime cannot run this backbone here; the message says why, in one line (a usage problem)."""
 
 
 def missing_packages(names: tuple[str, ...] = ("onnxruntime",)) -> list[str]:
