@@ -73,7 +73,7 @@ class TruncatedClip(InputError):
                 f"of {self.promised} promised")
 
 
-class OutputError(InputError):
+class OutputError(IcmError):
     """An output could not be written; ``errno`` says why (``ENOSPC``: the disk is full)."""
 
     def __init__(self, message: str, errno_: int | None = None) -> None:

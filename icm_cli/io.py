@@ -377,7 +377,7 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> int:
 
 
 def ensure_output_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` (and parents) and check a file can be created in it; one-line InputError if not."""
+    """Create ``folder`` (and parents) and check a file can be created in it; one-line OutputError if not."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

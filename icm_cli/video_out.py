@@ -396,7 +396,7 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
                 shown = info.orientation.displayed_size(info.width, info.height)
                 report.written.append((writer.path, f"{writer.frames} frames, {shown[0]}x{shown[1]}, "
                                                     f"{_fps_text(info.rate)} fps, {describe(config.format, kind)}"))
-    except (VideoOutputError, io.InputError) as exc:
+    except (VideoOutputError, io.InputError, io.OutputError) as exc:
         for writer in writers.values():
             writer.abort()
         report.problems.append(str(exc))
