@@ -92,7 +92,33 @@ class VideoOutputError(IcmError):
 # ------------------------------------------------------------------ settings and calls
 
 class SettingError(IcmError, ValueError):
-    """A setting out of its range (``ModelConfig(size=10)``); still a ``ValueError`` for older callers."""
+    """A setting out of its range (``ModelConfig(size=10)``); still a ``ValueError`` for older callers.
+
+    The message names the setting as the Python API does (``size must be ...``).
+    ``option`` is the command-line option that sets it (``--size``): the ``icm``
+    command shows :meth:`for_command_line`, where the option takes the
+    setting's place at the start of the message.
+    """
+
+    def __init__(self, message: str, option: str | None = None, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.setting = setting if setting is not None else message.split(" ", 1)[0]
+
+    def for_command_line(self) -> str:
+        text = str(self)
+        if self.option and self.setting and text.startswith(self.setting):
+            return self.option + text[len(self.setting):]
+        return text
+
+
+def command_line_text(exc: BaseException) -> str:
+    """An error's one line as the ``icm`` command shows it: a :class:`SettingError` names the option."""
+    return exc.for_command_line() if isinstance(exc, SettingError) else str(exc)
+
+
+class IcmRuntimeError(IcmError, RuntimeError):
+    """A deliberate failure at run time outside the kinds above; still a ``RuntimeError`` for older callers."""
 
 
 class UsageProblem(IcmError):

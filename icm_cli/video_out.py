@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 
 from icm_cli import io, render
-from icm_cli.errors import VideoOutputError  # noqa: F401 (re-exported)
+from icm_cli.errors import SettingError, VideoOutputError  # noqa: F401 (VideoOutputError re-exported)
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
 
 VIDEO_KINDS = ("mask", "matte", "cutout", "overlay")
@@ -69,9 +69,10 @@ def parse_fps(text: str) -> Fraction:
     try:
         rate = _NTSC.get(text) or Fraction(text)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"--fps takes frames per second, e.g. 25, 29.97 or 30000/1001 (got {text!r})") from None
+        raise SettingError(f"fps takes frames per second, e.g. 25, 29.97 or 30000/1001 (got {text!r})",
+                           option="--fps") from None
     if not 0 < rate <= 1000:
-        raise ValueError(f"--fps must be above 0 and at most 1000 (got {text})")
+        raise SettingError(f"fps must be above 0 and at most 1000 (got {text})", option="--fps")
     return rate
 
 
@@ -86,10 +87,10 @@ class VideoOutputConfig:
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in VIDEO_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"--save-video takes a comma-separated list of {', '.join(VIDEO_KINDS)}; "
+            raise SettingError(f"kinds must be a list of {', '.join(VIDEO_KINDS)}; "
                              f"got {','.join(self.kinds) or 'nothing'}")
         if self.format not in VIDEO_FORMATS:
-            raise ValueError(f"--video-format takes {' or '.join(VIDEO_FORMATS)} (got {self.format!r})")
+            raise SettingError(f"format takes {' or '.join(VIDEO_FORMATS)} (got {self.format!r})", option="--video-format")
 
     @classmethod
     def parse(cls, kinds: str, fmt: str = "mov", fps: str | None = None) -> "VideoOutputConfig":
@@ -114,14 +115,14 @@ class VideoOutputConfig:
         try:
             av = require_av()
         except io.InputError as exc:
-            raise ValueError(f"--save-video: {exc}") from None
+            raise SettingError(f"--save-video: {exc}") from None
         for kind in self.kinds:
             codec = _ENCODING[(self.format, kind)][0]
             try:
                 av.codec.Codec(codec, "w")
             except Exception:
                 other = "webm" if self.format == "mov" else "mov"
-                raise ValueError(f"--save-video {kind}: this PyAV build has no {codec} encoder for "
+                raise SettingError(f"--save-video {kind}: this PyAV build has no {codec} encoder for "
                                  f".{self.format}; try --video-format {other}") from None
 
 

@@ -111,7 +111,7 @@ def test_api_errors_are_sentences(predictor):
         fresh.set_reference(img, np.zeros((40, 40), bool))
     with pytest.raises(ValueError, match="uint8"):
         predictor.predict(img.astype(np.float32))
-    with pytest.raises(ValueError, match="--size"):
+    with pytest.raises(ValueError, match="^size must be at least 64"):  # the setting's name, not the option's
         ModelConfig(size=10)
 
 

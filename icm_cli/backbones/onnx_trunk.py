@@ -36,7 +36,7 @@ import torch
 
 from icm_cli import cache
 from icm_cli.config import RUNTIMES
-from icm_cli.errors import RuntimeUnavailable  # noqa: F401 (re-exported)
+from icm_cli.errors import RuntimeUnavailable, SettingError  # noqa: F401 (RuntimeUnavailable re-exported)
 OPSET = 17
 FORMAT = "icm-onnx-trunk-1"
 #: Largest |onnx - torch| accepted on the check input, relative to the largest |torch| value
@@ -65,7 +65,7 @@ def resolve_runtime(requested: str, device_type: str, backbone=None) -> tuple[st
     raises :class:`RuntimeUnavailable` where it cannot run.
     """
     if requested not in RUNTIMES:
-        raise ValueError(f"--runtime takes {', '.join(RUNTIMES)} (got {requested!r})")
+        raise SettingError(f"runtime takes {', '.join(RUNTIMES)} (got {requested!r})", option="--runtime")
     if requested == "torch":
         return "torch", None
     problem = None
