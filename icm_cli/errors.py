@@ -29,6 +29,12 @@ is also importable from the module that raises it, as before
 - :class:`MattingError` (also a ``RuntimeError``): every matte solver failed.
 - :class:`ReviewError`: a review page that cannot be made.
 - :class:`RayEngineError`: a Ray run that could not start or broke down.
+- :class:`IcmRuntimeError` (also a ``RuntimeError``): any other deliberate
+  failure at run time (a transformers DINOv2 whose layout icm cannot read).
+
+:func:`command_line_text` is the one line as the ``icm`` command shows it: a
+library message names the setting (``size must be ...``), the command line the
+option (``--size must be ...``).
 
 Nothing here imports anything of icm, so every module can derive from it.
 """
