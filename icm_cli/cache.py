@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterator
 
 from icm_cli import atomic
+from icm_cli.errors import SettingError
 
 try:  # POSIX advisory locks; elsewhere writers rely on the atomic rename alone
     import fcntl
@@ -142,7 +143,7 @@ def parse_size(text: str) -> int:
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(i?b)?|(b))?\s*", str(text), re.IGNORECASE)
     if not match:
-        raise ValueError(f"{text!r} is not a size (bytes, or a number with K, M, G or T: 500M, 2G)")
+        raise SettingError(f"{text!r} is not a size (bytes, or a number with K, M, G or T: 500M, 2G)")
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
 
 

@@ -125,13 +125,13 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.size < 64:
-            raise SettingError(f"--size must be at least 64 pixels (got {self.size})")
+            raise SettingError(f"size must be at least 64 pixels (got {self.size})", option="--size")
         if self.head_steps < 0:
-            raise SettingError(f"--head-steps must be 0 or more (got {self.head_steps})")
+            raise SettingError(f"head_steps must be 0 or more (got {self.head_steps})", option="--head-steps")
         if self.runtime not in RUNTIMES:
-            raise SettingError(f"--runtime takes {', '.join(RUNTIMES)} (got {self.runtime!r})")
+            raise SettingError(f"runtime takes {', '.join(RUNTIMES)} (got {self.runtime!r})", option="--runtime")
         if self.threshold is not None and not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise SettingError(f"--threshold must be a number from 0 to 1 (got {self.threshold})")
+            raise SettingError(f"threshold must be a number from 0 to 1 (got {self.threshold})", option="--threshold")
 
     def result_settings(self) -> dict:
         """The settings that change what is written (not where, or how fast): recorded in the manifest.
@@ -164,7 +164,7 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         if self.radius < 0 or self.memory < 0:
-            raise SettingError("--radius and --memory must be 0 or more")
+            raise SettingError("radius and memory must be 0 or more", option="--radius and --memory", setting="radius and memory")
 
 
 @dataclass(frozen=True)
@@ -177,10 +177,10 @@ class OutputConfig:
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in OUTPUT_KINDS]
         if unknown or not self.kinds:
-            raise SettingError(f"--save takes a comma-separated list of {', '.join(OUTPUT_KINDS)}; "
-                             f"got {','.join(self.kinds) or 'nothing'}")
+            raise SettingError(f"kinds must be a list of {', '.join(OUTPUT_KINDS)}; "
+                             f"got {','.join(self.kinds) or 'nothing'}", option="--save")
         if self.kernel < 1:
-            raise SettingError(f"--kernel must be at least 1 pixel (got {self.kernel})")
+            raise SettingError(f"kernel must be at least 1 pixel (got {self.kernel})", option="--kernel")
 
     @classmethod
     def parse(cls, save: str, kernel: int = DEFAULT_TRIMAP_KERNEL) -> "OutputConfig":

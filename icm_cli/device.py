@@ -10,14 +10,10 @@ import re
 
 import torch
 
-from icm_cli.errors import IcmError
+from icm_cli.errors import DeviceError  # noqa: F401 (re-exported)
 
 _CUDA = re.compile(r"^cuda(?::(\d+))?$")
 CHOICES = "auto, cpu, cuda, cuda:N or mps"
-
-
-class DeviceError(IcmError):
-    """A ``--device`` value that cannot be used here; one line for people."""
 
 
 def _mps_available() -> bool:

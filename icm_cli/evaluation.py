@@ -21,7 +21,8 @@ from typing import Optional, Sequence
 
 from icm_cli import io
 from icm_cli.config import DEFAULT_MAX_PIXELS
-from icm_cli.errors import SettingError
+from icm_cli.errors import EvalArgumentsError, SettingError  # noqa: F401 (EvalArgumentsError re-exported)
+from icm_cli.kinds import parse_eval_kind
 from icm_cli.sources import natural_key
 
 KINDS = ("mask", "alpha")
@@ -112,9 +113,9 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
              exclude: Sequence[str] = (), include_references: bool = False) -> Evaluation:
     """Score the predictions ``pred`` (a folder or one file) against the ground truth ``gt``.
 
-    kind: ``mask`` (J = IoU, F = boundary F measure, ``tolerance`` its match
+    kind: ``mask`` (or ``masks``; J = IoU, F = boundary F measure, ``tolerance`` its match
     distance: pixels if >= 1, else a share of the diagonal) or ``alpha``
-    (SAD, MSE, Grad, Conn; over the unknown band of the same-named
+    (or ``alphas``, ``matte``, ``mattes``: the names ``--save`` and ``--save-video`` take; SAD, MSE, Grad, Conn; over the unknown band of the same-named
     ``trimaps`` when given). stability (masks): each sequence's temporal
     stability, the mean IoU of consecutive masks in name order, for the
     prediction and the ground truth. recursive: folders of sequence
@@ -131,6 +132,7 @@ def evaluate(pred: str | Path, gt: str | Path, *, kind: str = "mask", trimaps: s
     """
     pred, gt = Path(pred), Path(gt)
     trimaps = Path(trimaps) if trimaps is not None else None
+    kind = parse_eval_kind(kind)  # masks, matte, mattes ... as --save and --save-video take them
     _check_arguments(pred, gt, kind, trimaps)
     keys = MASK_KEYS if kind == "mask" else ALPHA_KEYS
     picks = {"include": tuple(include), "exclude": tuple(exclude)}
@@ -225,9 +227,9 @@ def _user_mask_predictions(paths: list[Path], pred: Path, kind: str) -> set[Path
 
 def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -> None:
     if kind not in KINDS:
-        raise SettingError(f"--kind {kind!r} is not known; choose mask or alpha")
+        raise SettingError(f"kind {kind!r} is not known; choose mask or alpha", option="--kind")
     if trimaps is not None and kind != "alpha":
-        raise SettingError("--trimaps applies to --kind alpha only")
+        raise SettingError("trimaps apply to kind alpha only", option="--trimaps", setting="trimaps")
     for label, path in (("PRED", pred), ("GT", gt)):
         if not path.exists():
             raise io.InputError(f"{path}: {label} not found")
@@ -235,10 +237,6 @@ def _check_arguments(pred: Path, gt: Path, kind: str, trimaps: Optional[Path]) -
         raise io.InputError(f"{gt}: GT must be a folder when PRED is a folder")
     if trimaps is not None and not trimaps.is_dir():
         raise io.InputError(f"{trimaps}: --trimaps must be a folder")
-
-
-class EvalArgumentsError(io.InputError):
-    """PRED and GT that cannot be what was meant (swapped, or sequences without ``--recursive``)."""
 
 
 def _holds_outputs(folder: Path) -> bool:

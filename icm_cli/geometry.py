@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from icm_cli.errors import ArrayError, SettingError
+
 
 @dataclass(frozen=True)
 class WorkingGeometry:
@@ -37,9 +39,9 @@ class WorkingGeometry:
         ``max_upscale`` times, and keeping the long side within
         ``max_long_side``, when given), pad to a multiple of ``multiple``."""
         if orig_h < 1 or orig_w < 1:
-            raise ValueError(f"image size must be positive, got {orig_h}x{orig_w}")
+            raise ArrayError(f"image size must be positive, got {orig_h}x{orig_w}")
         if short_side < multiple:
-            raise ValueError(f"working size {short_side} is smaller than the backbone stride {multiple}")
+            raise SettingError(f"working size {short_side} is smaller than the backbone stride {multiple}")
         scale = short_side / min(orig_h, orig_w)
         if max_upscale is not None:
             scale = min(scale, max_upscale)

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from icm_cli import atomic
 from icm_cli.config import DEFAULT_MAX_PIXELS
-from icm_cli.errors import IcmError
+from icm_cli.errors import InputError, OutputError  # noqa: F401 (re-exported)
 from icm_cli.process_settings import open_unguarded
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -29,10 +29,6 @@ RASTER_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "WEBP", "TIFF", "GIF")
 __all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "InputError", "OutputError", "read_image", "read_mask",
            "read_trimap", "binary_mask", "write_image_atomic", "write_text_atomic", "ensure_output_folder",
            "remove_stale_temp_files", "fatal_write_error"]
-
-
-class InputError(IcmError):
-    """A problem with one user file; the message is one line for people."""
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image | np.ndarray:
@@ -292,14 +288,6 @@ def binary_mask(mask: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------- outputs
 
-class OutputError(InputError):
-    """An output could not be written; ``errno`` says why (``ENOSPC``: the disk is full)."""
-
-    def __init__(self, message: str, errno_: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = errno_
-
-
 #: Write errors after which no later output can succeed either: a batch stops
 #: instead of failing every remaining source the same way.
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -321,7 +309,7 @@ remove_stale_temp_files = atomic.remove_stale_temp_files
 
 
 def ensure_output_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` (and parents) and check a file can be created in it; one-line InputError if not."""
+    """Create ``folder`` (and parents) and check a file can be created in it; one-line OutputError if not."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)

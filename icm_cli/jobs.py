@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 from icm_cli import io
 from icm_cli.config import ModelConfig, OutputConfig, VideoConfig
-from icm_cli.errors import IcmError
+from icm_cli.errors import IcmError, SettingError, UsageProblem, command_line_text  # noqa: F401 (UsageProblem re-exported)
 from icm_cli.references import Reference
 from icm_cli.runner.outcome import BatchOutcome
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
@@ -30,10 +30,6 @@ from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_so
 if TYPE_CHECKING:
     from icm_cli.predictor import Predictor
     from icm_cli.video import FrameSequence
-
-
-class UsageProblem(IcmError):
-    """The run cannot start as asked; the message is one line for people (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -57,16 +53,16 @@ class RunInputs:
 
     def check(self) -> None:
         if self.video is not None and self.sources:
-            raise ValueError("give either SOURCES or --video SEQUENCE, not both")
+            raise SettingError("give either SOURCES or --video SEQUENCE, not both")
         if self.video is None and not self.sources:
-            raise ValueError("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
+            raise SettingError("no SOURCES given: name images, folders, or - to read paths from stdin (or --video SEQUENCE)")
         self._check_clips()
         if self.prior is not None:
             if self.video is not None:
-                raise ValueError("--prior pairs masks with SOURCES by name; a --video run takes each frame's "
+                raise SettingError("--prior pairs masks with SOURCES by name; a --video run takes each frame's "
                                  "prior from the frame before")
             if not Path(self.prior).is_dir():
-                raise ValueError(f"{self.prior}: --prior must be a folder of masks named like the sources")
+                raise SettingError(f"{self.prior}: --prior must be a folder of masks named like the sources")
 
     def _check_clips(self) -> None:
         """A video file given whole where its frames are meant (a SOURCE, a ``--ref`` without ``@N``):
@@ -76,7 +72,7 @@ class RunInputs:
         for text, role in [*((s, "source") for s in self.sources), *((r, "ref") for r in self.refs)]:
             hint = whole_clip_hint(text, role)
             if hint is not None:
-                raise ValueError(hint)
+                raise SettingError(hint)
 
 
 @dataclass(frozen=True)
@@ -100,22 +96,22 @@ class RunOptions:
 
     def check(self, inputs: RunInputs) -> None:
         if self.engine not in ("local", "ray"):
-            raise ValueError(f"--engine takes local or ray (got {self.engine!r})")
+            raise SettingError(f"--engine takes local or ray (got {self.engine!r})")
         if self.engine == "local" and (self.address or self.workers or self.gpus_per_worker):
-            raise ValueError("--address, --workers and --gpus-per-worker need --engine ray")
+            raise SettingError("--address, --workers and --gpus-per-worker need --engine ray")
         inputs.check()
         if inputs.prior is not None and self.engine != "local":
-            raise ValueError("--prior runs on the local engine (or --shard); --engine ray takes no priors")
+            raise SettingError("--prior runs on the local engine (or --shard); --engine ray takes no priors")
         if inputs.video is not None and self.engine != "local":
-            raise ValueError("--video runs frame after frame on the local engine; --engine ray takes SOURCES")
+            raise SettingError("--video runs frame after frame on the local engine; --engine ray takes SOURCES")
         if inputs.video is not None and self.only_below is not None:
-            raise ValueError("--only-below reruns single images; a --video sequence is redone whole with --overwrite")
+            raise SettingError("--only-below reruns single images; a --video sequence is redone whole with --overwrite")
         if self.engine == "ray":
             from icm_cli.engines import ray_engine
             try:
                 ray_engine.require_ray()
             except ray_engine.RayEngineError as exc:
-                raise ValueError(str(exc)) from None
+                raise SettingError(str(exc)) from None
 
 
 @dataclass
@@ -154,7 +150,7 @@ class PropagateJob:
         except UsageProblem:
             raise
         except (ValueError, IcmError) as exc:
-            raise UsageProblem(str(exc)) from None
+            raise UsageProblem(command_line_text(exc)) from None
 
     @classmethod
     def _checked(cls, inputs: RunInputs, options: RunOptions, model: ModelConfig, outputs: OutputConfig,
@@ -248,7 +244,7 @@ class PropagateJob:
             self.engine = self._engine()
             prepared = self.engine.prepare(self.references)
         except (ValueError, IcmError) as exc:
-            raise UsageProblem(str(exc)) from None
+            raise UsageProblem(command_line_text(exc)) from None
         self.model, self.predictor = self.engine.model, self.engine.predictor
         self.runtime_note = prepared.runtime_note
         self.settings["runtime"] = runtime_label(prepared.runtime)

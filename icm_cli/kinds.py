@@ -1,10 +1,11 @@
-"""Names of output kinds as users type them: ``--save`` and ``--save-video`` accept either spelling.
+"""Names of output kinds as users type them: one vocabulary for ``--save``, ``--save-video`` and ``eval --kind``.
 
 ``--save`` names PNG folders (``masks``, ``trimaps``, ``heatmaps``, ``alpha``,
-``cutout``) and ``--save-video`` names videos (``mask``, ``matte``, ``cutout``,
-``overlay``). People mix the two, so each option takes the singular, the plural
-and ``matte`` for ``alpha`` (and back); outputs, manifests and help keep the
-canonical names. A name that is neither gets one line with the closest match.
+``cutout``), ``--save-video`` names videos (``mask``, ``matte``, ``cutout``,
+``overlay``) and ``icm eval --kind`` what is scored (``mask`` or ``alpha``).
+People mix them, so each takes the singular, the plural and ``matte`` for
+``alpha`` (and back); outputs, manifests, scores and help keep the canonical
+names. A name that is none of them gets one line with the closest match.
 """
 
 from __future__ import annotations
@@ -55,6 +56,26 @@ def _parse(text: str, option: str, spellings: dict[str, str], canonical: Sequenc
 def parse_png_kinds(text: str, canonical: Sequence[str]) -> tuple[str, ...]:
     """``--save`` text -> canonical PNG kinds (``"mask,matte"`` -> ``("masks", "alpha")``); SettingError if unknown."""
     return _parse(text, "--save", _PNG_SPELLINGS, canonical, _VIDEO_SPELLINGS, "--save-video")
+
+
+#: Every spelling -> what ``icm eval --kind`` scores.
+_EVAL_SPELLINGS = {
+    "mask": "mask", "masks": "mask",
+    "alpha": "alpha", "alphas": "alpha", "matte": "alpha", "mattes": "alpha",
+}
+
+
+def parse_eval_kind(text: str) -> str:
+    """``eval --kind`` / ``evaluate(kind=...)`` -> ``"mask"`` or ``"alpha"`` (``"masks"``, ``"matte"`` ... too).
+
+    SettingError (option ``--kind``) for anything else, with the closest name."""
+    name = str(text).strip().lower()
+    kind = _EVAL_SPELLINGS.get(name)
+    if kind is None:
+        close = difflib.get_close_matches(name, list(_EVAL_SPELLINGS), n=1, cutoff=0.6)
+        hint = f": did you mean {_EVAL_SPELLINGS[close[0]]}?" if close else ""
+        raise SettingError(f"kind {text!r} is not known; choose mask or alpha{hint}", option="--kind")
+    return kind
 
 
 def parse_video_kinds(text: str, canonical: Sequence[str]) -> tuple[str, ...]:

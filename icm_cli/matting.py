@@ -29,7 +29,7 @@ import numpy as np
 
 from icm_cli.config import DEFAULT_MATTE_METHOD as DEFAULT_METHOD  # noqa: F401 - re-exported
 from icm_cli.config import DEFAULT_SOLVE_PIXELS, MATTE_METHODS as METHODS  # noqa: F401
-from icm_cli.errors import IcmError
+from icm_cli.errors import ArrayError, MattingError, SettingError  # noqa: F401 (MattingError re-exported)
 
 #: Trimap values at or below this are background, at or above ``1 - this``
 #: foreground, anything between is unknown (tolerates JPEG-damaged 0/128/255).
@@ -46,10 +46,6 @@ _GF_RADIUS_LOW = 2.0
 _GF_EPS = 1e-4
 
 
-class MattingError(IcmError, RuntimeError):
-    """Every solver tried for an image failed; the message says which and why."""
-
-
 # --------------------------------------------------------------------- trimaps
 
 def split_trimap(trimap: np.ndarray, tolerance: float = KNOWN_TOLERANCE
@@ -60,7 +56,7 @@ def split_trimap(trimap: np.ndarray, tolerance: float = KNOWN_TOLERANCE
     """
     t = np.asarray(trimap, dtype=np.float32)
     if t.ndim != 2:
-        raise ValueError(f"trimap must be [H, W], got shape {t.shape}")
+        raise ArrayError(f"trimap must be [H, W], got shape {t.shape}")
     fg = t >= 1.0 - tolerance
     bg = t <= tolerance
     return fg, bg, ~(fg | bg)
@@ -70,25 +66,25 @@ def _check_inputs(image: np.ndarray, trimap: np.ndarray) -> tuple[np.ndarray, np
     image = np.asarray(image)
     trimap = np.asarray(trimap)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
+        raise ArrayError(f"image must be [H, W, 3] RGB, got shape {image.shape}")
     if trimap.ndim != 2:
-        raise ValueError(f"trimap must be [H, W], got shape {trimap.shape}")
+        raise ArrayError(f"trimap must be [H, W], got shape {trimap.shape}")
     if trimap.shape != image.shape[:2]:
-        raise ValueError(f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but the image is "
+        raise ArrayError(f"trimap is {trimap.shape[1]}x{trimap.shape[0]} but the image is "
                          f"{image.shape[1]}x{image.shape[0]}")
     if image.dtype == np.uint8:
         pass
     elif np.issubdtype(image.dtype, np.floating):
         image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     else:
-        raise ValueError(f"image must be uint8 (0-255) or float (0-1), got {image.dtype}")
+        raise ArrayError(f"image must be uint8 (0-255) or float (0-1), got {image.dtype}")
     if trimap.dtype == np.bool_:
         trimap = trimap.astype(np.float32)
     elif not np.issubdtype(trimap.dtype, np.floating):
         top = 255.0 if trimap.dtype == np.uint8 else float(max(trimap.max(), 1))
         trimap = trimap.astype(np.float32) / top
     elif trimap.size and (np.nanmin(trimap) < 0.0 or np.nanmax(trimap) > 1.0):
-        raise ValueError("a float trimap must hold values in [0, 1] (0 background, 1 object, between unknown)")
+        raise ArrayError("a float trimap must hold values in [0, 1] (0 background, 1 object, between unknown)")
     return image, trimap.astype(np.float32)
 
 
@@ -139,7 +135,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float = 
     """
     guide = np.asarray(guide)
     if guide.ndim != 3 or guide.shape[2] != 3 or guide.shape[:2] != np.shape(src):
-        raise ValueError(f"guide must be [H, W, 3] matching src {np.shape(src)}, got {guide.shape}")
+        raise ArrayError(f"guide must be [H, W, 3] matching src {np.shape(src)}, got {guide.shape}")
     radius = max(int(radius), 1)
     scale = 1.0 / 255.0 if guide.dtype == np.uint8 else 1.0
     h = guide.shape[0]
@@ -379,9 +375,9 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, method: str = DEFAULT_MET
     known pixel, and :class:`MattingError` when every solver failed.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown matting method {method!r}; choose one of {', '.join(METHODS)}")
+        raise SettingError(f"unknown matting method {method!r}; choose one of {', '.join(METHODS)}")
     if max_pixels < 1024:
-        raise ValueError(f"max_pixels must be at least 1024, got {max_pixels}")
+        raise SettingError(f"max_pixels must be at least 1024, got {max_pixels}")
     info = {} if info is None else info
     image, trimap = _check_inputs(image, trimap)
     fg, bg, unknown = split_trimap(trimap, tolerance)
@@ -391,7 +387,7 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, method: str = DEFAULT_MET
         info["method_used"] = "none"
         return alpha
     if not fg.any() and not bg.any():
-        raise ValueError("the trimap has no known pixel (no 0 and no 1): nothing to propagate from")
+        raise ArrayError("the trimap has no known pixel (no 0 and no 1): nothing to propagate from")
     if not fg.any() or not bg.any():
         alpha[unknown] = 0.0 if not fg.any() else 1.0
         info["method_used"] = "constant"
@@ -454,7 +450,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     image = np.asarray(image)
     alpha = np.asarray(alpha, dtype=np.float32)
     if image.ndim != 3 or image.shape[2] != 3 or alpha.shape != image.shape[:2]:
-        raise ValueError(f"need image [H, W, 3] and alpha [H, W] of the same size, got {image.shape} and {alpha.shape}")
+        raise ArrayError(f"need image [H, W, 3] and alpha [H, W] of the same size, got {image.shape} and {alpha.shape}")
     img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else np.clip(image.astype(np.float32), 0, 1)
     alpha = np.clip(alpha, 0.0, 1.0)
     out = img.copy()

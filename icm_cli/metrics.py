@@ -21,6 +21,8 @@ from typing import Iterable, NamedTuple, Optional
 import cv2
 import numpy as np
 
+from icm_cli.errors import ArrayError, SettingError
+
 
 class BoundaryScore(NamedTuple):
     """Boundary precision, recall and F-measure, each in [0, 1]."""
@@ -33,7 +35,7 @@ class BoundaryScore(NamedTuple):
 def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f"{name} must be [H, W], got shape {mask.shape}")
+        raise ArrayError(f"{name} must be [H, W], got shape {mask.shape}")
     if mask.dtype == np.bool_:
         return mask
     if np.issubdtype(mask.dtype, np.floating):
@@ -45,7 +47,7 @@ def _as_bool(mask: np.ndarray, name: str) -> np.ndarray:
 def _as_alpha(alpha: np.ndarray, name: str) -> np.ndarray:
     alpha = np.asarray(alpha)
     if alpha.ndim != 2:
-        raise ValueError(f"{name} must be [H, W], got shape {alpha.shape}")
+        raise ArrayError(f"{name} must be [H, W], got shape {alpha.shape}")
     if alpha.dtype == np.uint8:
         return alpha.astype(np.float64) / 255.0
     if alpha.dtype == np.uint16:
@@ -56,11 +58,11 @@ def _as_alpha(alpha: np.ndarray, name: str) -> np.ndarray:
 def _pair(a: np.ndarray, b: np.ndarray, convert, region: Optional[np.ndarray] = None):
     a, b = convert(a, "pred"), convert(b, "gt")
     if a.shape != b.shape:
-        raise ValueError(f"prediction {a.shape} and ground truth {b.shape} differ in size")
+        raise ArrayError(f"prediction {a.shape} and ground truth {b.shape} differ in size")
     if region is not None:
         region = np.asarray(region, dtype=bool)
         if region.shape != a.shape:
-            raise ValueError(f"region {region.shape} and images {a.shape} differ in size")
+            raise ArrayError(f"region {region.shape} and images {a.shape} differ in size")
     return a, b, region
 
 
@@ -106,7 +108,7 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: Optional[float] = No
     if tolerance is None:
         tolerance = 0.008
     if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        raise SettingError(f"tolerance must be >= 0, got {tolerance}")
     radius = int(round(tolerance)) if tolerance >= 1 else int(math.ceil(tolerance * math.hypot(*p.shape)))
     pb, gb = mask_boundary(p), mask_boundary(g)
     n_p, n_g = int(pb.sum()), int(gb.sum())

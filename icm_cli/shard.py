@@ -41,6 +41,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from icm_cli.errors import SettingError
+
 T = TypeVar("T")
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
@@ -55,7 +57,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 1 <= self.index <= self.count:
-            raise ValueError(f"--shard takes I/N with 1 <= I <= N (got {self.index}/{self.count})")
+            raise SettingError(f"shard takes I/N with 1 <= I <= N (got {self.index}/{self.count})", option="--shard")
 
     @property
     def manifest_name(self) -> str:
@@ -73,14 +75,14 @@ def parse_shard(text: str) -> Shard:
     """``"2/4"`` -> ``Shard(2, 4)``; anything else raises ValueError with a sentence."""
     match = _SHARD.match(text or "")
     if not match:
-        raise ValueError(f"--shard takes I/N, e.g. --shard 1/4 (got {text!r})")
+        raise SettingError(f"shard takes I/N, e.g. 1/4 (got {text!r})", option="--shard")
     return Shard(int(match.group(1)), int(match.group(2)))
 
 
 def shard_of(key: str, count: int) -> int:
     """The 1-based shard in ``1..count`` that owns ``key``; the same in every process and on every machine."""
     if count < 1:
-        raise ValueError(f"shard count must be at least 1 (got {count})")
+        raise SettingError(f"shard count must be at least 1 (got {count})")
     digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % count + 1
 

@@ -19,17 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
-from icm_cli.io import IMAGE_SUFFIXES, InputError
+from icm_cli.errors import SourceError  # noqa: F401 (re-exported)
+from icm_cli.io import IMAGE_SUFFIXES
 
 #: Longest output name in bytes: a file system takes 255, and ``.png`` follows it.
 MAX_NAME_BYTES = 240
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-class SourceError(InputError):
-    """A SOURCES argument that cannot be used at all (the run does not start: exit 2)."""
 
 
 @dataclass(frozen=True)

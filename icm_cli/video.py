@@ -31,6 +31,7 @@ import numpy as np
 
 from icm_cli import io
 from icm_cli.console import one_line as console_line
+from icm_cli.errors import TruncatedClip  # noqa: F401 (re-exported)
 from icm_cli.sources import NameAllocator, Source, SourceError, SourceFinder, natural_key, output_name
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -185,19 +186,6 @@ def _rate(stream) -> Fraction:
         if rate:
             return Fraction(rate)
     return Fraction(25)
-
-
-class TruncatedClip(io.InputError):
-    """A clip that holds fewer frames than its container promises (a copy cut short)."""
-
-    def __init__(self, path: Path, readable: int, promised: int) -> None:
-        self.path, self.readable, self.promised = Path(path), readable, promised
-        super().__init__(f"{path}: {self.detail}")
-
-    @property
-    def detail(self) -> str:
-        return (f"truncated: holds only {self.readable} readable frame{'s' if self.readable != 1 else ''} "
-                f"of {self.promised} promised")
 
 
 def decode_clip(path: str | os.PathLike, max_pixels: int = io.DEFAULT_MAX_PIXELS

@@ -32,7 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from icm_cli import atomic, io, render
-from icm_cli.errors import IcmError
+from icm_cli.errors import SettingError, VideoOutputError  # noqa: F401 (VideoOutputError re-exported)
 from icm_cli.runner.signals import stop_signals
 from icm_cli.runner.outputs import output_folder, output_path
 from icm_cli.video import ClipInfo, FrameSequence, Orientation, decode_clip, require_av
@@ -61,19 +61,16 @@ _NTSC = {"23.976": Fraction(24000, 1001), "29.97": Fraction(30000, 1001), "47.95
          "59.94": Fraction(60000, 1001), "119.88": Fraction(120000, 1001)}
 
 
-class VideoOutputError(IcmError):
-    """A video could not be written; the message is one line naming the file."""
-
-
 def parse_fps(text: str) -> Fraction:
     """``"25"``, ``"29.97"`` (read as 30000/1001) or ``"30000/1001"`` -> a positive Fraction; else ValueError."""
     text = str(text).strip()
     try:
         rate = _NTSC.get(text) or Fraction(text)
     except (ValueError, ZeroDivisionError):
-        raise ValueError(f"--fps takes frames per second, e.g. 25, 29.97 or 30000/1001 (got {text!r})") from None
+        raise SettingError(f"fps takes frames per second, e.g. 25, 29.97 or 30000/1001 (got {text!r})",
+                           option="--fps") from None
     if not 0 < rate <= 1000:
-        raise ValueError(f"--fps must be above 0 and at most 1000 (got {text})")
+        raise SettingError(f"fps must be above 0 and at most 1000 (got {text})", option="--fps")
     return rate
 
 
@@ -88,10 +85,10 @@ class VideoOutputConfig:
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in VIDEO_KINDS]
         if unknown or not self.kinds:
-            raise ValueError(f"--save-video takes a comma-separated list of {', '.join(VIDEO_KINDS)}; "
+            raise SettingError(f"kinds must be a list of {', '.join(VIDEO_KINDS)}; "
                              f"got {','.join(self.kinds) or 'nothing'}")
         if self.format not in VIDEO_FORMATS:
-            raise ValueError(f"--video-format takes {' or '.join(VIDEO_FORMATS)} (got {self.format!r})")
+            raise SettingError(f"format takes {' or '.join(VIDEO_FORMATS)} (got {self.format!r})", option="--video-format")
 
     @classmethod
     def parse(cls, kinds: str, fmt: str = "mov", fps: str | None = None) -> "VideoOutputConfig":
@@ -116,14 +113,14 @@ class VideoOutputConfig:
         try:
             av = require_av()
         except io.InputError as exc:
-            raise ValueError(f"--save-video: {exc}") from None
+            raise SettingError(f"--save-video: {exc}") from None
         for kind in self.kinds:
             codec = _ENCODING[(self.format, kind)][0]
             try:
                 av.codec.Codec(codec, "w")
             except Exception:
                 other = "webm" if self.format == "mov" else "mov"
-                raise ValueError(f"--save-video {kind}: this PyAV build has no {codec} encoder for "
+                raise SettingError(f"--save-video {kind}: this PyAV build has no {codec} encoder for "
                                  f".{self.format}; try --video-format {other}") from None
 
 
@@ -392,7 +389,7 @@ def write_videos(config: VideoOutputConfig, root: Path, sequence: FrameSequence,
                 shown = info.orientation.displayed_size(info.width, info.height)
                 report.written.append((writer.path, f"{writer.frames} frames, {shown[0]}x{shown[1]}, "
                                                     f"{_fps_text(info.rate)} fps, {describe(config.format, kind)}"))
-    except (VideoOutputError, io.InputError) as exc:
+    except (VideoOutputError, io.InputError, io.OutputError) as exc:
         for writer in writers.values():
             writer.abort()
         report.problems.append(str(exc))

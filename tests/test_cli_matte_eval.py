@@ -240,7 +240,7 @@ def test_evaluate_is_the_library_behind_icm_eval(tmp_path):
     assert json.loads(cli.stdout) == json.loads(json.dumps(result.as_dict())) and cli.exit_code == 1
     with pytest.raises(IcmError, match="not found"):
         evaluate(tmp_path / "nothing", tmp_path / "gt")
-    with pytest.raises(IcmError, match="--kind 'x'"):
+    with pytest.raises(IcmError, match="^kind 'x'"):
         evaluate(tmp_path / "pred", tmp_path / "gt", kind="x")
 
 
@@ -252,3 +252,36 @@ def test_eval_short_k_still_means_kind_for_a_release_with_a_warning(tmp_path):
     assert json.loads(res.stdout)["kind"] == "alpha" and "SAD" in json.loads(res.stdout)["mean"]
     assert "-k for --kind is deprecated" in res.stderr
     assert "-k" not in runner.invoke(app, ["eval", "--help"]).stdout.replace("--kind", "")
+
+
+@pytest.mark.parametrize("spelling, kind", [("masks", "mask"), ("matte", "alpha"), ("mattes", "alpha"),
+                                            ("ALPHA", "alpha")])
+def test_eval_kind_takes_the_names_of_save_and_save_video(tmp_path, spelling, kind):
+    gt = np.zeros((10, 10), np.uint8)
+    gt[2:6, 2:6] = 255
+    pred = gt.copy()
+    pred[2:6, 5] = 0                           # 4 of 16 object pixels missed: IoU 0.75, SAD 4/1000
+    save_png(tmp_path / "pred" / "x.png", pred)
+    save_png(tmp_path / "gt" / "x.png", gt)
+    res = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--kind", spelling, "--json"])
+    assert res.exit_code == 0, res.output
+    scores = json.loads(res.stdout)
+    assert scores["kind"] == kind
+    if kind == "mask":
+        assert scores["mean"]["J"] == pytest.approx(0.75)
+    else:
+        assert scores["mean"]["SAD"] == pytest.approx(4 / 1000)
+
+
+def test_eval_unknown_kind_names_the_option_on_the_command_line_and_the_setting_in_the_library(tmp_path):
+    from icm_cli import evaluate
+    from icm_cli.errors import SettingError
+
+    save_png(tmp_path / "pred" / "x.png", square(0, 0, 4))
+    save_png(tmp_path / "gt" / "x.png", square(0, 0, 4))
+    res = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--kind", "mask2"])
+    assert res.exit_code == 2
+    assert "--kind 'mask2' is not known; choose mask or alpha: did you mean mask?" in res.stderr
+    with pytest.raises(SettingError, match="^kind 'mattes?x' is not known; choose mask or alpha: did you mean alpha"):
+        evaluate(tmp_path / "pred", tmp_path / "gt", kind="mattex")
+    assert evaluate(tmp_path / "pred", tmp_path / "gt", kind="masks").kind == "mask"

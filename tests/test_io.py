@@ -118,7 +118,7 @@ def test_write_image_atomic_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["m.png"]
 
 
-def test_write_into_unwritable_folder_is_an_input_error(tmp_path):
+def test_write_into_unwritable_folder_is_an_output_error(tmp_path):
     if os.geteuid() == 0:
         blocker = tmp_path / "file"
         blocker.write_text("x")
@@ -128,5 +128,6 @@ def test_write_into_unwritable_folder_is_an_input_error(tmp_path):
         ro.mkdir()
         ro.chmod(0o500)
         target = ro / "m.png"
-    with pytest.raises(io.InputError, match="m.png|file"):
+    with pytest.raises(io.OutputError, match="m.png|file") as err:
         io.write_image_atomic(target, np.zeros((2, 2), np.uint8))
+    assert not isinstance(err.value, io.InputError)  # the output is at fault, not an input

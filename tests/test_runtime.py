@@ -139,7 +139,7 @@ def test_resolve_runtime_choices():
     assert resolve_runtime("torch", "cpu") == ("torch", None)
     with pytest.raises(RuntimeUnavailable, match="--runtime onnx runs on the CPU"):
         resolve_runtime("onnx", "cuda")
-    with pytest.raises(ValueError, match="--runtime takes"):
+    with pytest.raises(ValueError, match="^runtime takes"):
         resolve_runtime("tensorrt", "cpu")
 
 

@@ -43,6 +43,7 @@ import torch
 
 from icm_cli.backbones.base import Backbone, Features, imagenet_normalise, l2_normalise
 from icm_cli.backbones.weights import WeightsError, load_state_dict
+from icm_cli.errors import IcmRuntimeError, SettingError
 
 # name -> (Hub id, architecture of the standard checkpoint)
 _COMMON = dict(patch_size=14, image_size=518, mlp_ratio=4, layerscale_value=1.0,
@@ -341,7 +342,7 @@ def _query_key(layer: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module
     inner = getattr(att, "attention", None)
     if inner is not None and hasattr(inner, "query"):
         return inner.query, inner.key
-    raise RuntimeError("unsupported transformers DINOv2 layout: no query/key projections found")
+    raise IcmRuntimeError("unsupported transformers DINOv2 layout: no query/key projections found")
 
 
 class DinoV2(Backbone):
@@ -373,7 +374,7 @@ class DinoV2(Backbone):
         config = model.config
         layers = model.encoder.layer
         if not 1 <= attention_layers <= len(layers):
-            raise ValueError(f"attention_layers must be between 1 and {len(layers)}, got {attention_layers}")
+            raise SettingError(f"attention_layers must be between 1 and {len(layers)}, got {attention_layers}")
         patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
         self.model = model
         self.name = variant

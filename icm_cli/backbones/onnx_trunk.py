@@ -36,17 +36,13 @@ import torch
 
 from icm_cli import cache
 from icm_cli.config import RUNTIMES
-from icm_cli.errors import IcmError
+from icm_cli.errors import RuntimeUnavailable, SettingError  # noqa: F401 (RuntimeUnavailable re-exported)
 OPSET = 17
 FORMAT = "icm-onnx-trunk-1"
 #: Largest |onnx - torch| accepted on the check input, relative to the largest |torch| value
 #: (measured: about 1e-6; a wrong graph is off by O(1)).
 TOLERANCE = 1e-4
 INSTALL_HINT = "pip install onnxruntime onnx"
-
-
-class RuntimeUnavailable(IcmError, ValueError):
-    """ONNX Runtime cannot run this backbone here; the message says why, in one line (a usage problem)."""
 
 
 def missing_packages(names: tuple[str, ...] = ("onnxruntime",)) -> list[str]:
@@ -69,7 +65,7 @@ def resolve_runtime(requested: str, device_type: str, backbone=None) -> tuple[st
     raises :class:`RuntimeUnavailable` where it cannot run.
     """
     if requested not in RUNTIMES:
-        raise ValueError(f"--runtime takes {', '.join(RUNTIMES)} (got {requested!r})")
+        raise SettingError(f"runtime takes {', '.join(RUNTIMES)} (got {requested!r})", option="--runtime")
     if requested == "torch":
         return "torch", None
     problem = None

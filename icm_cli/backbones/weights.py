@@ -7,11 +7,7 @@ from pathlib import Path
 
 import torch
 
-from icm_cli.errors import IcmError
-
-
-class WeightsError(IcmError):
-    """A weights file or folder that cannot be used; one line for people."""
+from icm_cli.errors import WeightsError  # noqa: F401 (re-exported)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -79,7 +79,7 @@ def output_folder_or_exit(folder: Path) -> None:
 
     try:
         io.ensure_output_folder(folder)
-    except io.InputError as exc:
+    except (io.InputError, io.OutputError) as exc:
         error_line(str(exc))
         raise typer.Exit(2)
     io.remove_stale_temp_files(folder)

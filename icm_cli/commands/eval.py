@@ -14,6 +14,7 @@ import typer
 
 from icm_cli import options as opts
 from icm_cli.config import DEFAULT_MAX_PIXELS
+from icm_cli.errors import command_line_text
 
 
 def _fmt(value: Optional[float], key: str) -> str:
@@ -28,7 +29,8 @@ def eval_command(
     gt: Annotated[Path, typer.Argument(metavar="GT", show_default=False,
                                        help="Ground truth: a folder (paired by name, any image suffix) or one file.")],
     kind: Annotated[str, typer.Option("--kind", metavar="KIND",
-                                      help="mask: J (IoU) and boundary F; alpha: SAD, MSE, Grad, Conn.")] = "mask",
+                                      help="mask: J (IoU) and boundary F; alpha: SAD, MSE, Grad, Conn. The names --save and "
+                                           "--save-video take work too (masks, matte, mattes).")] = "mask",
     kind_short: Annotated[Optional[str], typer.Option("-k", hidden=True, show_default=False)] = None,
     trimaps: Annotated[Optional[Path], typer.Option(
         "--trimaps", "-t", metavar="DIR", show_default=False,
@@ -75,12 +77,12 @@ def eval_command(
                           tolerance=tolerance, max_pixels=max_pixels, include=include, exclude=exclude,
                           include_references=include_references)
     except IcmError as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     for problem in result.unscored:
         error_line(problem.error)
     if result.output_folders:
-        folder = "masks/" if kind == "mask" else "alpha/"
+        folder = "masks/" if result.kind == "mask" else "alpha/"
         n = result.output_folders
         info_line(f"note: scoring the {folder} of {n} propagate output folder{'s' if n != 1 else ''} "
                   f"in {pred} (heat maps and trimaps are not predictions)")

@@ -10,6 +10,7 @@ import typer
 
 from icm_cli import options as opts
 from icm_cli.config import DEFAULT_MAX_PIXELS
+from icm_cli.errors import SettingError, command_line_text
 
 D = opts.MODEL_DEFAULTS
 
@@ -21,7 +22,7 @@ def parse_point(text: str) -> tuple[int, int]:
     except ValueError:
         values = []
     if len(values) != 2 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"--point {text!r}: expected X,Y in reference pixels, e.g. --point 120,80")
+        raise SettingError(f"--point {text!r}: expected X,Y in reference pixels, e.g. --point 120,80")
     return int(round(values[0])), int(round(values[1]))
 
 
@@ -75,9 +76,9 @@ def inspect_attn(
         if pt is not None:
             h, w = references[0].mask.shape
             if not (0 <= pt[0] < w and 0 <= pt[1] < h):
-                raise ValueError(f"--point {pt[0]},{pt[1]} lies outside the first reference ({w}x{h})")
+                raise SettingError(f"--point {pt[0]},{pt[1]} lies outside the first reference ({w}x{h})")
     except (IcmError, ValueError) as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     check_output_name(output)
     entries = sources_or_exit(sources, recursive=recursive, include=include, exclude=exclude, avoid=[output],
@@ -87,7 +88,7 @@ def inspect_attn(
         predictor = Predictor(opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime))
         predictor.set_references(references)
     except (IcmError, ValueError) as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     if predictor.runtime_note:
         from icm_cli.console import warning_line

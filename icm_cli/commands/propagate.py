@@ -13,6 +13,7 @@ from icm_cli.config import (CPU_BATCH_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_TRIMAP_K
                             VideoConfig)
 from icm_cli.console import (BatchOutcome, ConsoleReporter, error_line, invocation, progress_bar, status_spinner,
                              warning_line)
+from icm_cli.errors import SettingError, command_line_text
 
 D = opts.MODEL_DEFAULTS
 
@@ -146,7 +147,7 @@ def propagate(
                                     fine_edges=fine_edges, threshold=threshold),
             video_config=VideoConfig(radius=radius, memory=memory, motion=motion))
     except (UsageProblem, ValueError) as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     from icm_cli.commands.common import note_line
 
@@ -162,7 +163,7 @@ def propagate(
         with status_spinner("loading the model and building the reference context", enabled=show):
             job.prepare()
     except UsageProblem as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     for note in job.reference_notes():
         warning_line(note)
@@ -175,7 +176,7 @@ def propagate(
         try:
             job.run(outcome, advance, echo)
         except UsageProblem as exc:
-            error_line(str(exc))
+            error_line(command_line_text(exc))
             raise typer.Exit(2)
     reporter.summary(outcome, "frames" if video else "images")
     raise typer.Exit(_write_videos(videos, job, outcome, overwrite, quiet, show))
@@ -187,18 +188,18 @@ def _video_outputs(save_video: Optional[str], video_format: str, fps: Optional[s
 
     if save_video is None:
         if fps is not None or video_format != "mov":
-            raise ValueError("--fps and --video-format go with --save-video")
+            raise SettingError("--fps and --video-format go with --save-video")
         return None
     from icm_cli.video_out import VideoOutputConfig
 
     config = VideoOutputConfig.parse(save_video, video_format, fps)
     if video is None:
-        raise ValueError("--save-video writes videos of a --video SEQUENCE; give --video")
+        raise SettingError("--save-video writes videos of a --video SEQUENCE; give --video")
     clip = is_video_file(Path(video))
     if clip and fps is not None:
-        raise ValueError(f"--fps is for a folder or list of frames; {video} keeps its own timing")
+        raise SettingError(f"--fps is for a folder or list of frames; {video} keeps its own timing")
     if not clip and fps is None and Path(video).exists():
-        raise ValueError(f"--save-video needs --fps for {video}, a folder or list of frames (e.g. --fps 25)")
+        raise SettingError(f"--save-video needs --fps for {video}, a folder or list of frames (e.g. --fps 25)")
     config.check_encoders()
     return config
 

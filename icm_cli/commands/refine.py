@@ -9,6 +9,7 @@ import typer
 
 from icm_cli import options as opts
 from icm_cli.config import DEFAULT_MAX_PIXELS, REFINE_METHODS
+from icm_cli.errors import command_line_text
 
 D = opts.MODEL_DEFAULTS
 METHODS = REFINE_METHODS
@@ -101,7 +102,7 @@ def refine(
     try:  # the references are read before the model loads: a bad one, or other settings in OUT, cost nothing
         references = load_references(ref, mask, max_pixels) if (ref or mask) else []
     except (IcmError, ValueError) as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     reads_priors = _decoder_reads_priors(decoder, backbone) if method != "attention" else None
     if reads_priors is False and (method == "decoder" or ref or mask):  # refused before OUT records a run
@@ -161,7 +162,7 @@ def refine(
             result = predictor.refine(image, coarse, method=use, iterations=iterations, score=score)
             io.write_image_atomic(output / f"{source.stem}.png", result.mask.astype(np.uint8) * 255)
     except IcmError as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
 
     with torch.no_grad():

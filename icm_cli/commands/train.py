@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from icm_cli import options as opts
+from icm_cli.errors import command_line_text
 
 TRAINING = "Training"
 
@@ -90,7 +91,7 @@ def train(
         with reporter:
             figures = run_training(data, output, cache, options, reporter)
     except (LayoutError, WeightsError, ValueError) as exc:
-        error_line(str(exc))
+        error_line(command_line_text(exc))
         raise typer.Exit(2)
     except KeyboardInterrupt:
         error_line(interrupted_line(reporter.last_step, steps, options.fit.checkpoint_every))

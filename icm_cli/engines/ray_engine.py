@@ -37,7 +37,7 @@ import numpy as np
 from icm_cli import io
 from icm_cli.config import ModelConfig, batch_size_for
 from icm_cli.engines import Prepared
-from icm_cli.errors import IcmError
+from icm_cli.errors import RayEngineError  # noqa: F401 (RayEngineError re-exported)
 from icm_cli.runner.batch import BatchRunner, Work
 from icm_cli.runner.outcome import BatchOutcome, unexpected
 from icm_cli.runner.manifest import RecordList, SourceRecord, record_json
@@ -50,10 +50,6 @@ from icm_cli.sources import ListingProblem, Source
 DECODE_CPUS = 0.25
 
 INSTALL_HINT = 'the Ray engine needs Ray: pip install "ray[data]" (or ".[ray]" in the icm checkout)'
-
-
-class RayEngineError(IcmError):
-    """The Ray run could not start or broke down as a whole; the message is one line for people."""
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icm_cli.errors import ArrayError
+
 #: Every signal :func:`confidence_signals` reports.
 SIGNALS = ("self_iou", "crisp", "grabcut", "nearest_mask", "head_mask", "nearest_head", "intra", "area", "peak",
            "border")
@@ -152,7 +154,7 @@ def confidence_signals(prob: np.ndarray, mask: np.ndarray, prediction=None,
     values in [0, 1], NaN where the input needed is missing.
     """
     if prob.shape != mask.shape:
-        raise ValueError(f"prob {prob.shape} and mask {mask.shape} must have the same size")
+        raise ArrayError(f"prob {prob.shape} and mask {mask.shape} must have the same size")
     size = _analysis_size(*mask.shape)
     m = _shrink(mask, size) >= 0.5
     p = np.clip(_shrink(prob, size), 0.0, 1.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from icm_cli.config import OUTPUT_KINDS
-from icm_cli.errors import IcmError
+from icm_cli.errors import ReviewError  # noqa: F401 (re-exported)
 from icm_cli.runner.manifest import ManifestState, SourceRecord, read_manifests, result_counts
 
 if TYPE_CHECKING:
@@ -29,10 +29,6 @@ __all__ = ["ReviewError", "ReviewReport", "build_review", "review_order", "name_
 #: Where the thumbnails go, relative to OUT.
 THUMB_DIR = Path(".review") / "thumbs"
 SORTS = ("confidence", "name")
-
-
-class ReviewError(IcmError):
-    """OUT or the page cannot be used; the message is one line naming the file."""
 
 
 @dataclass

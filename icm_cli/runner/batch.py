@@ -148,7 +148,7 @@ def failure_message(exc: BaseException, path, model_step: bool = False, debug: b
     memory error says so; anything else names the file and the exception
     (``model failed: ...`` for a model step).
     """
-    if isinstance(exc, io.InputError):
+    if isinstance(exc, (io.InputError, io.OutputError)):
         return str(exc)
     if isinstance(exc, MemoryError):
         return f"{path}: out of memory"

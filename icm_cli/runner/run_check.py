@@ -21,12 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from icm_cli.errors import IcmError
+from icm_cli.errors import OtherSettings  # noqa: F401 (re-exported)
 from icm_cli.runner.manifest import MANIFEST_NAME, ManifestWriter, RunRecord, read_manifests, settings_changes
-
-
-class OtherSettings(IcmError):
-    """OUT holds results made with other settings and the run would keep them; the message says what changed."""
 
 
 def refusal(output: Path, changes: list[str]) -> str:

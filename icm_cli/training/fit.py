@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icm_cli.errors import SettingError
 from icm_cli.metrics import iou
 from icm_cli.predict.decoder import MAP_CHANNELS, MaskDecoder, maps_without_head
 from icm_cli.training.corrupt import random_corruption
@@ -324,7 +325,7 @@ def _fit(cache, plans, model, fs, intra_gate, checkpoint, resume, on_step, on_va
     rng = np.random.default_rng(fs.seed)
     train, val = EpisodeSet(cache, plans, "train"), EpisodeSet(cache, plans, "val")
     if not len(train):
-        raise ValueError("no training episodes")
+        raise SettingError("no training episodes")
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=fs.lr, weight_decay=fs.weight_decay)
     start = 0
@@ -332,7 +333,7 @@ def _fit(cache, plans, model, fs, intra_gate, checkpoint, resume, on_step, on_va
     if resume and checkpoint is not None and checkpoint.exists():
         start, saved = load_checkpoint(checkpoint, model, opt, rng)
         if saved.get("fit") != meta["fit"] or saved.get("config") != meta["config"]:
-            raise ValueError(f"{checkpoint}: made with other settings; train without --resume to start over")
+            raise SettingError(f"{checkpoint}: made with other settings; train without resuming to start over")
 
     def own(plan: EpisodePlan) -> np.ndarray:
         """The current decoder's thresholded prediction of the chained earlier frame."""

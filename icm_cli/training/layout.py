@@ -33,16 +33,13 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from icm_cli.io import IMAGE_SUFFIXES, InputError
+from icm_cli.errors import LayoutError  # noqa: F401 (re-exported)
+from icm_cli.io import IMAGE_SUFFIXES
 from icm_cli.sources import natural_key  # noqa: F401  (one natural order in icm; re-exported)
 
 #: Masks covering less of their image than this are not used as references.
 MIN_REFERENCE_SHARE = 0.005
 SPLITS = ("train", "val", "skip")
-
-
-class LayoutError(InputError):
-    """DATA does not hold the layout described in this module."""
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from icm_cli.io import OutputError
+from icm_cli.errors import WeightsNotWritten  # noqa: F401 (re-exported)
 from icm_cli.training.episodes import Recipe, build_episodes, load_plan, mask_shares, plan_episodes, save_plan
 from icm_cli.training.fit import FitSettings
 from icm_cli.training.layout import LayoutError, read_layout
-
-
-class WeightsNotWritten(OutputError):
-    """Training finished but FILE could not be written (a full disk, say); the checkpoint keeps the weights."""
 
 
 #: Optional file in DATA: {"description": "...", "pool_weights": {"pool": weight, ...}}
