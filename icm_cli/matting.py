@@ -44,6 +44,12 @@ PRIOR_WEIGHT = 0.003
 #: 20.93 vs 20.95, ``benchmarks/bench_matting.py``) in a third of the iterations.
 CG_RTOL = 1e-4
 
+#: Window radius of shared matting's last step (local smoothing) when it is
+#: the prior of ``"sm-cf"``: the Laplacian smooths after it, so its own
+#: pymatting default of 5 only blurred detail. Development L2 by radius 2 / 3 /
+#: 4 / 5: 20.31 / 20.41 / 20.63 / 20.93; 3 also costs half of 5's time.
+PRIOR_SMOOTHING_RADIUS = 3
+
 # Pixels of context kept around the unknown band, at working resolution.
 _MARGIN = 16
 # Guided-filter upsampling: radius in low-resolution pixels, regularisation.
@@ -347,15 +353,18 @@ def _solve_working(image_u8: np.ndarray, fg: np.ndarray, bg: np.ndarray, method:
 
     def run(name: str) -> np.ndarray:
         # Inputs are validated above, so pymatting has nothing to warn about.
-        if name == "sm":
-            return np.asarray(pm.estimate_alpha_sm(image, trimap), dtype=np.float64)
+        if name in ("sm", "sm-prior"):
+            r = PRIOR_SMOOTHING_RADIUS if name == "sm-prior" else 5
+            return np.asarray(pm.estimate_alpha_sm(image, trimap, local_smoothing_radius1=r,
+                                                   local_smoothing_radius2=r, local_smoothing_radius3=r),
+                              dtype=np.float64)
         if name == "lkm":
             return np.asarray(pm.estimate_alpha_lkm(image, trimap), dtype=np.float64)
         prior, weight, lap = None, 0.0, name
         if name == "sm-cf":
             lap = "cf"
             try:
-                prior, weight = run("sm"), prior_weight
+                prior, weight = run("sm-prior"), prior_weight
             except Exception as exc:
                 info.setdefault("fallbacks", []).append(f"sm failed ({type(exc).__name__}: {exc}); cf alone")
         L = _laplacian(lap, image, fg | bg)
@@ -474,6 +483,20 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, method: str = DEFAULT_MET
 
 # ------------------------------------------------------------------ foreground
 
+@contextlib.contextmanager
+def _numba_threads(n: int):
+    """Run pymatting's numba kernels with at most ``n`` threads in this thread
+    (numba keeps the setting per calling thread), restored afterwards."""
+    import numba
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, saved)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) -> np.ndarray:
     """Foreground colours of ``image`` under ``alpha`` (pymatting's multilevel estimate).
 
@@ -481,7 +504,10 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     Returns ``[H, W, 3]`` float32 in [0, 1]: equal to the image where alpha is 1
     and, along soft edges, the colour without the old background mixed in.
     Only the bounding box of the partly transparent pixels (plus ``margin``)
-    is estimated; elsewhere the image colour is kept.
+    is estimated; elsewhere the image colour is kept. One numba thread: the
+    multilevel passes are short, and with more threads they spent ~10x the
+    CPU time waiting (measured on 854x480 frames), time the model needs in
+    ``propagate``.
     """
     from pymatting import estimate_foreground_ml
 
@@ -498,7 +524,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     H, W = alpha.shape
     y0, y1, x0, x1 = _bbox(soft)
     crop = (slice(max(0, y0 - margin), min(H, y1 + margin)), slice(max(0, x0 - margin), min(W, x1 + margin)))
-    fgc = estimate_foreground_ml(img[crop], alpha[crop])
+    with _numba_threads(1):
+        fgc = estimate_foreground_ml(img[crop], alpha[crop])
     fgc = np.clip(np.asarray(fgc, dtype=np.float32), 0.0, 1.0)
     keep = alpha[crop] >= 1.0
     fgc[keep] = img[crop][keep]
