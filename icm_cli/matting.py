@@ -44,10 +44,13 @@ PRIOR_WEIGHT = 0.003
 #: 20.93 vs 20.95, ``benchmarks/bench_matting.py``) in a third of the iterations.
 CG_RTOL = 1e-4
 
-#: Window radius of shared matting's last step (local smoothing) when it is
-#: the prior of ``"sm-cf"``: the Laplacian smooths after it, so its own
-#: pymatting default of 5 only blurred detail. Development L2 by radius 2 / 3 /
-#: 4 / 5: 20.31 / 20.41 / 20.63 / 20.93; 3 also costs half of 5's time.
+#: Window radii of shared matting's last two steps (sample refinement, local
+#: smoothing) when it is the prior of ``"sm-cf"``. The Laplacian smooths after
+#: it, so pymatting's defaults (5, 5) mostly blurred detail and cost time:
+#: development mean L2 20.93 with (5, 5), 20.63 with (5, 4), 20.41 with (5, 3),
+#: 21.20 with (3, 5), 20.65 with (3, 3) in 60% of the prior's time
+#: (``benchmarks/bench_matting.py``).
+PRIOR_REFINEMENT_RADIUS = 3
 PRIOR_SMOOTHING_RADIUS = 3
 
 # Pixels of context kept around the unknown band, at working resolution.
@@ -354,10 +357,11 @@ def _solve_working(image_u8: np.ndarray, fg: np.ndarray, bg: np.ndarray, method:
     def run(name: str) -> np.ndarray:
         # Inputs are validated above, so pymatting has nothing to warn about.
         if name in ("sm", "sm-prior"):
-            r = PRIOR_SMOOTHING_RADIUS if name == "sm-prior" else 5
-            return np.asarray(pm.estimate_alpha_sm(image, trimap, local_smoothing_radius1=r,
-                                                   local_smoothing_radius2=r, local_smoothing_radius3=r),
-                              dtype=np.float64)
+            # the prior's radii are ours; the "sm" method keeps pymatting's defaults
+            refine, r = (PRIOR_REFINEMENT_RADIUS, PRIOR_SMOOTHING_RADIUS) if name == "sm-prior" else (5, 5)
+            return np.asarray(pm.estimate_alpha_sm(image, trimap, sample_refinement_radius=refine,
+                                                   local_smoothing_radius1=r, local_smoothing_radius2=r,
+                                                   local_smoothing_radius3=r), dtype=np.float64)
         if name == "lkm":
             return np.asarray(pm.estimate_alpha_lkm(image, trimap), dtype=np.float64)
         prior, weight, lap = None, 0.0, name
