@@ -13,7 +13,10 @@ sampling method) gives a first alpha; the closed-form matting Laplacian
 pixels fixed (the data term of Wang & Cohen's robust matting, with a uniform
 confidence). On alphamatting.com GT01-GT08 (trimap1) it lowers the mean L2
 error over the unknown pixels from 34.7 (pymatting closed-form defaults) to
-about 21; see ``benchmarks/bench_matting.py``.
+20.65; see ``benchmarks/bench_matting.py``. The prior's last two steps use
+smaller windows than pymatting's defaults and the conjugate gradient stops at
+a tolerance suited to 8-bit alpha: an 854x480 video frame's band takes about
+0.6 s of one core, about what ``propagate`` spends on its mask.
 """
 
 from __future__ import annotations
