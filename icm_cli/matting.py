@@ -491,7 +491,7 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, method: str = DEFAULT_MET
 # ------------------------------------------------------------------ foreground
 
 @contextlib.contextmanager
-def _numba_threads(n: int):
+def numba_threads(n: int):
     """Run pymatting's numba kernels with at most ``n`` threads in this thread
     (numba keeps the setting per calling thread), restored afterwards."""
     import numba
@@ -531,7 +531,7 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     H, W = alpha.shape
     y0, y1, x0, x1 = _bbox(soft)
     crop = (slice(max(0, y0 - margin), min(H, y1 + margin)), slice(max(0, x0 - margin), min(W, x1 + margin)))
-    with _numba_threads(1):
+    with numba_threads(1):
         fgc = estimate_foreground_ml(img[crop], alpha[crop])
     fgc = np.clip(np.asarray(fgc, dtype=np.float32), 0.0, 1.0)
     keep = alpha[crop] >= 1.0
