@@ -14,7 +14,8 @@
 3. An 8 MP image (GT04 upscaled to 3840x2160) through ``solve_alpha`` in a
    child process: seconds and peak resident memory.
 
-Needs ``../shared/data/alphamatting-dev`` next to the repository; skips with
+Needs ``../shared/data/alphamatting-dev`` next to the repository (or under
+``$ICM_SHARED_DATA``, as ``benchmarks/quality.py``); skips with
 a message when it is absent.
 """
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "alphamatting-dev"
+DATA = Path(os.environ.get("ICM_SHARED_DATA", ROOT.parent / "shared" / "data")) / "alphamatting-dev"
 NAMES = [f"GT0{i}" for i in range(1, 9)]
 
 

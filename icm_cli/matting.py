@@ -13,7 +13,10 @@ sampling method) gives a first alpha; the closed-form matting Laplacian
 pixels fixed (the data term of Wang & Cohen's robust matting, with a uniform
 confidence). On alphamatting.com GT01-GT08 (trimap1) it lowers the mean L2
 error over the unknown pixels from 34.7 (pymatting closed-form defaults) to
-about 21; see ``benchmarks/bench_matting.py``.
+20.65; see ``benchmarks/bench_matting.py``. The prior's last two steps use
+smaller windows than pymatting's defaults and the conjugate gradient stops at
+a tolerance suited to 8-bit alpha: an 854x480 video frame's band takes about
+0.6 s of one core, about what ``propagate`` spends on its mask.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ KNOWN_TOLERANCE = 0.1
 #: Weight of the sampling prior in ``"sm-cf"`` (flat between 0.001 and 0.01
 #: on the development images).
 PRIOR_WEIGHT = 0.003
+
+#: Relative residual at which the conjugate gradient stops. Alpha is written
+#: with 8 bits; on the development images 1e-4 scores as 1e-6 did (mean L2
+#: 20.93 vs 20.95, ``benchmarks/bench_matting.py``) in a third of the iterations.
+CG_RTOL = 1e-4
+
+#: Window radii of shared matting's last two steps (sample refinement, local
+#: smoothing) when it is the prior of ``"sm-cf"``. The Laplacian smooths after
+#: it, so pymatting's defaults (5, 5) mostly blurred detail and cost time:
+#: development mean L2 20.93 with (5, 5), 20.63 with (5, 4), 20.41 with (5, 3),
+#: 21.20 with (3, 5), 20.65 with (3, 3) in 60% of the prior's time
+#: (``benchmarks/bench_matting.py``).
+PRIOR_REFINEMENT_RADIUS = 3
+PRIOR_SMOOTHING_RADIUS = 3
 
 # Pixels of context kept around the unknown band, at working resolution.
 _MARGIN = 16
@@ -196,21 +213,50 @@ def _quiet_ichol(matrix):
         return ichol(matrix.tocsc(), max_nnz=max_nnz)
 
 
-def _cg(matrix, rhs, x0, preconditioner, maxiter: int, rtol: float = 1e-6):
-    """pymatting's conjugate gradient; on non-convergence returns the last iterate and False."""
-    from pymatting import cg
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """``a . b`` as a numpy reduction, not a BLAS call (see :func:`_cg`)."""
+    return float(np.multiply(a, b).sum())
 
-    last = {}
 
-    def keep(A, x, b, norm_b, r, norm_r):
-        last["x"] = x
+def _cg(matrix, rhs, x0, preconditioner, maxiter: int, rtol: float = CG_RTOL):
+    """Preconditioned conjugate gradient for the symmetric positive definite ``matrix``.
 
-    try:
-        return cg(matrix, rhs, x0=x0, M=preconditioner, rtol=rtol, maxiter=maxiter, callback=keep), True
-    except ValueError:
-        if "x" in last and np.all(np.isfinite(last["x"])):
-            return last["x"].copy(), False
-        raise
+    matrix: ``[U, U]`` sparse; rhs, x0: ``[U]`` float64 (x0 None starts from 0);
+    preconditioner: a callable or a sparse matrix applied to the residual.
+    Stops when ``|r| <= rtol * |rhs|``. Returns ``(x, converged)``; after
+    ``maxiter`` iterations (or a breakdown) the last iterate and False.
+
+    Written here rather than pymatting's ``cg`` because that one takes its
+    dot products and norms from BLAS: on vectors this short OpenBLAS's
+    worker threads mostly spin, which measured 10-15x the CPU time of the
+    whole solve on a 2-core machine and, in ``propagate``, took the cores
+    from the model. A numpy reduction does the same sums on one core.
+    """
+    apply = preconditioner if callable(preconditioner) else preconditioner.dot
+    x = np.zeros_like(rhs) if x0 is None else np.array(x0, dtype=np.float64, copy=True)
+    r = rhs - matrix.dot(x)
+    stop = rtol * math.sqrt(_dot(rhs, rhs))
+    if math.sqrt(_dot(r, r)) <= stop:
+        return x, True
+    z = apply(r)
+    p = np.array(z, dtype=np.float64, copy=True)
+    rz = _dot(r, z)
+    for _ in range(maxiter):
+        Ap = matrix.dot(p)
+        pAp = _dot(p, Ap)
+        if not (pAp > 0.0 and math.isfinite(pAp)):  # breakdown: not positive definite numerically
+            return x, False
+        step = rz / pAp
+        x += step * p
+        r -= step * Ap
+        if math.sqrt(_dot(r, r)) <= stop:
+            return x, True
+        z = apply(r)
+        rz_next = _dot(r, z)
+        p *= rz_next / rz
+        p += z
+        rz = rz_next
+    return x, False
 
 
 def _solve_constrained(laplacian, fg: np.ndarray, unknown: np.ndarray, prior: Optional[np.ndarray],
@@ -309,15 +355,19 @@ def _solve_working(image_u8: np.ndarray, fg: np.ndarray, bg: np.ndarray, method:
 
     def run(name: str) -> np.ndarray:
         # Inputs are validated above, so pymatting has nothing to warn about.
-        if name == "sm":
-            return np.asarray(pm.estimate_alpha_sm(image, trimap), dtype=np.float64)
+        if name in ("sm", "sm-prior"):
+            # the prior's radii are ours; the "sm" method keeps pymatting's defaults
+            refine, r = (PRIOR_REFINEMENT_RADIUS, PRIOR_SMOOTHING_RADIUS) if name == "sm-prior" else (5, 5)
+            return np.asarray(pm.estimate_alpha_sm(image, trimap, sample_refinement_radius=refine,
+                                                   local_smoothing_radius1=r, local_smoothing_radius2=r,
+                                                   local_smoothing_radius3=r), dtype=np.float64)
         if name == "lkm":
             return np.asarray(pm.estimate_alpha_lkm(image, trimap), dtype=np.float64)
         prior, weight, lap = None, 0.0, name
         if name == "sm-cf":
             lap = "cf"
             try:
-                prior, weight = run("sm"), prior_weight
+                prior, weight = run("sm-prior"), prior_weight
             except Exception as exc:
                 info.setdefault("fallbacks", []).append(f"sm failed ({type(exc).__name__}: {exc}); cf alone")
         L = _laplacian(lap, image, fg | bg)
@@ -436,6 +486,20 @@ def solve_alpha(image: np.ndarray, trimap: np.ndarray, method: str = DEFAULT_MET
 
 # ------------------------------------------------------------------ foreground
 
+@contextlib.contextmanager
+def numba_threads(n: int):
+    """Run pymatting's numba kernels with at most ``n`` threads in this thread
+    (numba keeps the setting per calling thread), restored afterwards."""
+    import numba
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(n, saved)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
 def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) -> np.ndarray:
     """Foreground colours of ``image`` under ``alpha`` (pymatting's multilevel estimate).
 
@@ -443,7 +507,10 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     Returns ``[H, W, 3]`` float32 in [0, 1]: equal to the image where alpha is 1
     and, along soft edges, the colour without the old background mixed in.
     Only the bounding box of the partly transparent pixels (plus ``margin``)
-    is estimated; elsewhere the image colour is kept.
+    is estimated; elsewhere the image colour is kept. One numba thread: the
+    multilevel passes are short, and with more threads they spent ~10x the
+    CPU time waiting (measured on 854x480 frames), time the model needs in
+    ``propagate``.
     """
     from pymatting import estimate_foreground_ml
 
@@ -460,7 +527,8 @@ def estimate_foreground(image: np.ndarray, alpha: np.ndarray, margin: int = 16) 
     H, W = alpha.shape
     y0, y1, x0, x1 = _bbox(soft)
     crop = (slice(max(0, y0 - margin), min(H, y1 + margin)), slice(max(0, x0 - margin), min(W, x1 + margin)))
-    fgc = estimate_foreground_ml(img[crop], alpha[crop])
+    with numba_threads(1):
+        fgc = estimate_foreground_ml(img[crop], alpha[crop])
     fgc = np.clip(np.asarray(fgc, dtype=np.float32), 0.0, 1.0)
     keep = alpha[crop] >= 1.0
     fgc[keep] = img[crop][keep]

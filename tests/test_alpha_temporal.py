@@ -91,3 +91,22 @@ def test_resumed_video_alphas_equal_an_uninterrupted_run(tmp_path):
     alone = quantised(solve_alpha(image, mask_to_trimap_u8(mask, 20, 20).astype(np.float32) / 255.0))
     written = np.asarray(Image.open(full / "alpha" / "004.png")).astype(np.float32) / 255
     assert not np.array_equal(alone, written)
+
+
+def test_sequence_matte_solves_with_one_numba_thread_and_restores_the_count():
+    import numba
+
+
+    before = numba.get_num_threads()
+    seen = []
+
+    def solve(image, trimap):
+        seen.append(numba.get_num_threads())
+        return trimap
+
+    matte = SequenceMatte(solve)
+    trimap = np.zeros((8, 8), np.float32)
+    trimap[:, 4:] = 1.0
+    out = matte(np.zeros((8, 8, 3), np.uint8), trimap)
+    assert seen == [1] and numba.get_num_threads() == before
+    assert np.array_equal(out, trimap)

@@ -191,3 +191,60 @@ def test_solver_warnings_are_muted_for_this_thread_only(monkeypatch, capsys):
     assert "PERFORMANCE" not in out
     assert "progress from another thread" in out
     assert info["preconditioner"] == "jacobi"
+
+
+def _spd_system(n=60, seed=3):
+    """A sparse symmetric positive definite tridiagonal system with a known solution."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    off = -rng.uniform(0.2, 1.0, n - 1)
+    diag = np.abs(np.r_[off, 0]) + np.abs(np.r_[0, off]) + rng.uniform(0.01, 0.1, n)
+    A = sp.diags([off, diag, off], [-1, 0, 1], format="csr")
+    x_true = rng.uniform(0, 1, n)
+    return A, A.dot(x_true), x_true
+
+
+def test_conjugate_gradient_solves_a_known_system_to_its_tolerance():
+    from pymatting import jacobi
+
+    A, b, x_true = _spd_system()
+    x, converged = matting._cg(A, b, None, jacobi(A), 1000, rtol=1e-10)
+    assert converged and np.abs(x - x_true).max() < 1e-6
+    # the default tolerance is meant for 8-bit alpha: the residual is what was asked for
+    x, converged = matting._cg(A, b, np.zeros_like(b), jacobi(A), 1000)
+    assert converged
+    assert np.linalg.norm(b - A.dot(x)) <= matting.CG_RTOL * np.linalg.norm(b)
+    # a start at the answer stops at once; too few iterations say so and keep the iterate
+    x, converged = matting._cg(A, b, x_true, jacobi(A), 0)
+    assert converged and np.array_equal(x, x_true)
+    x, converged = matting._cg(A, b, None, jacobi(A), 2, rtol=1e-12)
+    assert not converged and np.all(np.isfinite(x))
+
+
+def test_the_sm_cf_prior_uses_its_own_radii_and_sm_keeps_pymatting_defaults(monkeypatch):
+    import pymatting as pm
+
+    seen = []
+    real = pm.estimate_alpha_sm
+
+    def spy(image, trimap, **kwargs):
+        seen.append(kwargs)
+        return real(image, trimap, **kwargs)
+
+    monkeypatch.setattr(pm, "estimate_alpha_sm", spy)
+    image, truth, trimap = soft_edge()
+    matting.solve_alpha(image, trimap, method="sm-cf")
+    matting.solve_alpha(image, trimap, method="sm")
+    assert seen[0]["sample_refinement_radius"] == matting.PRIOR_REFINEMENT_RADIUS == 3
+    assert seen[0]["local_smoothing_radius1"] == matting.PRIOR_SMOOTHING_RADIUS == 3
+    assert seen[1]["sample_refinement_radius"] == 5 and seen[1]["local_smoothing_radius1"] == 5
+
+
+def test_foreground_estimate_leaves_numba_thread_count_as_it_was():
+    import numba
+
+    before = numba.get_num_threads()
+    image, truth, _ = soft_edge()
+    matting.estimate_foreground(image, truth)
+    assert numba.get_num_threads() == before
