@@ -110,3 +110,34 @@ def test_sequence_matte_solves_with_one_numba_thread_and_restores_the_count():
     out = matte(np.zeros((8, 8, 3), np.uint8), trimap)
     assert seen == [1] and numba.get_num_threads() == before
     assert np.array_equal(out, trimap)
+
+
+def test_frames_solved_ahead_give_the_alphas_of_frames_solved_one_by_one():
+    import cv2
+
+    from icm_cli.matting import solve_alpha
+
+    frames = []
+    for i in range(4):
+        image, mask = textured_scene(48, 64, (12 + i, 16 + i, 20, 24), seed=30 + i)
+        trimap = np.where(mask, 1.0, 0.0).astype(np.float32)
+        m = mask.astype(np.uint8)
+        kernel = np.ones((5, 5), np.uint8)
+        band = (cv2.dilate(m, kernel) > 0) & ~(cv2.erode(m, kernel) > 0)  # a 4-pixel unknown band at the edge
+        trimap[band] = 0.5
+        frames.append((image, trimap))
+    one_by_one = SequenceMatte(solve_alpha, ahead_workers=0)
+    expected = [one_by_one(image, trimap) for image, trimap in frames]
+    ahead = SequenceMatte(solve_alpha)
+    for image, trimap in frames:  # the serial chain announces each frame's trimap before the writer asks
+        ahead.ahead(image, trimap)
+    got = [ahead(image, trimap) for image, trimap in frames]
+    ahead.close()
+    assert any(((t > 0.25) & (t < 0.75)).any() for _, t in frames)
+    for e, g in zip(expected, got):
+        assert np.array_equal(e, g)
+    # a trimap other than the one announced is solved again, not taken from the announcement
+    other = SequenceMatte(solve_alpha)
+    other.ahead(frames[0][0], np.zeros_like(frames[0][1]))
+    assert np.array_equal(other(*frames[0]), SequenceMatte(solve_alpha, ahead_workers=0)(*frames[0]))
+    other.close()

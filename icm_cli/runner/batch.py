@@ -537,6 +537,13 @@ class BatchRunner:
         written = self._write_outputs(work, result)
         return result, written, finish_s + time.perf_counter() - t0, 0.0
 
+    def _matte_ahead(self, work: Work, result) -> None:
+        """Frames in order: a matte that can start solving before the writer reaches the frame is told its
+        trimap now (:class:`~icm_cli.alpha_temporal.SequenceMatte`), so solves overlap the model."""
+        ahead = getattr(self.matte, "ahead", None)
+        if ahead is not None and self.plan.config.needs_matte:
+            ahead(work.image, result.trimap(self.plan.config.kernel).astype(np.float32) / 255.0)
+
     def run_sequence(self, frames: Iterable[Work], model) -> BatchOutcome:
         """Frames in order; each is predicted with what the masks of the earlier ones say.
 
@@ -576,7 +583,9 @@ class BatchRunner:
             if work.given is not None:  # a reference frame: the user's mask is its result and the next one's start
                 if encoded is not None:
                     model.observe_encoded(encoded, work.given)
-                    pending.append((work, writer.submit(self._write, work, user_result(work.given), 0.0),
+                    given = user_result(work.given)
+                    self._matte_ahead(work, given)
+                    pending.append((work, writer.submit(self._write, work, given, 0.0),
                                     time.perf_counter() - t0))
                     drain(2)
                 return
@@ -591,6 +600,7 @@ class BatchRunner:
             if result is None:
                 return
             model.observe_encoded(encoded, result.mask)  # the next frame's window and prior
+            self._matte_ahead(work, result)
             pending.append((work, writer.submit(self._write, work, result, time.perf_counter() - t1), model_s))
             drain(2)
 
@@ -619,4 +629,7 @@ class BatchRunner:
                     if fut is not None:
                         fut.cancel()
                 items.close()
+                close = getattr(self.matte, "close", None)
+                if close is not None:
+                    close()
         return self.outcome
