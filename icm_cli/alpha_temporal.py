@@ -84,7 +84,7 @@ class SequenceMatte:
         self._previous: tuple[np.ndarray, np.ndarray] | None = None  # image, alpha as written
         self._ahead_workers = ahead_workers
         self._pool = None
-        self._solving: dict[int, tuple[np.ndarray, np.ndarray, object]] = {}  # id(image) -> image, trimap, future
+        self._solving: dict[int, tuple[np.ndarray, object]] = {}  # id(image) -> image, future of (trimap, alpha)
         self._lock = threading.Lock()
 
     def _solved(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
@@ -95,11 +95,17 @@ class SequenceMatte:
         with numba_threads(1):
             return quantised(self.solve(image, trimap))  # as an unsteadied run would write it
 
-    def ahead(self, image: np.ndarray, trimap: np.ndarray) -> None:
-        """Start solving a frame whose trimap is known, before the writer reaches it (frames in order).
+    def _solved_ahead(self, image: np.ndarray, trimap_of: Callable[[], np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        trimap = trimap_of()
+        return trimap, self._solved(image, trimap)
 
+    def ahead(self, image: np.ndarray, trimap_of: Callable[[], np.ndarray]) -> None:
+        """Start solving a frame whose mask is decided, before the writer reaches it (frames in order).
+
+        ``trimap_of()`` makes the frame's trimap; it runs on a solving thread, not on the caller's.
         Only the solve runs ahead; the steadying still takes the frames one after the other in
-        :meth:`__call__`, so the alphas are those of frames solved one by one.
+        :meth:`__call__`, which uses the early solve only for the trimap it is then given.
         """
         if self._ahead_workers < 1:
             return
@@ -108,13 +114,13 @@ class SequenceMatte:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self._ahead_workers, thread_name_prefix="icm-matte")
-            self._solving[id(image)] = (image, trimap, self._pool.submit(self._solved, image, trimap))
+            self._solving[id(image)] = (image, self._pool.submit(self._solved_ahead, image, trimap_of))
 
     def close(self) -> None:
         """Stop the solving threads (frames solved ahead and never written are dropped)."""
         with self._lock:
             pool, self._pool = self._pool, None
-            for _, _, future in self._solving.values():
+            for _, future in self._solving.values():
                 future.cancel()
             self._solving.clear()
         if pool is not None:
@@ -127,8 +133,9 @@ class SequenceMatte:
     def __call__(self, image: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         with self._lock:
             started = self._solving.pop(id(image), None)
-        if started is not None and started[0] is image and np.array_equal(started[1], trimap):
-            alpha = started[2].result()
+        solved = started[1].result() if started is not None and started[0] is image else None
+        if solved is not None and np.array_equal(solved[0], trimap):
+            alpha = solved[1]
         else:
             alpha = self._solved(image, trimap)
         previous = self._previous

@@ -539,10 +539,10 @@ class BatchRunner:
 
     def _matte_ahead(self, work: Work, result) -> None:
         """Frames in order: a matte that can start solving before the writer reaches the frame is told its
-        trimap now (:class:`~icm_cli.alpha_temporal.SequenceMatte`), so solves overlap the model."""
+        trimap's maker now (:class:`~icm_cli.alpha_temporal.SequenceMatte`), so solves overlap the model."""
         ahead = getattr(self.matte, "ahead", None)
         if ahead is not None and self.plan.config.needs_matte:
-            ahead(work.image, result.trimap(self.plan.config.kernel).astype(np.float32) / 255.0)
+            ahead(work.image, lambda: self.plan.matte_trimap(result))
 
     def run_sequence(self, frames: Iterable[Work], model) -> BatchOutcome:
         """Frames in order; each is predicted with what the masks of the earlier ones say.

@@ -33,6 +33,11 @@ def scored_folder_name(kind: str) -> str:
     return output_folder(Path(), _SCORED_KIND[kind]).name
 
 
+def matte_trimap(trimap: np.ndarray) -> np.ndarray:
+    """A 0/128/255 uint8 trimap as a matte function takes it: ``[H, W]`` float32 0, ~0.5, 1."""
+    return trimap.astype(np.float32) / 255.0
+
+
 @dataclass(frozen=True)
 class OutputPlan:
     """The output folder of a propagate run and what is written per source."""
@@ -63,6 +68,10 @@ class OutputPlan:
         folders.update(output_folder(self.root, k) for k in self.kinds)
         return sum(io.remove_stale_temp_files(folder) for folder in folders)
 
+    def matte_trimap(self, result) -> np.ndarray:
+        """The trimap :meth:`render` hands the matte function for ``result`` (see :func:`matte_trimap`)."""
+        return matte_trimap(result.trimap(self.config.kernel))
+
     def render(self, image: np.ndarray, result, matte: Callable | None = None) -> dict[str, np.ndarray]:
         """All requested outputs of one source as uint8 arrays at its own size.
 
@@ -83,7 +92,7 @@ class OutputPlan:
         if self.config.needs_matte:
             if matte is None:
                 from icm_cli.matting import solve_alpha as matte
-            alpha = matte(image, trimap.astype(np.float32) / 255.0)
+            alpha = matte(image, matte_trimap(trimap))
             from icm_cli.matting import alpha_to_u8, cutout_rgba
             if "alpha" in kinds:
                 out["alpha"] = alpha_to_u8(alpha)
