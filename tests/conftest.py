@@ -71,6 +71,30 @@ def propagate_args(scene, *args) -> list[str]:
     return ["propagate", "--ref", str(scene / "ref.png"), "--mask", str(scene / "ref_mask.png"), *args, *FAST]
 
 
+def write_clip(path, frames, rate=25, codec: str = "mpeg4", *, rotation: int = 0, gop_size: int | None = None,
+               options: dict | None = None):
+    """Encode ``frames`` (``[H, W, 3]`` uint8, one size) into the video file ``path`` with PyAV; ``rotation``
+    goes into the display matrix, ``gop_size`` 1 makes every frame a keyframe, ``options`` are the muxer's."""
+    import av
+
+    frames = list(frames)
+    container = av.open(str(path), mode="w", **({"options": options} if options else {}))
+    stream = container.add_stream(codec, rate=rate)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = "yuv420p"
+    if rotation:
+        stream.set_display_rotation(rotation)
+    if gop_size is not None:
+        stream.codec_context.gop_size = gop_size
+    for frame in frames:
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
 def source_records(manifest) -> list[dict]:
     """The per-source lines of a manifest (each run also writes one ``"record": "run"`` line first)."""
     import json

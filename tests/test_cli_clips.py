@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from tests.conftest import run_records, save_png, source_records, textured_scene
+from tests.conftest import run_records, save_png, source_records, textured_scene, write_clip
 
 av = pytest.importorskip("av")
 
@@ -35,18 +35,9 @@ def _frame(i: int) -> tuple[np.ndarray, np.ndarray]:
 def make_clip(path: Path, count: int = FRAMES, *, every_frame_a_keyframe: bool = False) -> Path:
     """An MP4 with its index first (``faststart``), as cameras and editors write them, so a copy cut
     short still opens and promises all ``count`` frames."""
-    container = av.open(str(path), mode="w", options={"movflags": "faststart"})
-    stream = container.add_stream("mpeg4", rate=10)
-    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-    if every_frame_a_keyframe:  # frames of about equal size: a cut in half keeps about half of them
-        stream.codec_context.gop_size = 1
-    for i in range(count):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(_frame(i)[0], format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    # every frame a keyframe: frames of about equal size, so a cut in half keeps about half of them
+    return write_clip(path, [_frame(i)[0] for i in range(count)], 10, options={"movflags": "faststart"},
+                      gop_size=1 if every_frame_a_keyframe else None)
 
 
 def decoded_frames(path: Path) -> list[np.ndarray]:
@@ -345,15 +336,7 @@ def test_frames_are_counted_without_decoding_also_where_the_container_keeps_no_c
 
     for suffix, codec in ((".mkv", "mpeg4"), (".webm", "libvpx-vp9"), (".mp4", "mpeg4")):
         path = tmp_path / f"clip{suffix}"
-        container = av.open(str(path), mode="w")
-        stream = container.add_stream(codec, rate=10)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        for i in range(5):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(_frame(i)[0], format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-        container.close()
+        write_clip(path, [_frame(i)[0] for i in range(5)], 10, codec)
         with av.open(str(path)) as opened:
             recorded = opened.streams.video[0].frames
         assert recorded == (5 if suffix == ".mp4" else 0), suffix  # Matroska and WebM keep no count

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from icm_cli.cli import app
 from icm_cli.predict.fullres import mask_to_trimap_u8
 from icm_cli.render import overlay
-from tests.conftest import FAST, save_png, source_records, textured_scene
+from tests.conftest import FAST, save_png, source_records, textured_scene, write_clip
 
 runner = CliRunner()
 KERNEL = 6
@@ -224,20 +224,10 @@ def test_video_frames_after_the_reference_start_from_the_users_mask(tmp_path):
 
 
 def _clip(path, count=5) -> list[np.ndarray]:
-    av = pytest.importorskip("av")
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("mpeg4", rate=5)
-    stream.width, stream.height, stream.pix_fmt = 96, 72, "yuv420p"
-    truths = []
-    for i in range(count):
-        img, mask = textured_scene(72, 96, (20, 8 + 8 * i, 30, 36), seed=200 + i)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-        truths.append(mask)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return truths
+    pytest.importorskip("av")
+    scenes = [textured_scene(72, 96, (20, 8 + 8 * i, 30, 36), seed=200 + i) for i in range(count)]
+    write_clip(path, [img for img, _ in scenes], 5)
+    return [mask for _, mask in scenes]
 
 
 @pytest.mark.parametrize("at,index", [("0", 0), ("0.4s", 2)])

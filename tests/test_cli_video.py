@@ -13,7 +13,7 @@ from icm_cli.cli import app
 from icm_cli.config import VideoConfig
 from icm_cli.predict.temporal import TemporalContext
 from icm_cli.geometry import WorkingGeometry
-from tests.conftest import save_png, textured_scene, source_records
+from tests.conftest import save_png, source_records, textured_scene, write_clip
 
 runner = CliRunner()
 FAST = ["--head-steps", "20", "--size", "128", "--quiet"]
@@ -103,18 +103,9 @@ def test_object_leaving_the_frame_lifts_the_window():
 
 
 def test_video_file_frames_are_named_by_index(tmp_path):
-    av = pytest.importorskip("av")
-    path = tmp_path / "clip.mp4"
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream("mpeg4", rate=5)
-    stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
-    for i in range(4):
-        img, _ = textured_scene(96, 128, (30, 10 + 12 * i, 40, 50), seed=100 + i)
-        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
+    pytest.importorskip("av")
+    path = write_clip(tmp_path / "clip.mp4",
+                      [textured_scene(96, 128, (30, 10 + 12 * i, 40, 50), seed=100 + i)[0] for i in range(4)], 5)
     ref, ref_mask = textured_scene(96, 128, (30, 10, 40, 50), seed=100)
     save_png(tmp_path / "ref.png", ref)
     save_png(tmp_path / "ref_mask.png", ref_mask * 255)

@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from icm_cli.cli import app
-from tests.conftest import save_png, source_records, textured_scene
+from tests.conftest import save_png, source_records, textured_scene, write_clip
 
 av = pytest.importorskip("av")
 
@@ -32,18 +32,7 @@ def _frame(i: int) -> tuple[np.ndarray, np.ndarray]:
 
 def make_clip(path: Path, count: int = 6, rate=Fraction(25), rotation: int = 0, codec: str = "mpeg4") -> Path:
     """A clip of an object sliding right, coded at W x H; ``rotation`` goes into its display matrix."""
-    container = av.open(str(path), mode="w")
-    stream = container.add_stream(codec, rate=rate)
-    stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-    if rotation:
-        stream.set_display_rotation(rotation)
-    for i in range(count):
-        for packet in stream.encode(av.VideoFrame.from_ndarray(_frame(i)[0], format="rgb24")):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
-    container.close()
-    return path
+    return write_clip(path, [_frame(i)[0] for i in range(count)], rate, codec, rotation=rotation)
 
 
 def decode(path: Path, decoder: str | None = None) -> dict:
