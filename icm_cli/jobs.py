@@ -323,9 +323,9 @@ class PropagateJob:
             return
         if not self.sources.any_done(self.plan.done):
             return
-        shown = "; ".join(changes[:4]) + (" ..." if len(changes) > 4 else "")
-        raise UsageProblem(f"{self.output} holds results made with other settings ({shown}); they would be kept as "
-                           "they are: pass --overwrite to recompute them, or write to another -o")
+        from icm_cli.runner.run_check import refusal
+
+        raise UsageProblem(refusal(self.output, changes))
 
 
 def _sequence(inputs: RunInputs, shard: Shard | None) -> FrameSequence:
