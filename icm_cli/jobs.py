@@ -23,6 +23,7 @@ from icm_cli.runner.outcome import BatchOutcome
 from icm_cli.runner.manifest import (MANIFEST_NAME, ManifestState, ManifestWriter, below_confidence, input_key,
                                      read_manifests, settings_changes)
 from icm_cli.runner.outputs import OutputPlan
+from icm_cli.runner.run_check import refusal
 from icm_cli.runner.user_masks import UserMasks
 from icm_cli.shard import Shard
 from icm_cli.sources import Source, SourceError, SourceFinder, SourceList, no_sources_hint, skipped_folders_note
@@ -323,8 +324,6 @@ class PropagateJob:
             return
         if not self.sources.any_done(self.plan.done):
             return
-        from icm_cli.runner.run_check import refusal
-
         raise UsageProblem(refusal(self.output, changes))
 
 
