@@ -101,6 +101,8 @@ class PropagateSettings:
     background_quantile: float = 0.1
     decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
     gate: bool = True          # per image, keep the training-free result when it is the more confident one
+    gate_probe_scale: float = 0.25  # the gate judges the training-free path on a GrabCut at this scale
+    token_budget: int = 512    # the contrast compares with at most this many prototypes per side (0 = every token)
     seed: int = 0
 
 

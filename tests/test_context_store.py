@@ -103,7 +103,10 @@ def test_a_reused_context_gives_the_same_results_as_a_fresh_one(cache, scene):
 def test_context_arrays_round_trip_exactly(scene):
     img, mask, _ = scene
     predictor = _predictor()
+    # a small token budget, so that both sides of this small reference are compacted
+    predictor.propagator.settings = dataclasses.replace(predictor.propagator.settings, token_budget=4)
     ctx = predictor.propagator.set_references([(img, mask.astype(np.float32))])
+    assert set(ctx.compact) == {"fg", "bg"}
     back = context_store.context_from_arrays(*context_store.context_arrays(ctx))
     for name in ("fg", "bg", "cells", "cell_targets"):
         assert torch.equal(getattr(ctx.tokens, name), getattr(back.tokens, name))
@@ -111,6 +114,8 @@ def test_context_arrays_round_trip_exactly(scene):
     assert ctx.prototypes.keys() == back.prototypes.keys()
     assert all(torch.equal(ctx.prototypes[s], back.prototypes[s]) for s in ctx.prototypes)
     assert ctx.background_floor == back.background_floor and ctx.feature_dim == back.feature_dim
+    assert ctx.compact.keys() == back.compact.keys()
+    assert all(torch.equal(a, b) for side in ctx.compact for a, b in zip(ctx.compact[side], back.compact[side]))
     x = torch.randn(1, ctx.feature_dim, 3, 4)
     assert torch.equal(ctx.head.probability_map(x), back.head.probability_map(x))
 

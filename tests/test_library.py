@@ -94,11 +94,20 @@ def test_the_gate_keeps_whichever_path_is_more_confident(predictor):
             prob, mask, learned = engine.finish_path(src, coarse)
             free_prob = coarse.geometry.to_original(coarse.prob)[0, 0].numpy()
             free_prob, free_mask = full_size(engine.settings, src, free_prob)
+            # the training-free path is judged on its GrabCut at gate_probe_scale, finished at grabcut_scale
+            probe = dataclasses.replace(engine.settings, grabcut_scale=engine.settings.gate_probe_scale)
+            assert probe.grabcut_scale < engine.settings.grabcut_scale
+            probe_prob, probe_mask = full_size(probe, src, free_prob)
             by_decoder = assess(decoder_prob, decoder_mask, coarse, learned=True).confidence
-            training_free = assess(free_prob, free_mask, coarse).confidence
+            training_free = assess(probe_prob, probe_mask, coarse).confidence
             np.testing.assert_array_equal(mask, decoder_mask if learned else free_mask)
             np.testing.assert_array_equal(prob, decoder_prob if learned else free_prob)
             assert learned is (by_decoder >= training_free)
+            # with the probe at the finishing scale the gate judges the finished training-free result
+            engine.settings = dataclasses.replace(gated, gate=True, gate_probe_scale=gated.grabcut_scale)
+            _, mask_same, learned_same = engine.finish_path(src, coarse)
+            assert learned_same is (by_decoder >= assess(free_prob, free_mask, coarse).confidence)
+            np.testing.assert_array_equal(mask_same, decoder_mask if learned_same else free_mask)
     finally:
         engine.settings = gated
 

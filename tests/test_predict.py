@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict import fullres
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
-from icm_cli.predict.nearest import (background_floor, contrast_probability, source_background_similarity,
-                                     topk_mean_similarity)
+from icm_cli.predict.nearest import (background_floor, compact_tokens, contrast_probability,
+                                     contrast_similarities, source_background_similarity, topk_mean_similarity,
+                                     weighted_topk_mean)
 from icm_cli.predict.tokens import mask_area_on_grid, pool_reference_tokens
 
 
@@ -50,6 +51,57 @@ def test_topk_mean_similarity_known_values():
     assert topk_mean_similarity(q, tokens[:0], k=2).eq(-1).all()
 
 
+def test_weighted_topk_mean_takes_each_prototype_as_often_as_it_counts():
+    q = torch.tensor([[[1.0, 0.0]]])  # [1, 1, 2]
+    protos = torch.tensor([[0.9, 0.43589], [0.5, 0.86603], [0.1, 0.99499]])  # similarities 0.9, 0.5, 0.1
+    # k = 5: two tokens at 0.9, then three of the ten at 0.5 -> (2 * 0.9 + 3 * 0.5) / 5 = 0.66
+    got = weighted_topk_mean(q, protos, torch.tensor([2.0, 10.0, 1.0]), k=5)
+    assert got.item() == pytest.approx(0.66, abs=1e-5)
+    # fewer tokens than k in all: the mean of every token, as topk_mean_similarity averages them all
+    assert weighted_topk_mean(q, protos[:2], torch.tensor([1.0, 1.0]), k=5).item() == pytest.approx(0.7, abs=1e-5)
+    # counts of one: exactly the plain top-k mean
+    gen = torch.Generator().manual_seed(0)
+    qs = F.normalize(torch.randn(2, 30, 8, generator=gen), dim=-1)
+    toks = F.normalize(torch.randn(50, 8, generator=gen), dim=-1)
+    assert torch.allclose(weighted_topk_mean(qs, toks, torch.ones(50), k=5), topk_mean_similarity(qs, toks, k=5),
+                          atol=1e-6)
+    assert weighted_topk_mean(qs, toks[:0], torch.ones(0), k=5).eq(-1).all()
+
+
+def test_compact_tokens_finds_the_looks_and_counts_their_tokens():
+    gen = torch.Generator().manual_seed(0)
+    looks = F.normalize(torch.randn(3, 16, generator=gen), dim=-1)
+    sizes = (300, 120, 30)
+    tokens = F.normalize(torch.cat([look + 0.01 * torch.randn(n, 16, generator=gen) for look, n in zip(looks, sizes)]),
+                         dim=-1)
+    assert compact_tokens(tokens, budget=len(tokens)) is None and compact_tokens(tokens, budget=0) is None
+    protos, counts = compact_tokens(tokens, budget=3)
+    assert protos.shape == (3, 16) and counts.sum().item() == len(tokens)
+    nearest_look = (protos @ looks.T).argmax(dim=1)
+    assert sorted(nearest_look.tolist()) == [0, 1, 2]  # one prototype per look ...
+    assert sorted(counts.tolist()) == sorted(float(n) for n in sizes)  # ... standing for all of its tokens
+    assert ((protos * looks[nearest_look]).sum(-1) > 0.999).all()
+    # the contrast on the prototypes is the contrast on the tokens within the looks' spread (a little
+    # under it: the top k tokens of a look lean towards the query, its mean does not)
+    queries = F.normalize(looks + 0.05 * torch.randn(3, 16, generator=gen), dim=-1)[None]
+    on_protos, on_tokens = weighted_topk_mean(queries, protos, counts, k=5), topk_mean_similarity(queries, tokens, k=5)
+    assert (on_protos <= on_tokens + 1e-6).all() and torch.allclose(on_protos, on_tokens, atol=1e-2)
+    again = compact_tokens(tokens, budget=3)
+    assert torch.equal(again[0], protos) and torch.equal(again[1], counts)  # seeded: the same every run
+
+
+def test_contrast_on_compact_sets_reads_the_counts():
+    gen = torch.Generator().manual_seed(1)
+    ft = F.normalize(torch.randn(1, 8, 3, 4, generator=gen), dim=1)
+    fg, bg = F.normalize(torch.randn(6, 8, generator=gen), dim=-1), F.normalize(torch.randn(9, 8, generator=gen), dim=-1)
+    plain = contrast_similarities(ft, fg, bg, k=3)
+    ones = contrast_similarities(ft, fg, bg, k=3, fg_counts=torch.ones(6), bg_counts=torch.ones(9))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, ones))
+    heavy = contrast_similarities(ft, fg, bg, k=3, bg_counts=torch.full((9,), 3.0))  # the nearest one, three times
+    nearest_bg = contrast_similarities(ft, fg, bg, k=1)[1]
+    assert torch.allclose(heavy[1], nearest_bg, atol=1e-6) and torch.allclose(heavy[0], plain[0])
+
+
 def test_contrast_probability_prefers_the_closer_side():
     fg = torch.tensor([[1.0, 0.0]])
     bg = torch.tensor([[0.0, 1.0]])
@@ -74,6 +126,25 @@ def test_source_background_lends_the_clear_background_cells():
     assert sims.shape == (1, 4) and (sims > 0.99).all()
     none = source_background_similarity(q, torch.full((1, 4), 0.5), (2, 2), floor=0.0, k=1)
     assert none.eq(-1).all()
+
+
+@pytest.mark.parametrize("k", [1, 3, 40])
+def test_source_background_compares_with_the_candidates_alone_and_gets_the_full_answer(k):
+    gen = torch.Generator().manual_seed(2)
+    b, h, w, c = 2, 12, 16, 8
+    q = F.normalize(torch.randn(b, h * w, c, generator=gen), dim=-1)
+    sf = torch.rand(b, h * w, generator=gen)
+    sf[1] = 0.9  # the second image has no candidate at all
+    floor = 0.3
+    # the definition: every pooled cell, the ones at or above the floor counted as -1
+    fmap = q.transpose(1, 2).reshape(b, c, h, w)
+    pooled = F.normalize(F.avg_pool2d(fmap, 2, ceil_mode=True), dim=1).flatten(2).transpose(1, 2)
+    candidate = F.avg_pool2d(sf.reshape(b, 1, h, w), 2, ceil_mode=True).flatten(1) < floor
+    sims = (q @ pooled.transpose(1, 2)).masked_fill(~candidate[:, None, :], -1.0)
+    expected = sims.topk(min(k, sims.shape[-1]), dim=-1).values.mean(-1)
+    got = source_background_similarity(q, sf, (h, w), floor, k)
+    assert 0 < candidate[0].sum() < candidate.shape[1]
+    assert torch.allclose(got, expected, atol=1e-6) and got[1].eq(-1).all()
 
 
 def test_reference_tokens_split_by_area():

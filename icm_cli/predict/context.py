@@ -17,7 +17,7 @@ from icm_cli.core import roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.decoder import combine_prototypes, reference_prototypes
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
-from icm_cli.predict.nearest import background_floor
+from icm_cli.predict.nearest import background_floor, compact_tokens
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
 
 
@@ -31,6 +31,9 @@ class ReferenceContext:
     roi_valid: torch.Tensor | None = None    # [1, N] bool
     prototypes: dict[int, torch.Tensor] | None = None  # decoder: {stride: [2, C]} object/background
     reference_features: list = field(default_factory=list)  # [(ft [C, h, w], WorkingGeometry)] per reference
+    # the nearest-neighbour contrast's compact token sets: {"fg"|"bg": (prototypes [P, C], counts [P])}
+    # for a side with more tokens than PropagateSettings.token_budget (a side not in it keeps its tokens)
+    compact: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -102,8 +105,10 @@ def build_context(propagator, references: list[tuple[np.ndarray, np.ndarray]]) -
                                  batch=s.head_batch, seed=s.seed, hidden=s.head_hidden)
     floor = background_floor(tokens.fg, tokens.bg, s.k, s.background_quantile)
     roi = torch.cat(roi_sets)[None]
+    compact = {side: made for side in ("fg", "bg")
+               if (made := compact_tokens(getattr(tokens, side), s.token_budget, seed=s.seed)) is not None}
     return ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
                             background_floor=floor, roi_tokens=roi,
                             roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),
                             prototypes=combine_prototypes(proto_sets) if proto_sets else None,
-                            reference_features=reference_features)
+                            reference_features=reference_features, compact=compact)

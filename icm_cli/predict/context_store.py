@@ -38,7 +38,7 @@ FORMAT = "icm-context-1"
 #: Engine settings that act only on sources (the fused probability, GrabCut, cleaning), never on the context:
 #: changing them reuses a stored context. Every other field, including ones added later, is part of the key.
 SOURCE_ONLY_SETTINGS = frozenset({"temperature", "head_weight", "grabcut", "grabcut_scale", "clean", "threshold",
-                                  "intra_gate", "source_background"})
+                                  "intra_gate", "source_background", "gate_probe_scale"})
 
 
 def reference_digest(image: np.ndarray, mask: np.ndarray) -> str:
@@ -97,6 +97,9 @@ def context_arrays(context) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors["roi.valid"] = context.roi_valid.detach().cpu().contiguous()
     for stride, proto in (context.prototypes or {}).items():
         tensors[f"prototype.{int(stride)}"] = proto.detach().cpu().contiguous()
+    for side, (prototypes, counts) in context.compact.items():
+        tensors[f"compact.{side}"] = prototypes.detach().cpu().contiguous()
+        tensors[f"compact.{side}.counts"] = counts.detach().cpu().contiguous()
     return tensors, meta
 
 
@@ -125,10 +128,18 @@ def context_from_arrays(tensors: dict[str, torch.Tensor], meta: dict[str, str]):
     if roi is not None and (roi.dim() != 3 or roi.shape[-1] != dim or valid is None or valid.shape != roi.shape[:2]):
         raise ValueError("ROI tokens do not match the features")
     prototypes = {int(k.split(".", 1)[1]): v for k, v in tensors.items() if k.startswith("prototype.")} or None
+    compact = {}
+    for side in ("fg", "bg"):
+        made, counts = tensors.get(f"compact.{side}"), tensors.get(f"compact.{side}.counts")
+        if made is None and counts is None:
+            continue
+        if made is None or counts is None or made.dim() != 2 or made.shape[1] != dim or counts.shape != made.shape[:1]:
+            raise ValueError(f"the compact {side} tokens do not match the features")
+        compact[side] = (made, counts)
     floor = float(meta["background_floor"])
     return ReferenceContext(tokens=tokens, head=head, feature_dim=dim,
                             background_floor=floor if not math.isnan(floor) else float("nan"),
-                            roi_tokens=roi, roi_valid=valid, prototypes=prototypes)
+                            roi_tokens=roi, roi_valid=valid, prototypes=prototypes, compact=compact)
 
 
 def save(path: Path, key: str, context) -> None:

@@ -31,10 +31,17 @@ def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceCo
     s, ctx = propagator.settings, context
     ft, attn = feats.ft, feats.attn
     fg, bg = ctx.tokens.fg, ctx.tokens.bg
-    if memory is not None:
+    counts = {}
+    if memory is not None:  # the memory's tokens join the whole sets (no compact set holds them)
         fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
+    else:
+        if "fg" in ctx.compact:
+            fg, counts["fg_counts"] = ctx.compact["fg"]
+        if "bg" in ctx.compact:
+            bg, counts["bg_counts"] = ctx.compact["bg"]
     sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
-                                           source_floor=ctx.background_floor if s.source_background else None)
+                                           source_floor=ctx.background_floor if s.source_background else None,
+                                           **{name: c.to(ft.device) for name, c in counts.items()})
     prob_nn = torch.sigmoid((sim_fg - sim_bg) / s.temperature)
     prob = prob_nn
     head = inter = intra = None

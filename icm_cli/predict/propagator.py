@@ -13,6 +13,7 @@ training-free result (:mod:`~icm_cli.predict.gate`).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -203,11 +204,19 @@ class Propagator:
 
         With the gate on (``settings.gate``) and no prior, both paths are finished and the more
         confident one is kept (:mod:`~icm_cli.predict.gate`)."""
-        free = lambda: full_size(self.settings, image, evidence.geometry.to_original(evidence.prob)[0, 0].numpy())  # noqa: E731
+        s = self.settings
+        free_prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if not self.decodes(evidence, context):
-            return (*free(), False)
-        learned = full_size(self.settings, image, evidence.geometry.to_original(
+            return (*full_size(s, image, free_prob), False)
+        learned = full_size(s, image, evidence.geometry.to_original(
             self.decode(image, evidence, context))[0, 0].numpy())
-        if not self.settings.gate or evidence.prior is not None:
+        if not s.gate or evidence.prior is not None:
             return (*learned, True)
-        return gated(free(), learned, evidence)
+        if not s.grabcut or not 0 < s.gate_probe_scale < s.grabcut_scale:
+            return gated(full_size(s, image, free_prob), learned, evidence)
+        # The training-free result is judged on a coarser GrabCut (its confidence reads the mask on a
+        # ~192-pixel raster) and finished at full quality only when it wins, which it rarely does.
+        probe = full_size(replace(s, grabcut_scale=s.gate_probe_scale), image, free_prob)
+        if gated(probe, learned, evidence)[2]:
+            return (*learned, True)
+        return (*full_size(s, image, free_prob), False)
