@@ -1,6 +1,7 @@
 """Quality of the ONNX Runtime backbone beside torch, on ../shared/data, in the same run.
 
     python benchmarks/runtime_parity.py [--sets davis,cows,perseg] [--threads 1] [--stride 1] [--part all]
+    python benchmarks/runtime_parity.py --part decoder --video 20   # DAVIS as sequences, priors read
 
 ``--part all`` (the default) builds the default propagator twice on one set
 of weights: everything on torch, and the backbone and the learned decoder on
@@ -70,6 +71,46 @@ def predict_both(props, image) -> dict:
     return out
 
 
+def run_video(frames_per_sequence: int) -> dict:
+    """DAVIS as sequences (``--video N``: the first N frames of each): each frame's evidence, with the
+    previous frame's mask as the decoder's prior (video's default settings), finished with the decoder on
+    torch and on ONNX Runtime (the prior-reading pair both at work); the sequence goes on from torch's mask."""
+    from icm_cli import io
+    from icm_cli.config import ModelConfig, VideoConfig
+    from icm_cli.predictor import Predictor, VideoPredictor
+
+    predictor = Predictor(ModelConfig(device="cpu", runtime="onnx"), reference_cache=False)
+    decoders = predictor.propagator.decoders
+    if not decoders.reads_priors:
+        sys.exit("the decoder reads no priors: nothing for --video to compare")
+    rows = {}
+    quality.FRAME_STRIDE = 1
+    for case, refs, targets in quality.davis_cases():
+        predictor.set_references([(io.read_image(r), io.read_mask(m)) for r, m in refs])
+        video = VideoPredictor(predictor, VideoConfig())
+        acc = {k: [] for k in ("torch", "onnx")}
+        differ = total = 0
+        for img_path, gt_path in targets[:frames_per_sequence]:
+            image, gt = io.read_image(img_path), io.read_mask(gt_path) >= 0.5
+            encoded = video.pipeline.encode(image)
+            evidence = video.pipeline.predict_encoded(encoded)
+            masks = {}
+            for runtime in ("torch", "onnx"):
+                decoders.use_runtime(runtime)
+                masks[runtime] = video.pipeline.finish(image, evidence).mask
+                acc[runtime].append(quality._iou(masks[runtime], gt))
+            video.pipeline.observe_encoded(encoded, masks["torch"])
+            differ += int(np.count_nonzero(masks["torch"] != masks["onnx"]))
+            total += masks["torch"].size
+        n = len(acc["torch"])
+        rows[case] = {"torch": float(np.mean(acc["torch"])), "onnx": float(np.mean(acc["onnx"])),
+                      "differ": differ / max(total, 1), "differ_px": differ, "pixels": total, "frames": n}
+        r = rows[case]
+        print(f"  {case:22s} torch {r['torch']:.4f}  onnx {r['onnx']:.4f}  diff {r['onnx'] - r['torch']:+.4f}  "
+              f"pixels differing {100 * r['differ']:.4f}% ({differ})  ({n} frames)", flush=True)
+    return rows
+
+
 def run_set(name, cases, props) -> dict:
     from icm_cli import io
 
@@ -107,6 +148,8 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (say so when reporting)")
     ap.add_argument("--part", choices=("all", "decoder"), default="all",
                     help="all: backbone and decoder on ONNX Runtime; decoder: the decoder alone")
+    ap.add_argument("--video", type=int, default=0, metavar="N",
+                    help="--part decoder: DAVIS as sequences, the first N frames of each, priors read")
     args = ap.parse_args()
     quality.FRAME_STRIDE = args.stride
     if not quality.DATA.is_dir():
@@ -116,6 +159,18 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    if args.video:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(f"the decoder alone, on torch and on ONNX Runtime, DAVIS as sequences (first {args.video} frames)")
+        rows = run_video(args.video)
+        differ = sum(r["differ_px"] for r in rows.values())
+        total = sum(r["pixels"] for r in rows.values())
+        big = max(abs(r["onnx"] - r["torch"]) for r in rows.values())
+        print(f"  mask pixels differing {100 * differ / max(total, 1):.4f}% ({differ} of {total}); "
+              f"largest per-sequence |J diff| {big:.4f}")
+        return 0
     props = engines(args.part)
     print(f"comparing on torch and on ONNX Runtime: {'the backbone and the decoder' if args.part == 'all' else 'the decoder alone'}", flush=True)
     worst = 0.0
