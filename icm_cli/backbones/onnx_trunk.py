@@ -13,7 +13,9 @@ The export is made once and kept in the cache folder (:mod:`icm_cli.cache`,
 the torch, onnx and onnxruntime versions. It is checked against torch on a
 fixed input when made, and its bytes against their recorded SHA-256 every
 time it is read: a corrupt or stale entry is rebuilt, never trusted. One
-process exports while the others (shards, Ray workers) wait for it.
+process exports while the others (shards, Ray workers) wait for it. The
+learned decoder's export (:mod:`icm_cli.predict.decoder_onnx`) is kept the
+same way (:func:`cached_export`).
 
 ``runtime`` choices: ``auto`` (ONNX Runtime on the CPU when it is
 installed, torch on CUDA and MPS), ``torch``, ``onnx``.
