@@ -6,7 +6,8 @@ hit), checked when read (a corrupt entry is rebuilt, never trusted), written
 atomically (a temporary name, then a rename) and built by one process at a
 time (an advisory lock; the others wait and then read what it wrote):
 
-- ``onnx/``: the backbone exported to ONNX (:mod:`icm_cli.backbones.onnx_trunk`);
+- ``onnx/``: the backbone and the learned decoders exported to ONNX (:mod:`icm_cli.backbones.onnx_trunk`,
+  :mod:`icm_cli.predict.decoder_onnx`);
 - ``contexts/``: reference contexts (:mod:`icm_cli.predict.context_store`).
 
 Where: ``$ICM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/icm``, else

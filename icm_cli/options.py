@@ -104,8 +104,8 @@ Decoder = Annotated[str, typer.Option(
          "(training-free), or a .safetensors file (see `icm backbones`).")]
 Runtime = Annotated[str, typer.Option(
     "--runtime", metavar="NAME", rich_help_panel=MODEL,
-    help="What runs the backbone: auto (ONNX Runtime on the CPU, about 3x faster; torch on GPUs), torch or "
-         "onnx. Exported once into the cache folder (README: Speed and caches).")]
+    help="What runs the backbone and the learned decoder: auto (ONNX Runtime on the CPU, about 3x faster; "
+         "torch on GPUs), torch or onnx. Exported once into the cache folder (README: Speed and caches).")]
 Size = Annotated[int, typer.Option(
     "--size", metavar="PX", rich_help_panel=QUALITY, callback=at_least(64, "--size"),
     help="Working short side in pixels: larger is finer and slower.")]

@@ -107,6 +107,8 @@ class Predictor:
         #: The model itself (:class:`~icm_cli.predict.propagator.Propagator`).
         self.propagator = Propagator(backbone, device=self.device, dtype=default_dtype(self.device),
                                      settings=settings or config.propagate_settings())
+        # The learned decoder runs where the backbone does (ONNX Runtime: its cached export, checked).
+        self.runtime_note = self.runtime_note or self.propagator.decoders.use_runtime(self.runtime)
         #: The batch runner's split step (:class:`~icm_cli.pipeline.PipelineAdapter`).
         self.pipeline = PipelineAdapter(self)
         #: Reference contexts are kept in the cache folder and reused (see predict/context_store.py).
@@ -350,4 +352,9 @@ def prepare_workers(config: ModelConfig, device: str) -> tuple[ModelConfig, str 
     if decoder_path is not None:
         load_decoder(decoder_path)
     runtime, note = attach(backbone, config.runtime, device)
+    if runtime == "onnx" and decoder_path is not None and note is None:
+        # exported into the cache here, once, so the workers read it (and a failing export is said once)
+        from icm_cli.predict.decoding import Decoders
+
+        note = Decoders(config.decoder, backbone, torch.device(device)).use_runtime(runtime)
     return dataclasses.replace(config, runtime=runtime), note

@@ -33,9 +33,11 @@ def _entries(root: Path) -> list[Path]:
     return sorted(p for p in (root / "onnx").iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _exports(root: Path) -> list[dict]:
+def _exports(root: Path, what: str = "trunk") -> list[dict]:
+    """The exports made under ``root``: of the backbone's trunk, or (``what="decoder"``) of the learned decoder."""
     log = root / "onnx" / "exports.log"
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return [r for r in rows if r["entry"].startswith("decoder-") == (what == "decoder")]
 
 
 def test_export_matches_torch_and_is_read_back_from_the_cache(backbone, tmp_path, monkeypatch):
@@ -224,6 +226,7 @@ def test_shards_started_together_share_one_export_and_context(small_scene, tmp_p
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert len(_exports(cache)) == 1  # one export between them; the other shard read it
+    assert len(_exports(cache, "decoder")) == 2  # and one of each built-in decoder (prior-free, prior)
     assert len(list((cache / "contexts").glob("*.safetensors"))) == 1
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["s0.png", "s1.png", "s2.png"]
     for manifest in ("manifest.1-of-2.jsonl", "manifest.2-of-2.jsonl"):
@@ -248,5 +251,7 @@ def test_ray_workers_read_the_drivers_export_whatever_its_thread_count(small_sce
                          env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(_exports(cache)) == 1  # made by the driver; the two workers (one thread each) read it
+    decoders = _exports(cache, "decoder")  # the decoders too, by the driver
+    assert len(decoders) == 2 and {r["pid"] for r in decoders} == {r["pid"] for r in _exports(cache)}
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["s0.png", "s1.png", "s2.png"]
     assert run_records(tmp_path / "out" / "manifest.jsonl")[0]["settings"]["runtime"].startswith("onnxruntime ")

@@ -13,7 +13,9 @@ The export is made once and kept in the cache folder (:mod:`icm_cli.cache`,
 the torch, onnx and onnxruntime versions. It is checked against torch on a
 fixed input when made, and its bytes against their recorded SHA-256 every
 time it is read: a corrupt or stale entry is rebuilt, never trusted. One
-process exports while the others (shards, Ray workers) wait for it.
+process exports while the others (shards, Ray workers) wait for it. The
+learned decoder's export (:mod:`icm_cli.predict.decoder_onnx`) is kept the
+same way (:func:`cached_export`).
 
 ``runtime`` choices: ``auto`` (ONNX Runtime on the CPU when it is
 installed, torch on CUDA and MPS), ``torch``, ``onnx``.
@@ -205,7 +207,8 @@ def export_bytes(backbone) -> bytes:
     return buffer.getvalue()
 
 
-def _session(model: bytes | Path, threads: int):
+def open_session(model: bytes | Path, threads: int):
+    """An ONNX Runtime CPU session of ``model`` computing on ``threads`` threads, which do not spin while idle."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -255,35 +258,76 @@ def _trunk(backbone, session, path: Path | None, exported: bool, diff: float = f
     return OnnxTrunk(session, len(taps), tuple(sorted(backbone.level_blocks)), path, exported, diff)
 
 
-def _read_entry(folder: Path, key: dict, threads: int, backbone) -> OnnxTrunk | None:
-    """The trunk cached in ``folder`` if its record matches ``key`` and its bytes their digest; else None."""
-    model, meta_path = folder / "trunk.onnx", folder / "meta.json"
+def _read_entry(folder: Path, filename: str, key: dict, open_model):
+    """What ``open_model`` makes of the model cached in ``folder`` if its record matches ``key`` and its bytes
+    their digest; else None."""
+    model, meta_path = folder / filename, folder / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("key") != key or meta.get("sha256") != cache.file_sha256(model):
             return None
-        return _trunk(backbone, _session(model, threads), model, False, float(meta.get("max_abs_diff", "nan")))
+        return open_model(model, meta)
     except Exception:  # missing, unreadable, malformed, or a model ONNX Runtime refuses: rebuild
         return None
 
 
-def _export_checked(backbone, threads: int) -> tuple[bytes, OnnxTrunk]:
+def cached_export(stem: str, filename: str, key: dict, open_model, export_checked):
+    """An ONNX model kept in the cache folder's ``onnx/`` under ``stem`` and a digest of ``key``.
+
+    ``open_model(path, meta)`` makes what runs a cached model (raising if ONNX Runtime refuses it);
+    ``export_checked()`` exports it and checks it against torch, returning ``(bytes, made, max_abs_diff)``
+    or raising :class:`RuntimeUnavailable`. Returns ``(made, path or None, exported)``: ``exported`` when
+    this process made it. An entry whose record or bytes do not match is rebuilt, never trusted; one
+    process exports while the others wait for it; without a writable cache folder the export is made
+    in memory for this process only (``path`` None).
+    """
+    root = cache.cache_folder("onnx")
+    if root is None:
+        return export_checked()[1], None, True
+    name = f"{stem}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}"
+    folder = root / name
+    found = _read_entry(folder, filename, key, open_model)
+    if found is not None:
+        return found, folder / filename, False
+    with cache.exclusive(root / f"{name}.lock"):
+        found = _read_entry(folder, filename, key, open_model)  # another process may have made it meanwhile
+        if found is not None:
+            return found, folder / filename, False
+        data, made, diff = export_checked()
+        scratch = cache.scratch_folder(root, name)
+        try:
+            (scratch / filename).write_bytes(data)
+            meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "max_abs_diff": diff}
+            (scratch / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+            cache.discard(folder)  # what failed its check above
+            os.replace(scratch, folder)
+            with open(root / "exports.log", "a", encoding="utf-8") as log:  # when and by whom each was made
+                log.write(json.dumps({"entry": name, "pid": os.getpid(), "time": time.time(),
+                                      "max_abs_diff": diff}) + "\n")
+        except OSError:  # a full disk or a lost race without locks: this process keeps its in-memory model
+            cache.discard(scratch)
+            return made, None, True
+        return made, folder / filename, True
+
+
+def _export_checked(backbone, threads: int) -> tuple[bytes, OnnxTrunk, float]:
     if missing_packages(("onnx",)):
         raise RuntimeUnavailable(f"exporting {backbone.name} to ONNX needs the onnx package ({INSTALL_HINT})")
     try:
         data = export_bytes(backbone)
     except Exception as exc:
         raise RuntimeUnavailable(f"exporting {backbone.name} to ONNX failed ({str(exc).splitlines()[0][:120]})") from None
-    trunk = _trunk(backbone, _session(data, threads), None, True)
+    trunk = _trunk(backbone, open_session(data, threads), None, True)
     trunk.max_abs_diff = compare(backbone, trunk)
     if not trunk.max_abs_diff <= TOLERANCE:
         raise RuntimeUnavailable(f"the ONNX export of {backbone.name} differs from torch by "
                                  f"{trunk.max_abs_diff:.2g} (more than {TOLERANCE:g})")
-    return data, trunk
+    return data, trunk, trunk.max_abs_diff
 
 
 def load_trunk(backbone, threads: int | None = None) -> OnnxTrunk:
-    """The backbone's trunk on ONNX Runtime: from the cache, or exported, checked and cached now.
+    """The backbone's trunk on ONNX Runtime: from the cache, or exported, checked and cached now
+    (:func:`cached_export`).
 
     Raises :class:`RuntimeUnavailable` when it cannot be made or does not
     match torch. Without a writable cache folder the export is made in
@@ -292,35 +336,16 @@ def load_trunk(backbone, threads: int | None = None) -> OnnxTrunk:
     if missing_packages():
         raise RuntimeUnavailable(f"onnxruntime is not installed ({INSTALL_HINT})")
     threads = threads or torch.get_num_threads()
-    key = cache_key(backbone)
-    root = cache.cache_folder("onnx")
-    if root is None:
-        return _export_checked(backbone, threads)[1]
-    name = f"{backbone.name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]}"
-    folder = root / name
-    found = _read_entry(folder, key, threads, backbone)
-    if found is not None:
-        return found
-    with cache.exclusive(root / f"{name}.lock"):
-        found = _read_entry(folder, key, threads, backbone)  # another process may have made it meanwhile
-        if found is not None:
-            return found
-        data, trunk = _export_checked(backbone, threads)
-        scratch = cache.scratch_folder(root, name)
-        try:
-            (scratch / "trunk.onnx").write_bytes(data)
-            meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "max_abs_diff": trunk.max_abs_diff}
-            (scratch / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
-            cache.discard(folder)  # what failed its check above
-            os.replace(scratch, folder)
-            trunk.path = folder / "trunk.onnx"
-            with open(root / "exports.log", "a", encoding="utf-8") as log:  # when and by whom each was made
-                log.write(json.dumps({"entry": name, "pid": os.getpid(), "time": time.time(),
-                                      "max_abs_diff": trunk.max_abs_diff}) + "\n")
-        except OSError:  # a full disk or a lost race without locks: this process keeps its in-memory session
-            cache.discard(scratch)
-        return trunk
+
+    def open_model(path: Path, meta: dict) -> OnnxTrunk:
+        return _trunk(backbone, open_session(path, threads), path, False, float(meta.get("max_abs_diff", "nan")))
+
+    trunk, path, _ = cached_export(backbone.name, "trunk.onnx", cache_key(backbone), open_model,
+                                   lambda: _export_checked(backbone, threads))
+    trunk.path = path
+    return trunk
 
 
-__all__ = ["RUNTIMES", "OnnxTrunk", "attach", "runtime_label", "RuntimeUnavailable", "cache_key", "compare", "export_bytes", "load_trunk",
-           "missing_packages", "resolve_runtime", "runtime_versions", "state_digest", "weights_digest"]
+__all__ = ["RUNTIMES", "OnnxTrunk", "attach", "runtime_label", "RuntimeUnavailable", "cache_key", "cached_export",
+           "compare", "export_bytes", "load_trunk", "missing_packages", "open_session", "resolve_runtime",
+           "runtime_versions", "state_digest", "weights_digest"]

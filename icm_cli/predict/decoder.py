@@ -115,7 +115,11 @@ class _FineStage(nn.Module):
 
 def prototype_similarity(level: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of ``[B, C, H, W]`` activations to ``[B, 2, C]`` prototypes -> ``[B, 2, H, W]``."""
-    return torch.einsum("bchw,bkc->bkhw", F.normalize(level.float(), dim=1, eps=1e-6), protos.float())
+    unit = F.normalize(level.float(), dim=1, eps=1e-6)
+    if torch.jit.is_tracing():  # for the ONNX export: the same product as a MatMul, which ONNX Runtime
+        # computes several times faster than its Einsum (torch itself keeps the einsum, bit for bit)
+        return torch.matmul(protos.float(), unit.flatten(2)).reshape(unit.shape[0], -1, *unit.shape[2:])
+    return torch.einsum("bchw,bkc->bkhw", unit, protos.float())
 
 
 def reference_prototypes(levels: dict[int, torch.Tensor], mask_canvas: torch.Tensor,
@@ -178,6 +182,25 @@ def maps_without_head(maps: torch.Tensor, intra_gate: float) -> torch.Tensor:
     return out
 
 
+def _pool_to_grid(x: torch.Tensor, grid) -> torch.Tensor:
+    """``x`` averaged onto ``grid``. The stride-4 grid is exactly twice the stride-8 one (canvases are
+    multiples of 32), so when traced for the ONNX export, which cannot take an output size known only at
+    run time, this is a 2x2 average pool: the same numbers (:mod:`~icm_cli.predict.decoder_onnx` runs
+    only such sizes)."""
+    if torch.jit.is_tracing():
+        return F.avg_pool2d(x, 2)
+    return F.adaptive_avg_pool2d(x, grid)
+
+
+def _pooled_rgb(rgb: torch.Tensor, stride: int, normalise: bool) -> torch.Tensor:
+    """``rgb`` averaged over ``stride`` x ``stride`` cells, then ImageNet-normalised when ``normalise``.
+    Traced for the ONNX export the canvas is averaged first and normalised after (the same numbers but
+    for rounding, on 1/stride^2 of the pixels: a few ms less per image); torch normalises the canvas
+    once, before, bit for bit as it always has."""
+    pooled = F.avg_pool2d(rgb, stride)
+    return imagenet_normalise(pooled) if normalise else pooled
+
+
 def base_logit(prob: torch.Tensor) -> torch.Tensor:
     return torch.logit(prob.float().clamp(1e-4, 1 - 1e-4))
 
@@ -205,7 +228,8 @@ class MaskDecoder(nn.Module):
         """See the module docstring; prior: ``[B, 1, 8h/4, 8w/4]`` object share of each stride-4
         cell of the canvas (read only by a decoder built with ``prior``), prior_given: ``[B]``
         1 where a prior is given (default: all when ``prior`` is given, none otherwise)."""
-        rgb = imagenet_normalise(canvas.float())
+        traced = torch.jit.is_tracing()  # for the ONNX export: see _pooled_rgb
+        rgb = canvas.float() if traced else imagenet_normalise(canvas.float())
         lv4 = levels[4].float()
         coarse_in, extra4 = self.map_norm(maps.float()), None
         if self.config.prior:
@@ -218,15 +242,15 @@ class MaskDecoder(nn.Module):
             prior = prior.float() * prior_given.view(-1, 1, 1, 1).float()
             flag4 = prior_given.view(-1, 1, 1, 1).float().expand(b, 1, *lv4.shape[-2:])
             extra4 = torch.cat([prior, flag4], dim=1)
-            extra8 = F.adaptive_avg_pool2d(extra4, maps.shape[-2:])
+            extra8 = _pool_to_grid(extra4, maps.shape[-2:])
             coarse_in = torch.cat([coarse_in, extra8], dim=1)
         x8 = self.coarse(coarse_in)
-        x4, res4 = self.stage4(x8, lv4, F.avg_pool2d(rgb, 4), prototype_similarity(lv4, protos[4]), extra4)
+        x4, res4 = self.stage4(x8, lv4, _pooled_rgb(rgb, 4, traced), prototype_similarity(lv4, protos[4]), extra4)
         logit = F.interpolate(base_logit(maps[:, :1]), size=lv4.shape[-2:], mode="bilinear",
                               align_corners=False) + res4
         if self.stage2 is not None:
             lv2 = levels[2].float()
-            _, res2 = self.stage2(x4, lv2, F.avg_pool2d(rgb, 2), prototype_similarity(lv2, protos[2]))
+            _, res2 = self.stage2(x4, lv2, _pooled_rgb(rgb, 2, traced), prototype_similarity(lv2, protos[2]))
             logit = F.interpolate(logit, size=lv2.shape[-2:], mode="bilinear", align_corners=False) + res2
         return logit
 

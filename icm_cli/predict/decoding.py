@@ -33,6 +33,32 @@ class Decoders:
         if prior_path is not None:
             model = self.decoder if prior_path == path else load_decoder(prior_path).to(device)
             self.prior_decoder = model if model.config.prior else None
+        #: What runs the decoders ("torch" or "onnx": see :meth:`use_runtime`).
+        self.runtime = "torch"
+        self._runs: dict[int, object] = {}  # id(module) -> what runs it, where not the module itself
+
+    def use_runtime(self, runtime: str) -> str | None:
+        """Run the decoders on ``runtime``, the backbone's (``"onnx"``: ONNX Runtime, from the cached export
+        of :mod:`~icm_cli.predict.decoder_onnx`; only on the CPU). Returns why they stay on torch where the
+        export cannot be made or does not match torch (said once, by the caller), else None."""
+        self._runs, self.runtime = {}, "torch"
+        if runtime != "onnx" or self.decoder is None or self.device.type != "cpu":
+            return None
+        from icm_cli.errors import RuntimeUnavailable
+        from icm_cli.predict import decoder_onnx
+
+        runs = {}
+        try:
+            for model in (self.decoder, self.prior_decoder):
+                if model is not None and id(model) not in runs:
+                    runs[id(model)] = decoder_onnx.load_decoder(model)
+        except RuntimeUnavailable as exc:
+            return f"the learned decoder runs on torch: {exc}"
+        self._runs, self.runtime = runs, "onnx"
+        return None
+
+    def _run(self, model: MaskDecoder):
+        return self._runs.get(id(model), model)
 
     @property
     def reads_priors(self) -> bool:
@@ -61,12 +87,12 @@ class Decoders:
         maps = decoder_maps(evidence).to(dev)
         w = evidence.prior_weight
         if evidence.prior is None or not self.reads_priors or w <= 0:
-            prob = torch.sigmoid(self.decoder(maps, canvas, levels, protos).float())
+            prob = torch.sigmoid(self._run(self.decoder)(maps, canvas, levels, protos).float())
         else:
             prior = evidence.prior.to(dev)
-            prob = torch.sigmoid(self.prior_decoder(maps, canvas, levels, protos, prior=prior).float())
+            prob = torch.sigmoid(self._run(self.prior_decoder)(maps, canvas, levels, protos, prior=prior).float())
             if w < 1:  # the evidence alone keeps a say: a prior's errors do not carry over whole
-                alone = torch.sigmoid(self.decoder(maps, canvas, levels, protos).float())
+                alone = torch.sigmoid(self._run(self.decoder)(maps, canvas, levels, protos).float())
                 prob = w * prob + (1 - w) * alone
         if evidence.window is not None:
             prob = prob * F.interpolate(evidence.window.to(prob), size=prob.shape[-2:], mode="nearest")
