@@ -131,3 +131,34 @@ def test_write_into_unwritable_folder_is_an_output_error(tmp_path):
     with pytest.raises(io.OutputError, match="m.png|file") as err:
         io.write_image_atomic(target, np.zeros((2, 2), np.uint8))
     assert not isinstance(err.value, io.InputError)  # the output is at fault, not an input
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (1, 300), (300, 1), (17, 19, 3), (16, 9, 4), (1, 1, 3), (6, 5, 2)])
+def test_written_png_decodes_to_exactly_the_array(tmp_path, shape):
+    rng = np.random.default_rng(sum(shape))
+    array = rng.integers(0, 256, shape, dtype=np.uint8)
+    array.reshape(-1)[:256] = np.arange(256)[: array.size]  # every value, where the image is big enough
+    target = tmp_path / "out.png"
+    io.write_image_atomic(target, array)
+    with Image.open(target) as img:
+        assert img.format == "PNG"
+        assert img.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[shape[2] if len(shape) == 3 else 1], img.mode
+        assert np.array_equal(np.asarray(img), array)
+    assert os.stat(target).st_mode & 0o777 == io.output_file_mode()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_written_mask_and_trimap_are_8_bit_grey(tmp_path):
+    trimap = np.zeros((40, 60), np.uint8)
+    trimap[5:30, 10:50] = 128
+    trimap[10:25, 15:45] = 255
+    io.write_image_atomic(tmp_path / "t.png", trimap)
+    with Image.open(tmp_path / "t.png") as img:
+        assert (img.mode, img.info.get("bits", 8)) == ("L", 8)
+        assert np.array_equal(np.asarray(img), trimap)
+
+
+def test_write_image_refuses_other_than_uint8(tmp_path):
+    with pytest.raises(TypeError):
+        io.write_image_atomic(tmp_path / "f.png", np.zeros((3, 3), np.float32))
+    assert list(tmp_path.iterdir()) == []
