@@ -44,7 +44,9 @@ def _open(path: Path, max_pixels: int) -> Image.Image | np.ndarray:
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes), not an image")
-        Image.init()  # registers every plugin (once), so the named formats are all known
+        # The common plugins (JPEG, PNG, BMP/DIB, GIF) are registered here; Pillow registers the rest
+        # itself when a file is none of those (about 20 ms of start-up a run of JPEGs and PNGs never needs).
+        Image.preinit()
         # Pillow's bomb guard is the host's setting: icm checks the size against max_pixels below.
         img = open_unguarded(path, formats=RASTER_FORMATS)
     except InputError:
@@ -342,6 +344,8 @@ def encode_png(array: np.ndarray) -> bytes:
     arr = np.ascontiguousarray(array)
     if arr.dtype != np.uint8:
         raise TypeError(f"expected uint8 pixels, got {arr.dtype}")
+    if not hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV before 4.10 cannot be told the row filter
+        return _encode_png_pillow(arr)
     if arr.ndim == 2:
         pixels, row_filter, strategy = arr, cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_STRATEGY_RLE
     elif arr.ndim == 3 and arr.shape[2] in (3, 4):

@@ -162,3 +162,30 @@ def test_write_image_refuses_other_than_uint8(tmp_path):
     with pytest.raises(TypeError):
         io.write_image_atomic(tmp_path / "f.png", np.zeros((3, 3), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_png_written_through_pillow_where_opencv_cannot_set_the_filter(tmp_path, monkeypatch):
+    import cv2
+
+    monkeypatch.delattr(cv2, "IMWRITE_PNG_FILTER")
+    array = np.random.default_rng(5).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    io.write_image_atomic(tmp_path / "p.png", array)
+    with Image.open(tmp_path / "p.png") as img:
+        assert np.array_equal(np.asarray(img), array)
+
+
+def test_every_format_reads_in_a_fresh_process(tmp_path):
+    """Only the common plugins are registered up front: a WebP, TIFF or GIF still opens (Pillow registers
+    the rest when a file needs them), in a process that has read nothing before."""
+    import subprocess
+    import sys
+
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[1:4, 2:6] = (200, 30, 90)
+    for suffix, extra in ((".webp", {"lossless": True}), (".tif", {}), (".gif", {}), (".bmp", {})):
+        Image.fromarray(rgb).save(tmp_path / f"a{suffix}", **extra)
+    code = ("import sys; from icm_cli import io\n"
+            "for p in sys.argv[1:]: print(p, io.read_image(p)[2, 3].tolist())")
+    files = [str(tmp_path / f"a{s}") for s in (".webp", ".tif", ".gif", ".bmp")]
+    out = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"{p} [200, 30, 90]" for p in files], out
