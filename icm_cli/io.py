@@ -332,12 +332,14 @@ def encode_png(array: np.ndarray) -> bytes:
     """``[H, W]`` grey, ``[H, W, 3]`` RGB or ``[H, W, 4]`` RGBA uint8 as the bytes of an 8-bit PNG.
 
     Encoded by OpenCV's libpng at zlib level 1 with one fixed row filter
-    instead of Pillow's try-every-filter-per-row, which took half the time of
-    a heat map's write: a one-channel mask or trimap (long runs of 0, 128 or
-    255) unfiltered with run-length matching, a colour picture with the "Sub"
-    filter (about as small as Pillow's files, in half the time). The file
-    decodes to exactly ``array``; Pillow writes what OpenCV cannot (other
-    shapes).
+    instead of Pillow's trial of every filter on every row (854x480, one
+    core: a heat map 17-23 ms instead of 33-38, a mask about 1 ms instead of
+    2.5; ``benchmarks/bench_outputs.py``). One channel (masks and trimaps:
+    long runs of 0, 128 or 255) is left unfiltered with run-length matching,
+    which makes their files smaller than Pillow's (a soft alpha's about a
+    third larger); colour is "Sub"-filtered, within 2% of Pillow's size. The
+    file decodes to exactly ``array``; Pillow writes what OpenCV cannot (other
+    shapes, OpenCV before 4.10).
     """
     import cv2  # not at import: the command line's start does not wait for OpenCV
 
