@@ -56,6 +56,8 @@ def overlay(image: np.ndarray, heat: np.ndarray, opacity: float = 0.5) -> np.nda
     ``(1 - opacity) * (r + g + b) / 3 + opacity * turbo(heat)``, rounded,
     read from :func:`_overlay_table`.
     """
+    if image.dtype != np.uint8:  # the table covers 8-bit pixels (sums 0-765) only
+        raise TypeError(f"overlay takes an 8-bit RGB image, got {image.dtype}")
     row = image[..., 0].astype(np.int32)
     row += image[..., 1]
     row += image[..., 2]

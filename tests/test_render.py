@@ -52,3 +52,8 @@ def test_overlay_at_half_opacity_known_answers():
     # Written out for the first pixel: black under Turbo's dark blue (48, 18, 59) -> (24, 9, 30).
     assert render.colorize(np.zeros((1, 1), np.float32))[0, 0].tolist() == [48, 18, 59]
     assert render.overlay(image[:, :1], heat[:, :1])[0, 0].tolist() == [24, 9, 30]
+
+
+def test_overlay_refuses_an_image_that_is_not_8_bit():
+    with pytest.raises(TypeError, match="8-bit"):
+        render.overlay(np.zeros((4, 4, 3), np.float32), np.zeros((4, 4), np.float32))
