@@ -95,7 +95,7 @@ class EfficientNetLite(Backbone):
             raise WeightsError(f"no weights for {variant}: {weights_hint(variant)} "
                                "(or pass --weights FILE.pth)")
         # The network is laid out on the meta device (shapes, no memory, no random initialisation) and
-        # the file's tensors become its weights (assign): a fifth of a second less start-up than
+        # the file's tensors become its weights (assign): up to a fifth of a second less start-up than
         # initialising every layer at random and copying the weights over it.
         with contextlib.redirect_stdout(io.StringIO()), torch.device("meta"):
             net = EfficientNet.from_name(variant)
