@@ -396,3 +396,46 @@ def test_building_the_backbone_leaves_its_weights_as_loaded():
     mean = net.stem[1].running_mean
     assert torch.equal(mean, loaded["_bn0.running_mean"])
     assert not net.training
+
+
+def test_lite0_built_from_the_file_alone_same_weights_no_random_draws(tmp_path):
+    """The network is laid out without random initialisation and takes the file's tensors as its weights:
+    every tensor equals the file's, the host's random numbers are not drawn from, and a half-precision
+    file runs in float32 as a copy into the network would have made it."""
+    from icm_cli.backbones.efficientnet import packaged_weights_path
+    from icm_cli.backbones.weights import load_state_dict
+
+    path = packaged_weights_path("efficientnet-lite0")
+    stored = load_state_dict(path)
+    rng = torch.get_rng_state()
+    net = create_backbone("efficientnet-lite0")
+    assert torch.equal(torch.get_rng_state(), rng)
+    own = net.state_dict()
+    assert own and all(not t.is_meta for t in own.values())
+    assert torch.equal(own["stem.0.weight"], stored["_conv_stem.weight"])
+    assert torch.equal(own["stem.1.running_var"], stored["_bn0.running_var"])
+    assert all(torch.equal(own[k], stored["_" + k]) for k in own if k.startswith("blocks."))
+    assert all(p.requires_grad for p in net.parameters())  # as nn.Module leaves them; inference runs no_grad
+
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in stored.items()}
+    torch.save(half, tmp_path / "half.pth")
+    net16 = create_backbone("efficientnet-lite0", weights=tmp_path / "half.pth")
+    assert {t.dtype for t in net16.state_dict().values()} == {torch.float32, torch.int64}
+    assert torch.equal(net16.blocks[3]._bn2.running_mean, half["_blocks.3._bn2.running_mean"].float())
+
+
+def test_lite0_weights_of_another_shape_or_missing_tensors_are_refused(tmp_path):
+    from icm_cli.backbones.efficientnet import packaged_weights_path
+    from icm_cli.backbones.weights import load_state_dict
+
+    stored = load_state_dict(packaged_weights_path("efficientnet-lite0"))
+    wrong = dict(stored, **{"_blocks.3._bn2.running_mean": torch.zeros(7)})
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(WeightsError) as exc:
+        create_backbone("efficientnet-lite0", weights=tmp_path / "wrong.pth")
+    assert "does not match efficientnet-lite0" in _one_line(exc)
+    short = {k: v for k, v in stored.items() if not k.startswith("_blocks.5.")}
+    torch.save(short, tmp_path / "short.pth")
+    with pytest.raises(WeightsError) as exc:
+        create_backbone("efficientnet-lite0", weights=tmp_path / "short.pth")
+    assert "does not match efficientnet-lite0" in _one_line(exc) and "missing" in _one_line(exc)

@@ -47,6 +47,9 @@ def test_propagate_writes_every_output_named_by_stem(demo, tmp_path):
         assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 255}
         assert set(np.unique(trimap)) <= {0, 128, 255}
         assert heat.mode == "RGB" and heat.size == (160, 120)
+        for kind in ("masks", "trimaps"):  # one channel, 8-bit grey
+            with Image.open(out / kind / f"{stem}.png") as png:
+                assert (png.format, png.mode) == ("PNG", "L"), kind
         assert _iou(mask > 127, truth) > 0.6, stem
     lines = source_records(out / "manifest.jsonl")
     assert [l["stem"] for l in lines] == ["frame0", "frame1", "frame2"]

@@ -131,3 +131,61 @@ def test_write_into_unwritable_folder_is_an_output_error(tmp_path):
     with pytest.raises(io.OutputError, match="m.png|file") as err:
         io.write_image_atomic(target, np.zeros((2, 2), np.uint8))
     assert not isinstance(err.value, io.InputError)  # the output is at fault, not an input
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (1, 300), (300, 1), (17, 19, 3), (16, 9, 4), (1, 1, 3), (6, 5, 2)])
+def test_written_png_decodes_to_exactly_the_array(tmp_path, shape):
+    rng = np.random.default_rng(sum(shape))
+    array = rng.integers(0, 256, shape, dtype=np.uint8)
+    array.reshape(-1)[:256] = np.arange(256)[: array.size]  # every value, where the image is big enough
+    target = tmp_path / "out.png"
+    io.write_image_atomic(target, array)
+    with Image.open(target) as img:
+        assert img.format == "PNG"
+        assert img.mode == {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[shape[2] if len(shape) == 3 else 1], img.mode
+        assert np.array_equal(np.asarray(img), array)
+    assert os.stat(target).st_mode & 0o777 == io.output_file_mode()
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_written_mask_and_trimap_are_8_bit_grey(tmp_path):
+    trimap = np.zeros((40, 60), np.uint8)
+    trimap[5:30, 10:50] = 128
+    trimap[10:25, 15:45] = 255
+    io.write_image_atomic(tmp_path / "t.png", trimap)
+    with Image.open(tmp_path / "t.png") as img:
+        assert (img.mode, img.info.get("bits", 8)) == ("L", 8)
+        assert np.array_equal(np.asarray(img), trimap)
+
+
+def test_write_image_refuses_other_than_uint8(tmp_path):
+    with pytest.raises(TypeError):
+        io.write_image_atomic(tmp_path / "f.png", np.zeros((3, 3), np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_png_written_through_pillow_where_opencv_cannot_set_the_filter(tmp_path, monkeypatch):
+    import cv2
+
+    monkeypatch.delattr(cv2, "IMWRITE_PNG_FILTER")
+    array = np.random.default_rng(5).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    io.write_image_atomic(tmp_path / "p.png", array)
+    with Image.open(tmp_path / "p.png") as img:
+        assert np.array_equal(np.asarray(img), array)
+
+
+def test_every_format_reads_in_a_fresh_process(tmp_path):
+    """Only the common plugins are registered up front: a WebP, TIFF or GIF still opens (Pillow registers
+    the rest when a file needs them), in a process that has read nothing before."""
+    import subprocess
+    import sys
+
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[1:4, 2:6] = (200, 30, 90)
+    for suffix, extra in ((".webp", {"lossless": True}), (".tif", {}), (".gif", {}), (".bmp", {})):
+        Image.fromarray(rgb).save(tmp_path / f"a{suffix}", **extra)
+    code = ("import sys; from icm_cli import io\n"
+            "for p in sys.argv[1:]: print(p, io.read_image(p)[2, 3].tolist())")
+    files = [str(tmp_path / f"a{s}") for s in (".webp", ".tif", ".gif", ".bmp")]
+    out = subprocess.run([sys.executable, "-c", code, *files], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"{p} [200, 30, 90]" for p in files], out
