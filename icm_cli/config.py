@@ -102,7 +102,8 @@ class PropagateSettings:
     decoder: str = DEFAULT_DECODER  # learned mask decoder: none | auto | builtin | FILE.safetensors (predict/decoder.py)
     gate: bool = True          # per image, keep the training-free result when it is the more confident one
     gate_probe_scale: float = 0.25  # the gate judges the training-free path on a GrabCut at this scale
-    token_budget: int = 512    # the contrast compares with at most this many prototypes per side (0 = every token)
+    token_budget: int = 512    # the contrast compares with at most this many tokens per side (0 = every token) ...
+    token_exact_share: float = 0.5  # ... of which this share are the side's hardest tokens, kept exact
     seed: int = 0
 
 

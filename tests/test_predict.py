@@ -90,6 +90,19 @@ def test_compact_tokens_finds_the_looks_and_counts_their_tokens():
     assert torch.equal(again[0], protos) and torch.equal(again[1], counts)  # seeded: the same every run
 
 
+def test_compact_tokens_keeps_the_hardest_tokens_exact():
+    gen = torch.Generator().manual_seed(3)
+    tokens = F.normalize(torch.randn(200, 12, generator=gen), dim=-1)
+    hardness = torch.rand(200, generator=gen)
+    protos, counts = compact_tokens(tokens, budget=20, hardness=hardness, exact_share=0.5)
+    hardest = tokens[torch.argsort(hardness, descending=True)[:10]]
+    assert torch.equal(protos[:10], hardest) and counts[:10].eq(1).all()  # kept as they are, once each
+    assert len(protos) <= 20 and counts.sum().item() == 200                 # the rest summarised
+    # a cell whose nearest tokens are among the hardest gets its exact top-k mean
+    query = hardest[:1][None]
+    assert weighted_topk_mean(query, protos, counts, k=1).item() == pytest.approx(1.0, abs=1e-6)
+
+
 def test_contrast_on_compact_sets_reads_the_counts():
     gen = torch.Generator().manual_seed(1)
     ft = F.normalize(torch.randn(1, 8, 3, 4, generator=gen), dim=1)

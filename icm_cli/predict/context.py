@@ -17,7 +17,7 @@ from icm_cli.core import roi_tokens
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.decoder import combine_prototypes, reference_prototypes
 from icm_cli.predict.head import ObjectHead, augment_reference, train_object_head
-from icm_cli.predict.nearest import background_floor, compact_tokens
+from icm_cli.predict.nearest import background_floor, compact_tokens, topk_mean_similarity
 from icm_cli.predict.tokens import ReferenceTokens, mask_area_on_grid, pool_reference_tokens
 
 
@@ -105,8 +105,12 @@ def build_context(propagator, references: list[tuple[np.ndarray, np.ndarray]]) -
                                  batch=s.head_batch, seed=s.seed, hidden=s.head_hidden)
     floor = background_floor(tokens.fg, tokens.bg, s.k, s.background_quantile)
     roi = torch.cat(roi_sets)[None]
-    compact = {side: made for side in ("fg", "bg")
-               if (made := compact_tokens(getattr(tokens, side), s.token_budget, seed=s.seed)) is not None}
+    compact = {}
+    for side, other in (("fg", "bg"), ("bg", "fg")):
+        side_tokens, other_tokens = getattr(tokens, side), getattr(tokens, other)
+        if 0 < s.token_budget < side_tokens.shape[0]:
+            hardness = topk_mean_similarity(side_tokens[None], other_tokens, s.k)[0]
+            compact[side] = compact_tokens(side_tokens, s.token_budget, hardness, s.token_exact_share, seed=s.seed)
     return ReferenceContext(tokens=tokens, head=head, feature_dim=tokens.fg.shape[1],
                             background_floor=floor, roi_tokens=roi,
                             roi_valid=torch.ones(roi.shape[:2], dtype=torch.bool),

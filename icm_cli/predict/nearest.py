@@ -94,30 +94,40 @@ def weighted_topk_mean(queries: torch.Tensor, prototypes: torch.Tensor, counts: 
     return (taken * values.float()).sum(-1) / taken.sum(-1)
 
 
-def compact_tokens(tokens: torch.Tensor, budget: int, iterations: int = 10, seed: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """At most ``budget`` prototypes of ``tokens`` ``[N, C]`` (L2-normalised) and how many tokens each
-    stands for, ``([P, C], [P])``; None when there are no more tokens than ``budget`` (keep them all).
+def compact_tokens(tokens: torch.Tensor, budget: int, hardness: torch.Tensor | None = None, exact_share: float = 0.5,
+                   iterations: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """At most ``budget`` tokens and prototypes of ``tokens`` ``[N, C]`` (L2-normalised) and how many
+    tokens each stands for, ``([P, C], [P])``; None when there are no more tokens than ``budget``.
 
-    Spherical k-means (cosine assignment, normalised means), ``iterations`` rounds from ``budget``
-    tokens drawn with ``seed``; prototypes no token chose are dropped. The nearest-neighbour contrast
-    on them (:func:`weighted_topk_mean`) costs ``P / N`` of the full one: a reference's background
-    is mostly many near-copies of a few looks (sky, water, floor).
+    ``hardness`` ``[N]`` (the token's similarity to the other side): the ``exact_share`` of the budget
+    goes to the hardest tokens, kept as they are (count 1): they are the nearest neighbours of the
+    cells where object and background are close, where the contrast decides. The rest are summarised
+    by spherical k-means (cosine assignment, normalised means, ``iterations`` rounds from tokens drawn
+    with ``seed``); prototypes no token chose are dropped. Far from the decision a cell's nearest
+    tokens are summarised ones, and a summary's similarity is a little under its members' best (the
+    top tokens lean towards the cell), which moves such a cell's already clear contrast a little.
     """
     n = tokens.shape[0]
     if budget <= 0 or n <= budget:
         return None
     x = tokens.float()
+    exact = min(int(budget * exact_share), budget - 1) if hardness is not None else 0
+    kept = x[:0]
+    if exact > 0:
+        order = torch.argsort(hardness.float(), descending=True, stable=True)
+        kept, x = x[order[:exact]], x[order[exact:]]
+    clusters = budget - exact
     generator = torch.Generator().manual_seed(seed)
-    centres = x[torch.randperm(n, generator=generator)[:budget]].clone()
+    centres = x[torch.randperm(x.shape[0], generator=generator)[:clusters]].clone()
     for _ in range(iterations + 1):
         assigned = (x @ centres.T).argmax(dim=1)
         sums = torch.zeros_like(centres).index_add_(0, assigned, x)
-        counts = torch.bincount(assigned, minlength=budget)
+        counts = torch.bincount(assigned, minlength=clusters)
         moved = F.normalize(sums, dim=1)
         centres = torch.where(counts[:, None] > 0, moved, centres)
     used = counts > 0
-    return centres[used].contiguous(), counts[used].to(torch.float32)
+    prototypes = torch.cat([kept, centres[used]]).contiguous()
+    return prototypes, torch.cat([torch.ones(kept.shape[0]), counts[used].to(torch.float32)])
 
 
 def background_floor(fg: torch.Tensor, bg: torch.Tensor, k: int, quantile: float = 0.5) -> float:
