@@ -21,12 +21,16 @@ class Features:
           finer layers the backbone computes anyway, keyed by stride (the
           EfficientNets give 2 and 4; empty where a backbone has none). The
           learned decoder reads them for edges.
+    canvas: ``[B, 3, H, W]`` the images in [0, 1] the features were computed
+          from, on the CPU, where the caller keeps them (the propagator does,
+          for the decoder), else None.
     """
 
     ft: torch.Tensor
     attn: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     stride: int = 8
     levels: dict[int, torch.Tensor] = field(default_factory=dict)
+    canvas: torch.Tensor | None = None
 
     @property
     def grid(self) -> tuple[int, int]:

@@ -81,7 +81,7 @@ class Decoders:
     def decode(self, image: np.ndarray, evidence: Evidence, context: ReferenceContext) -> torch.Tensor:
         """The decoder's ``[1, 1, Hc/s, Wc/s]`` object probability over the canvas (s = 4 or 2)."""
         geo, dev = evidence.geometry, self.device
-        canvas = geo.to_canvas(to_tensor(image)).to(dev)
+        canvas = (evidence.canvas if evidence.canvas is not None else geo.to_canvas(to_tensor(image))).to(dev)
         levels = {stride: lv.to(dev) for stride, lv in evidence.levels.items()}
         protos = {stride: p[None].to(dev) for stride, p in context.prototypes.items()}
         maps = decoder_maps(evidence).to(dev)

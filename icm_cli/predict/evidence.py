@@ -46,6 +46,9 @@ class Evidence:
         (video: where the object may be now), or None.
     levels: the backbone's finer activations ``{stride: [1, C_s, H/s, W/s]}``
         the decoder reads (empty unless decoder inputs are collected).
+    canvas: ``[1, 3, Hc, Wc]`` the source on its working canvas in [0, 1], which
+        the decoder reads, where the features came with it (else the decoder
+        makes it again from the image).
     """
 
     geometry: WorkingGeometry
@@ -61,6 +64,7 @@ class Evidence:
     prior_weight: float = 1.0
     window: torch.Tensor | None = None
     levels: dict[int, torch.Tensor] = field(default_factory=dict)
+    canvas: torch.Tensor | None = None
 
     @property
     def decodable(self) -> bool:

@@ -65,7 +65,8 @@ def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceCo
 
     return [Evidence(geometry=geo, prob=one(prob, i), nearest=one(prob_nn, i), sim_fg=one(sim_fg, i),
                      sim_bg=one(sim_bg, i), head=one(head, i), inter=one(inter, i), intra=one(intra, i),
-                     base=one(base, i), levels={stride: lv[i:i + 1] for stride, lv in levels.items()})
+                     base=one(base, i), levels={stride: lv[i:i + 1] for stride, lv in levels.items()},
+                     canvas=one(feats.canvas, i) if collect else None)
             for i in range(ft.shape[0])]
 
 

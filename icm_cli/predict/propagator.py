@@ -93,7 +93,10 @@ class Propagator:
         batch = torch.cat([geo.to_canvas(to_tensor(im)) for im in images])
         if with_attention is None:
             with_attention = self.settings.intra_gate > 0 or self.collect_decoder_inputs
-        return geo, self.features(batch, with_attention=with_attention)
+        feats = self.features(batch, with_attention=with_attention)
+        if self.collect_decoder_inputs:  # the decoder reads the canvas again: made once
+            feats.canvas = batch
+        return geo, feats
 
     # --------------------------------------------------------------- reference
     @torch.no_grad()
