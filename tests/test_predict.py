@@ -216,6 +216,30 @@ def test_grabcut_snaps_a_blurry_map_to_the_colour_edge():
     assert fullres.grabcut_mask(img, np.zeros((h, w)), scale=0.5).sum() == 0  # nothing to seed
 
 
+def test_grabcut_on_the_box_around_the_uncertain_band():
+    h, w = 120, 160
+    img = np.zeros((h, w, 3), np.uint8)
+    img[...] = (30, 140, 30)
+    img[40:80, 50:100] = (220, 40, 40)
+    truth = np.zeros((h, w), bool)
+    truth[40:80, 50:100] = True
+    prob = F.interpolate(torch.from_numpy(truth.astype(np.float32))[None, None], size=(15, 20), mode="area")
+    prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+    prob = np.clip(prob * 0.9 + 0.05, 0, 1)
+    whole = fullres.grabcut_mask(img, prob, scale=1.0)
+    boxed = fullres.grabcut_mask(img, prob, scale=1.0, margin=6)
+    assert (boxed == truth).mean() > 0.995 and (boxed == whole).mean() > 0.995  # the same edge found
+    # far from the band nothing moves: a speck of object colour in sure background stays background
+    img[5:9, 5:9] = (220, 40, 40)
+    assert not fullres.grabcut_mask(img, prob, scale=1.0, margin=6)[5:9, 5:9].any()
+    # a band that spans the image: its box is the whole image, the same as without a margin
+    everywhere = np.full((h, w), 0.6, np.float32)
+    everywhere[40:80, 50:100] = 0.9
+    everywhere[0, 0] = 0.1
+    np.testing.assert_array_equal(fullres.grabcut_mask(img, everywhere, scale=1.0, margin=2),
+                                  fullres.grabcut_mask(img, everywhere, scale=1.0))
+
+
 def test_fill_holes_and_confident_components():
     m = np.zeros((20, 20), bool)
     m[2:10, 2:10] = True

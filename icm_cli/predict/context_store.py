@@ -38,7 +38,7 @@ FORMAT = "icm-context-1"
 #: Engine settings that act only on sources (the fused probability, GrabCut, cleaning), never on the context:
 #: changing them reuses a stored context. Every other field, including ones added later, is part of the key.
 SOURCE_ONLY_SETTINGS = frozenset({"temperature", "head_weight", "grabcut", "grabcut_scale", "clean", "threshold",
-                                  "intra_gate", "source_background", "gate_probe_scale"})
+                                  "intra_gate", "source_background", "gate_probe_scale", "grabcut_margin"})
 
 
 def reference_digest(image: np.ndarray, mask: np.ndarray) -> str:

@@ -13,7 +13,7 @@ def full_size(settings: PropagateSettings, image: np.ndarray, prob: np.ndarray) 
     holes filled, components without a confident core dropped."""
     s = settings
     if s.grabcut:
-        mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale)
+        mask = fullres.grabcut_mask(image, prob, scale=s.grabcut_scale, margin=s.grabcut_margin)
     else:
         mask = prob >= s.threshold
     if s.clean:

@@ -19,7 +19,7 @@ GRABCUT_SEED = 0
 
 
 def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterations: int = 1,
-                 sure_fg: float = 0.75, sure_bg: float = 0.25) -> np.ndarray:
+                 sure_fg: float = 0.75, sure_bg: float = 0.25, margin: int = 0) -> np.ndarray:
     """Refine a probability map with GrabCut.
 
     image: ``[H, W, 3]`` uint8 RGB; prob: ``[H, W]`` float in [0, 1] at the
@@ -45,6 +45,20 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
     if not ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any() or \
             not ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
         return threshold
+    region = (slice(None), slice(None))
+    if margin > 0:
+        # Only the uncertain cells can change: GrabCut on the box around them (and ``margin`` pixels of
+        # sure object and background beyond it, for the colour models) decides them.
+        rows, cols = np.nonzero((labels == cv2.GC_PR_FGD) | (labels == cv2.GC_PR_BGD))
+        if rows.size:
+            top, bottom = max(0, rows.min() - margin), min(labels.shape[0], rows.max() + 1 + margin)
+            left, right = max(0, cols.min() - margin), min(labels.shape[1], cols.max() + 1 + margin)
+            box = labels[top:bottom, left:right]
+            if ((box == cv2.GC_FGD) | (box == cv2.GC_PR_FGD)).any() and ((box == cv2.GC_BGD) | (box == cv2.GC_PR_BGD)).any():
+                region = (slice(top, bottom), slice(left, right))
+    full_labels = labels
+    labels = np.ascontiguousarray(full_labels[region])
+    small_img = small_img[region]
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     # GrabCut seeds its colour models with k-means on OpenCV's per-thread RNG, whose
     # state advances with every call: without a fixed seed a mask would depend on
@@ -56,6 +70,8 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
                         cv2.GC_INIT_WITH_MASK)
     except cv2.error:
         return threshold
+    full_labels[region] = labels
+    labels = full_labels
     small_fg = ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).astype(np.float32)
     if scale != 1.0:
         small_fg = cv2.resize(small_fg, (w, h), interpolation=cv2.INTER_LINEAR)
