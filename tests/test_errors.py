@@ -32,6 +32,8 @@ ALLOWED = {
     "tokens.{name} is": "a stored reference context that does not fit: caught by the loader, which rebuilds it",
     "cell targets do not match the cells": "a stored reference context that does not fit: caught; rebuilt",
     "ROI tokens do not match the features": "a stored reference context that does not fit: caught; rebuilt",
+    "tokens do not match the features": "a stored context's compact token sets that do not fit: caught; rebuilt",
+    "overlay takes an 8-bit RGB image": "render.overlay called by icm's own code with a non-uint8 image: a programming error",
     "no reference cells to train the object head on": "the engine always passes the reference's cells: a programming error",
     "the reference mask is empty": "Propagator internals: Predictor refuses an empty mask first with an InputError",
     "set_references() must come first": "Propagator internals: Predictor raises NotReadyError before it gets here",
