@@ -94,7 +94,7 @@ class PropagateSettings:
     head_weight: float = 0.5   # share of the head in the fused probability
     grabcut: bool = True       # colour-model refinement of the uncertain band
     grabcut_scale: float = 0.5
-    grabcut_margin: int = 0    # GrabCut on the box around the uncertain band plus this many (scaled) pixels; 0 = all
+    grabcut_margin: int = 32   # GrabCut on the box around the uncertain band plus this many (scaled) pixels; 0 = all
     clean: bool = True         # fill holes, drop components without a confident core
     threshold: float = 0.5     # on the fused probability (used where GrabCut is off or fails)
     intra_gate: float = 0.1    # gate by ICM's intra heat: p *= min(1, intra / this); 0 = off
