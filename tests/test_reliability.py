@@ -10,6 +10,7 @@ lives in test_reliability_signals.py, fuzzing in test_fuzz.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io as pyio
 import os
@@ -489,18 +490,22 @@ def test_full_disk_stops_the_batch_cleanly_and_a_rerun_finishes(reference, tmp_p
     src = tmp_path / "src"
     for i in range(10):
         save_png(src / f"f{i}.png", np.asarray(_scene(50 + i)))
-    real_save = Image.Image.save
+    from icm_cli import atomic
+
+    real_atomic_file = atomic.atomic_file
     calls = {"n": 0}
 
-    def save(self, fp, format=None, **params):
-        if format == "PNG" and not isinstance(fp, pyio.BytesIO):
-            calls["n"] += 1
-            if calls["n"] > 1:  # the first source's mask is written, then the disk is full
-                fp.write(b"\x89PNG\r\n\x1a\n half a file")
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(self, fp, format, **params)
+    @contextlib.contextmanager
+    def atomic_file(path, *args, **kwargs):
+        with real_atomic_file(path, *args, **kwargs) as fh:
+            if str(path).endswith(".png"):
+                calls["n"] += 1
+                if calls["n"] > 1:  # the first source's mask is written, then the disk is full
+                    fh.write(b"\x89PNG\r\n\x1a\n half a file")
+                    raise OSError(errno.ENOSPC, "No space left on device")
+            yield fh
 
-    monkeypatch.setattr(Image.Image, "save", save)
+    monkeypatch.setattr(atomic, "atomic_file", atomic_file)
     out = tmp_path / "out"
     args = ["propagate", "--ref", ref, "--mask", mask, str(src), "-o", str(out), "--save", "masks",
             "--no-edges", *FAST]
@@ -517,7 +522,7 @@ def test_full_disk_stops_the_batch_cleanly_and_a_rerun_finishes(reference, tmp_p
     first_failed = next(r for r in records if r["status"] == "failed")
     assert f"{first_failed['stem']}.png" in res.output
     assert len(records) <= 4  # it stopped instead of failing every remaining source the same way
-    monkeypatch.setattr(Image.Image, "save", real_save)  # space freed
+    monkeypatch.setattr(atomic, "atomic_file", real_atomic_file)  # space freed
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"f{i}.png" for i in range(10)]
