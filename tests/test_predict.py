@@ -201,16 +201,21 @@ def test_augment_reference_keeps_image_and_mask_aligned():
         assert inside.mean() > outside.mean() + 0.3
 
 
-def test_grabcut_snaps_a_blurry_map_to_the_colour_edge():
-    h, w = 80, 120
+def _red_box_on_green(h: int, w: int, box: tuple[slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An image with a red box on green, the box's mask, and a blurry probability of it (an 8x coarser map)."""
     img = np.zeros((h, w, 3), np.uint8)
     img[...] = (30, 140, 30)
-    img[20:60, 30:90] = (220, 40, 40)
+    img[box] = (220, 40, 40)
     truth = np.zeros((h, w), bool)
-    truth[20:60, 30:90] = True
-    prob = F.interpolate(torch.from_numpy(truth.astype(np.float32))[None, None], size=(10, 15), mode="area")
+    truth[box] = True
+    prob = F.interpolate(torch.from_numpy(truth.astype(np.float32))[None, None], size=(h // 8, w // 8), mode="area")
     prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    prob = np.clip(prob * 0.9 + 0.05, 0, 1)
+    return img, truth, np.clip(prob * 0.9 + 0.05, 0, 1)
+
+
+def test_grabcut_snaps_a_blurry_map_to_the_colour_edge():
+    h, w = 80, 120
+    img, truth, prob = _red_box_on_green(h, w, np.s_[20:60, 30:90])
     mask = fullres.grabcut_mask(img, prob, scale=1.0)
     assert (mask == truth).mean() > 0.995
     assert fullres.grabcut_mask(img, np.zeros((h, w)), scale=0.5).sum() == 0  # nothing to seed
@@ -218,14 +223,7 @@ def test_grabcut_snaps_a_blurry_map_to_the_colour_edge():
 
 def test_grabcut_on_the_box_around_the_uncertain_band():
     h, w = 120, 160
-    img = np.zeros((h, w, 3), np.uint8)
-    img[...] = (30, 140, 30)
-    img[40:80, 50:100] = (220, 40, 40)
-    truth = np.zeros((h, w), bool)
-    truth[40:80, 50:100] = True
-    prob = F.interpolate(torch.from_numpy(truth.astype(np.float32))[None, None], size=(15, 20), mode="area")
-    prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    prob = np.clip(prob * 0.9 + 0.05, 0, 1)
+    img, truth, prob = _red_box_on_green(h, w, np.s_[40:80, 50:100])
     whole = fullres.grabcut_mask(img, prob, scale=1.0)
     boxed = fullres.grabcut_mask(img, prob, scale=1.0, margin=6)
     assert (boxed == truth).mean() > 0.995 and (boxed == whole).mean() > 0.995  # the same edge found

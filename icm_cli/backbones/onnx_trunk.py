@@ -192,18 +192,23 @@ def export_bytes(backbone) -> bytes:
     outputs = taps + levels
     axes = {"image": {0: "batch", 2: "height", 3: "width"}}
     axes.update({name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in outputs})
-    graph = _TrunkGraph(backbone).eval()
+    return traced_onnx(backbone, _TrunkGraph(backbone).eval(), (check_input(),), ["image"], outputs, axes)
+
+
+def traced_onnx(module: torch.nn.Module, graph: torch.nn.Module, inputs: tuple, input_names: list[str],
+                output_names: list[str], axes: dict) -> bytes:
+    """``graph`` (which runs ``module``) traced on ``inputs`` into ONNX bytes (opset :data:`OPSET`,
+    ``axes`` dynamic), with ``module`` in eval mode meanwhile (its BatchNorm statistics are not touched)."""
     buffer = io.BytesIO()
-    was_training = backbone.training
-    backbone.eval()
+    was_training = module.training
+    module.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints in the padding maths
-            torch.onnx.export(graph, (check_input(),), buffer, dynamo=False, opset_version=OPSET,
-                              input_names=["image"], output_names=outputs, dynamic_axes=axes,
-                              do_constant_folding=True)
+            warnings.simplefilter("ignore")  # tracer warnings about Python ints in the size maths
+            torch.onnx.export(graph, inputs, buffer, dynamo=False, opset_version=OPSET, input_names=input_names,
+                              output_names=output_names, dynamic_axes=axes, do_constant_folding=True)
     finally:
-        backbone.train(was_training)
+        module.train(was_training)
     return buffer.getvalue()
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from icm_cli.backbones.onnx_trunk import (INSTALL_HINT, OPSET, cached_export, missing_packages, open_session,
-                                          runtime_versions, weights_digest)
+                                          runtime_versions, traced_onnx, weights_digest)
 from icm_cli.errors import RuntimeUnavailable
 from icm_cli.predict.decoder import MAP_CHANNELS, MaskDecoder
 
@@ -123,8 +122,6 @@ def check_inputs(model: MaskDecoder, grid: tuple[int, int], seed: int = 1234) ->
 
 def export_bytes(model: MaskDecoder) -> bytes:
     """``model`` as an ONNX model (opset 17, any batch, any canvas of 8h x 8w for an h x w map grid)."""
-    import io
-
     names = input_names(model)
     axes = {"maps": {0: "batch", 2: "h8", 3: "w8"}, "canvas": {0: "batch", 2: "h1", 3: "w1"},
             "logit": {0: "batch", 2: "h_out", 3: "w_out"}}
@@ -133,18 +130,8 @@ def export_bytes(model: MaskDecoder) -> bytes:
         axes[f"proto{s}"] = {0: "batch"}
     if model.config.prior:
         axes.update({"prior": {0: "batch", 2: "h4", 3: "w4"}, "prior_given": {0: "batch"}})
-    buffer = io.BytesIO()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python ints in the size maths
-            torch.onnx.export(_DecoderGraph(_for_export(model)).eval(), check_inputs(model, TRACE_GRID), buffer, dynamo=False,
-                              opset_version=OPSET, input_names=names, output_names=["logit"], dynamic_axes=axes,
-                              do_constant_folding=True)
-    finally:
-        model.train(was_training)
-    return buffer.getvalue()
+    return traced_onnx(model, _DecoderGraph(_for_export(model)).eval(), check_inputs(model, TRACE_GRID), names,
+                       ["logit"], axes)
 
 
 class OnnxDecoder:
