@@ -1,8 +1,10 @@
 """The gate: per source, keep the training-free result when it is the more confident one.
 
 Where a source's evidence lies outside what the decoder learned, the decoder's mask can be worse than
-the training-free one; both are finished at full size and the one whose confidence is higher is kept
-(:func:`~icm_cli.predict.confidence.assess`, each with its own formula).
+the training-free one; the one whose confidence is higher is kept (:func:`~icm_cli.predict.confidence.assess`,
+each with its own formula). :meth:`Propagator.finish_path
+<icm_cli.predict.propagator.Propagator.finish_path>` hands in the training-free result of a quarter-size
+GrabCut and finishes that path at full quality only when it wins.
 """
 
 from __future__ import annotations

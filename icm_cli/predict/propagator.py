@@ -205,16 +205,17 @@ class Propagator:
                     ) -> tuple[np.ndarray, np.ndarray, bool]:
         """:meth:`finish`, and whether the learned decoder made the result.
 
-        With the gate on (``settings.gate``) and no prior, both paths are finished and the more
-        confident one is kept (:mod:`~icm_cli.predict.gate`)."""
+        With the gate on (``settings.gate``) and no prior, the more confident of the two paths is kept
+        (:mod:`~icm_cli.predict.gate`); the training-free one is judged on a GrabCut at
+        ``gate_probe_scale`` and finished only when it wins."""
         s = self.settings
-        free_prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if not self.decodes(evidence, context):
-            return (*full_size(s, image, free_prob), False)
+            return (*full_size(s, image, evidence.geometry.to_original(evidence.prob)[0, 0].numpy()), False)
         learned = full_size(s, image, evidence.geometry.to_original(
             self.decode(image, evidence, context))[0, 0].numpy())
         if not s.gate or evidence.prior is not None:
             return (*learned, True)
+        free_prob = evidence.geometry.to_original(evidence.prob)[0, 0].numpy()
         if not s.grabcut or not 0 < s.gate_probe_scale < s.grabcut_scale:
             return gated(full_size(s, image, free_prob), learned, evidence)
         # The training-free result is judged on a coarser GrabCut (its confidence reads the mask on a
