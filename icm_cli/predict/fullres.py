@@ -42,8 +42,7 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
     labels = np.where(small_prob >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     labels[small_prob >= sure_fg] = cv2.GC_FGD
     labels[small_prob <= sure_bg] = cv2.GC_BGD
-    if not ((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any() or \
-            not ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any():
+    if not _has_both_sides(labels):
         return threshold
     region = (slice(None), slice(None))
     if margin > 0:
@@ -53,8 +52,7 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
         if rows.size:
             top, bottom = max(0, rows.min() - margin), min(labels.shape[0], rows.max() + 1 + margin)
             left, right = max(0, cols.min() - margin), min(labels.shape[1], cols.max() + 1 + margin)
-            box = labels[top:bottom, left:right]
-            if ((box == cv2.GC_FGD) | (box == cv2.GC_PR_FGD)).any() and ((box == cv2.GC_BGD) | (box == cv2.GC_PR_BGD)).any():
+            if _has_both_sides(labels[top:bottom, left:right]):
                 region = (slice(top, bottom), slice(left, right))
     full_labels = labels
     labels = np.ascontiguousarray(full_labels[region])
@@ -76,6 +74,13 @@ def grabcut_mask(image: np.ndarray, prob: np.ndarray, scale: float = 0.5, iterat
     if scale != 1.0:
         small_fg = cv2.resize(small_fg, (w, h), interpolation=cv2.INTER_LINEAR)
     return small_fg >= 0.5
+
+
+def _has_both_sides(labels: np.ndarray) -> bool:
+    """Whether GrabCut ``labels`` hold object and background pixels (sure or probable): it needs both to
+    build its colour models."""
+    return bool(((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)).any()
+                and ((labels == cv2.GC_BGD) | (labels == cv2.GC_PR_BGD)).any())
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
