@@ -138,8 +138,9 @@ def run_icm(cases, variants, backbone_name):
     return results, seconds
 
 
-def run_icm_video(settings, backbone_name, memory, radius):
-    """DAVIS as video: `icm propagate --video` per sequence (frame 0 = reference), J/F on frames 1..."""
+def run_icm_video(settings, backbone_name, video_config, seqs=None):
+    """DAVIS as video: `icm propagate --video` per sequence (frame 0 = reference), J/F on frames 1...;
+    ``video_config``: a :class:`~icm_cli.config.VideoConfig`; ``seqs``: only these sequences."""
     import tempfile
 
     import torch
@@ -159,6 +160,8 @@ def run_icm_video(settings, backbone_name, memory, radius):
     root = DATA / "davis2016-dev"
     results = {}
     for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
+        if seqs and seq not in seqs:
+            continue
         frames = root / "JPEGImages" / seq
         predictor.set_reference(frames / "00000.jpg", root / "Annotations" / seq / "00000.png")
         with tempfile.TemporaryDirectory() as tmp:
@@ -166,7 +169,7 @@ def run_icm_video(settings, backbone_name, memory, radius):
             runner = BatchRunner(OutputPlan(Path(tmp), OutputConfig(("masks",))), RecordList(),
                                  user_masks=UserMasks(predictor.references))
             t0 = time.perf_counter()
-            run_video(runner, FrameSequence(frames), predictor.video(VideoConfig(radius=radius, memory=memory)).pipeline)
+            run_video(runner, FrameSequence(frames), predictor.video(video_config).pipeline)
             secs = time.perf_counter() - t0
             ious, fs = [], []
             for gt_path in sorted((root / "Annotations" / seq).glob("*.png"))[1:]:
@@ -249,9 +252,10 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cows-refs", type=int, default=1, help="references per context on cows (1 = protocol)")
     ap.add_argument("--cows-holdout", type=int, default=1, help="cows taken out of scoring per context (>= --cows-refs)")
-    ap.add_argument("--video", action="store_true", help="DAVIS as video (--memory, --radius)")
-    ap.add_argument("--memory", type=int, default=0)
-    ap.add_argument("--radius", type=int, default=6, help="--video search window in cells (6 = the CLI default)")
+    ap.add_argument("--video", action="store_true", help="DAVIS as video (--video-set)")
+    ap.add_argument("--video-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--video: a VideoConfig field (memory=0, readout_weight=0.5, radius=6...); repeatable")
+    ap.add_argument("--seqs", default="", help="--video: only these DAVIS sequences (comma-separated)")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
     global FRAME_STRIDE, COWS_REFS, COWS_HOLDOUT
@@ -276,8 +280,10 @@ def main() -> int:
     if args.video:
         if len(variants) > 1:
             raise SystemExit("--video runs one setting; use --set")
-        res = run_icm_video(settings, args.backbone, args.memory, args.radius)
-        print(f"\n== davis --video (memory {args.memory}, radius {args.radius}): {summary_line('davis', res)}")
+        from icm_cli.config import VideoConfig
+        video_config = parse_settings(VideoConfig(), args.video_set)
+        res = run_icm_video(settings, args.backbone, video_config, [s for s in args.seqs.split(",") if s])
+        print(f"\n== davis --video ({video_config}): {summary_line('davis', res)}")
         for name, r in res.items():
             print(f"  {name:22s} J {r['J']:.3f}  F {r['F']:.3f}  {r['fps']:.2f} frames/s")
         return 0

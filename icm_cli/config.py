@@ -162,13 +162,31 @@ class VideoConfig:
     """How a sequence carries what earlier frames found."""
 
     radius: int = 6   # search window around the previous mask, in feature cells; 0 = whole frame
-    memory: int = 0   # earlier predicted frames lending tokens (0 measured best: memory drifts)
+    memory: int = 4   # memory slots for segmented frames besides the references and the previous frame
+    memory_every: int = 5  # a frame whose number is a multiple of this (and that holds the object) takes a slot
+    readout_weight: float = 0.5  # the memory readout's share of the probability (0 = no readout)
     motion: bool = True  # carry the previous mask along the optical flow before the decoder reads it
     prior_weight: float = 0.5  # share of the decoder pass that reads the previous mask (the rest: one without)
 
     def __post_init__(self) -> None:
         if self.radius < 0 or self.memory < 0:
             raise SettingError("radius and memory must be 0 or more", option="--radius and --memory", setting="radius and memory")
+        if self.memory_every < 1:
+            raise SettingError(f"memory_every must be at least 1 (got {self.memory_every})", option="--memory-every",
+                               setting="memory_every")
+        if not 0.0 <= self.readout_weight <= 1.0:
+            raise SettingError(f"readout_weight is between 0 and 1 (got {self.readout_weight})",
+                               option="--readout-weight", setting="readout_weight")
+
+    @property
+    def reads_memory(self) -> bool:
+        """Whether frames read the memory of earlier frames (:mod:`icm_cli.predict.memory`)."""
+        return self.readout_weight > 0
+
+    @property
+    def memory_span(self) -> int:
+        """How many frames before a frame can hold its memory slots (what a resumed run reads again)."""
+        return self.memory * self.memory_every + 1 if self.reads_memory else 1
 
 
 @dataclass(frozen=True)

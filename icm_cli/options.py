@@ -126,7 +126,14 @@ Motion = Annotated[bool, typer.Option(
     help="Carry the previous mask along the optical flow before the decoder reads it as the prior.")]
 Memory = Annotated[int, typer.Option(
     "--memory", metavar="N", rich_help_panel=VIDEO, callback=at_least(0, "--memory"),
-    help="Earlier predicted frames lending tokens (0 measured best: memory drifts).")]
+    help="Segmented frames the memory keeps besides the references and the previous frame "
+         "(every --memory-every-th frame that holds the object; the oldest leaves first).")]
+MemoryEvery = Annotated[int, typer.Option(
+    "--memory-every", metavar="N", rich_help_panel=VIDEO, callback=at_least(1, "--memory-every"),
+    help="Which frames may take a memory slot: those whose number is a multiple of N.")]
+ReadoutWeight = Annotated[float, typer.Option(
+    "--readout-weight", metavar="W", rich_help_panel=VIDEO, callback=in_unit_range("--readout-weight"),
+    help="Share of each frame's probability read from the memory of earlier frames; 0 = no memory readout.")]
 
 
 def model_config(backbone: str, weights: Optional[str], device: str, size: int, head_steps: int,

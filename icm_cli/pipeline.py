@@ -25,14 +25,15 @@ from icm_cli.predict.evidence import Evidence
 
 @dataclass
 class Encoded:
-    """A frame's backbone output (and, for the motion cue, its half-size grey image), kept until
-    the previous frame's mask is known; without a memory of earlier frames also its evidence
-    before the window and prior (all of the frame's search that does not wait for that mask)."""
+    """A frame's backbone output, its evidence before the window and prior (all of the frame's search
+    that does not wait for the previous frame's mask), for the motion cue its half-size grey image, and
+    for the memory its ``[D, h, w]`` keys; kept until the previous frame's mask is known."""
 
     geometry: object
     features: object
     grey: np.ndarray | None = None
     found: Evidence | None = None
+    keys: torch.Tensor | None = None
 
 
 class PipelineAdapter:
@@ -101,49 +102,60 @@ class PipelineAdapter:
 class VideoPipeline:
     """The runner's split step of one sequence's frames, in order (what
     :class:`~icm_cli.predictor.VideoPredictor` runs): the previous frame's mask gives the next
-    frame's search window and the decoder's prior."""
+    frame's search window and the decoder's prior, and the memory of segmented frames
+    (the references first) is read for each frame."""
 
     def __init__(self, pipeline: PipelineAdapter, config: VideoConfig) -> None:
+        from icm_cli.predict.memory import builtin_keys
         from icm_cli.predict.temporal import TemporalContext
 
         self.pipeline = pipeline
         self.config = config
-        self.temporal = TemporalContext(config)
+        propagator = pipeline.propagator
+        keys = builtin_keys(propagator.backbone) if config.reads_memory else None
+        self.temporal = TemporalContext(config, keys)
+        if config.reads_memory:
+            for reference in pipeline.predictor.references:  # permanent slots: the user's masks
+                with torch.no_grad():
+                    geo, feats = propagator.source_features([reference.image], with_attention=False)
+                    self.temporal.add_reference(self.temporal.frame_keys(feats.ft.cpu()), reference.mask >= 0.5, geo)
 
     def encode(self, image: np.ndarray) -> Encoded:
         propagator = self.pipeline.propagator
         with torch.no_grad():
             geo, feats = propagator.source_features([image])
-            # the memory's tokens depend on earlier frames' masks; without one the whole search
-            # is done here, where a runner can overlap it with finishing the previous frame
-            found = propagator.evidence(feats, geo)[0] if not self.config.memory and propagator.context is not None \
-                else None
+            # the whole search is done here, where a runner can overlap it with finishing the previous frame
+            found = propagator.evidence(feats, geo)[0] if propagator.context is not None else None
+            keys = self.temporal.frame_keys(feats.ft.cpu()) if self.config.reads_memory else None
         grey = None
         if self.config.motion and propagator.reads_priors:
             from icm_cli.predict.motion import grey_half
 
             grey = grey_half(image, geo)
-        return Encoded(geo, feats, grey, found)
+        return Encoded(geo, feats, grey, found, keys)
 
     def predict_encoded(self, encoded: Encoded) -> Evidence:
         self.pipeline.predictor.check_ready()
         feats, propagator = encoded.features, self.pipeline.propagator
-        weight = self.config.prior_weight
         with torch.no_grad():
             prior = self.temporal.prior(encoded.geometry, encoded.grey) if propagator.reads_priors else None
             window = self.temporal.window(tuple(feats.ft.shape[-2:]))
-            if encoded.found is not None:
-                return propagator.placed(encoded.found, window=window, prior=prior, prior_weight=weight)
-            return propagator.evidence(feats, encoded.geometry, prior=prior, window=window,
-                                       memory=self.temporal.memory_tokens(), prior_weight=weight)[0]
+            readout = None if encoded.keys is None else self.temporal.readout(encoded.keys, encoded.geometry)
+            found = encoded.found if encoded.found is not None else propagator.evidence(feats, encoded.geometry)[0]
+            return propagator.placed(found, window=window, prior=prior, prior_weight=self.config.prior_weight,
+                                     readout=readout, readout_weight=self.config.readout_weight)
 
     def finish(self, image: np.ndarray, coarse: Evidence):
         return self.pipeline.finish(image, coarse)
 
-    def observe_encoded(self, encoded: Encoded, mask: np.ndarray) -> None:
-        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu(), encoded.grey)
+    def observe_encoded(self, encoded: Encoded, mask: np.ndarray, index: int | None = None,
+                        given: bool = False) -> None:
+        """A frame's final mask: the next frame's prior and window, and (frame number ``index``) what the
+        memory may keep; ``given``: the mask is the user's (the frame is a reference)."""
+        self.temporal.update(np.asarray(mask, bool), encoded.geometry, encoded.features.ft.cpu(), encoded.grey,
+                             keys=encoded.keys, index=index, given=given)
 
     @property
     def memory_frames(self) -> int:
-        """How many earlier frames the context keeps (the search window needs one)."""
-        return max(1, self.config.memory)
+        """How many frames before a frame a resumed run reads again to rebuild what it carries."""
+        return self.config.memory_span

@@ -311,6 +311,7 @@ class VideoPredictor:
         self.config = config
         #: The split step and what the sequence carries from frame to frame.
         self.pipeline = VideoPipeline(predictor.pipeline, config)
+        self.index = 0  # the next frame's number
 
     @property
     def temporal(self):
@@ -321,12 +322,14 @@ class VideoPredictor:
         p = self.pipeline
         encoded = p.encode(img)
         result = p.finish(img, p.predict_encoded(encoded))
-        p.observe_encoded(encoded, result.mask)
+        p.observe_encoded(encoded, result.mask, index=self.index)
+        self.index += 1
         return result
 
     def observe(self, image, mask) -> None:
-        """Use ``mask`` as this frame's result for what follows."""
-        self.pipeline.observe_encoded(self.pipeline.encode(as_image(image)), as_mask(mask) >= 0.5)
+        """Use ``mask`` as this frame's result for what follows (it counts as a frame)."""
+        self.pipeline.observe_encoded(self.pipeline.encode(as_image(image)), as_mask(mask) >= 0.5, index=self.index)
+        self.index += 1
 
 
 def prepare_workers(config: ModelConfig, device: str) -> tuple[ModelConfig, str | None]:

@@ -94,6 +94,7 @@ class Decoders:
             if w < 1:  # the evidence alone keeps a say: a prior's errors do not carry over whole
                 alone = torch.sigmoid(self._run(self.decoder)(maps, canvas, levels, protos).float())
                 prob = w * prob + (1 - w) * alone
+        prob = evidence.with_readout(prob)
         if evidence.window is not None:
             prob = prob * F.interpolate(evidence.window.to(prob), size=prob.shape[-2:], mode="nearest")
         return prob.cpu()

@@ -49,6 +49,9 @@ class Evidence:
     canvas: ``[1, 3, Hc, Wc]`` the source on its working canvas in [0, 1], which
         the decoder reads, where the features came with it (else the decoder
         makes it again from the image).
+    readout: ``[1, 1, h, w]`` the object probability read from the memory of
+        earlier frames (video, :mod:`~icm_cli.predict.memory`), or None;
+        readout_weight: its share of the result's probability.
     """
 
     geometry: WorkingGeometry
@@ -65,6 +68,17 @@ class Evidence:
     window: torch.Tensor | None = None
     levels: dict[int, torch.Tensor] = field(default_factory=dict)
     canvas: torch.Tensor | None = None
+    readout: torch.Tensor | None = None
+    readout_weight: float = 0.0
+
+    def with_readout(self, prob: torch.Tensor) -> torch.Tensor:
+        """``prob`` ``[1, 1, H, W]`` (any grid over the canvas) mixed with the memory's readout, upsampled
+        to it; ``prob`` itself without a readout."""
+        if self.readout is None or self.readout_weight <= 0:
+            return prob
+        read = torch.nn.functional.interpolate(self.readout.to(prob), size=prob.shape[-2:], mode="bilinear",
+                                               align_corners=False)
+        return (1 - self.readout_weight) * prob + self.readout_weight * read
 
     @property
     def decodable(self) -> bool:

@@ -71,15 +71,23 @@ def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceCo
 
 
 def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.Tensor | None = None,
-           prior_weight: float | None = None) -> Evidence:
+           prior_weight: float | None = None, readout: torch.Tensor | None = None,
+           readout_weight: float = 0.0) -> Evidence:
     """``evidence`` with a search window ``[1, 1, h, w]`` multiplied into its probability, a prior mask
     ``[1, 1, Hc/4, Wc/4]`` attached (NaN: none) and the prior's weight in the decoder's pass (None: the
-    evidence's own). Video frames get all three once the previous frame's mask is known; their evidence
-    is found ahead (:func:`find`)."""
+    evidence's own), and the memory's readout ``[1, 1, h, w]`` mixed in at ``readout_weight``. Video
+    frames get them once the previous frame's mask is known; their evidence is found ahead (:func:`find`)."""
     changes = {}
+    prob = evidence.prob
+    if readout is not None and readout_weight > 0:  # the decoder mixes it into its own result (it reads ``base``)
+        changes.update(readout=readout.float().cpu(), readout_weight=readout_weight)
+        prob = replace(evidence, **changes).with_readout(prob)
     if window is not None:
-        window = window.to(evidence.prob)
-        changes.update(prob=evidence.prob * window, window=window.expand_as(evidence.prob).cpu())
+        window = window.to(prob)
+        prob = prob * window
+        changes["window"] = window.expand_as(prob).cpu()
+    if prob is not evidence.prob:
+        changes["prob"] = prob
     if prior is not None and not torch.isnan(prior).any():
         changes["prior"] = prior.float().cpu()
     if prior_weight is not None and prior_weight != evidence.prior_weight:

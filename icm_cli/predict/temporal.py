@@ -1,12 +1,10 @@
 """What a video run carries from frame to frame: the previous mask, a search window and a memory.
 
-Both are rebuilt from the masks already written, so a resumed run continues
+All three are rebuilt from the masks already written, so a resumed run continues
 exactly where an uninterrupted one would be.
 """
 
 from __future__ import annotations
-
-from collections import deque
 
 import numpy as np
 import torch
@@ -15,33 +13,34 @@ import torch.nn.functional as F
 from icm_cli.config import VideoConfig
 from icm_cli.core import dilate
 from icm_cli.geometry import WorkingGeometry
+from icm_cli.predict.memory import FrameMemory, KeyProjection
 from icm_cli.predict.motion import half_to_prior, mask_half, warp_back
-from icm_cli.predict.tokens import ReferenceTokens, pool_reference_tokens
 
 
 class TemporalContext:
     """What a sequence carries from frame to frame: the previous mask (the decoder's prior), a search
-    window around it, and a ring buffer of predicted-frame tokens.
+    window around it, and the memory of segmented frames that each frame reads
+    (:class:`~icm_cli.predict.memory.FrameMemory`).
 
     ``config`` (:class:`~icm_cli.config.VideoConfig`, where each default is declared) says how:
     radius: cells the previous mask is grown by to give the window where the
-    object may be now (0 = no window). memory: how many earlier predicted
-    frames lend tokens (cells wholly inside / outside their masks); old
-    frames fall out, so memory use is bounded whatever the length. motion:
-    carry the previous mask along the optical flow to the current frame
-    (:mod:`icm_cli.predict.motion`) before it becomes the prior.
+    object may be now (0 = no window). memory, memory_every, readout_weight:
+    the memory's slots, which frames take one, and the readout's share of the
+    probability. motion: carry the previous mask along the optical flow to the
+    current frame (:mod:`icm_cli.predict.motion`) before it becomes the prior.
+    ``keys``: the key projection of the memory (None: the features themselves, unit length).
     """
 
-    def __init__(self, config: VideoConfig | None = None) -> None:
+    def __init__(self, config: VideoConfig | None = None, keys: KeyProjection | None = None) -> None:
         config = config or VideoConfig()
         self.config = config
         self.radius = config.radius
         self.motion = config.motion
-        memory = config.memory
+        self.keys = keys
         self.previous_half: np.ndarray | None = None   # [h2, w2] mask at half the working size (motion)
         self.previous_grey: np.ndarray | None = None   # [h2, w2] uint8 grey frame (motion)
-        self.memory: deque[ReferenceTokens] = deque(maxlen=max(memory, 0) or None)
-        self.memory_size = memory
+        self.memory = FrameMemory(config.memory, config.memory_every,
+                                  temperature=keys.temperature if keys is not None else 0.05)
         self.previous: torch.Tensor | None = None      # [1, 1, h, w] object share on the feature grid
         self.previous_fine: torch.Tensor | None = None  # [1, 1, Hc/4, Wc/4] object share at stride 4
 
@@ -67,24 +66,52 @@ class TemporalContext:
             return half_to_prior(warp_back(self.previous_half, self.previous_grey, grey), geo)
         return p
 
+    # ------------------------------------------------------------ memory
+    def frame_keys(self, ft: torch.Tensor) -> torch.Tensor:
+        """``[1, C, h, w]`` features -> ``[D, h, w]`` unit-length keys (no backbone pass: the frame's own features)."""
+        if self.keys is None:
+            return F.normalize(ft[0].float(), dim=0)
+        return self.keys(ft.float())[0]
+
+    def add_reference(self, keys: torch.Tensor, mask: np.ndarray, geo: WorkingGeometry) -> None:
+        """A reference (``[D, h, w]`` keys, its full-size mask): a permanent memory slot."""
+        share = _grid_share(mask, geo, tuple(keys.shape[-2:]))[0, 0]
+        valid = geo.valid_mask(*keys.shape[-2:])
+        self.memory.add_reference(keys[:, valid], share[valid])
+
+    def readout(self, keys: torch.Tensor, geo: WorkingGeometry) -> torch.Tensor | None:
+        """The memory's object probability ``[1, 1, h, w]`` for a frame's ``[D, h, w]`` keys (0 off the
+        image), or None without a readout or before anything is held."""
+        if not self.config.reads_memory:
+            return None
+        valid = geo.valid_mask(*keys.shape[-2:])
+        read = self.memory.read(keys[:, valid])
+        if read is None:
+            return None
+        out = torch.zeros(keys.shape[-2:], dtype=read.dtype)
+        out[valid] = read
+        return out[None, None]
+
     def update(self, mask: np.ndarray, geo: WorkingGeometry, ft: torch.Tensor | None,
-               grey: np.ndarray | None = None) -> None:
-        """Record a finished frame: its full-size bool mask, (for memory) its ``[1, C, h, w]`` features
-        and (for motion) its half-size grey image."""
+               grey: np.ndarray | None = None, keys: torch.Tensor | None = None,
+               index: int | None = None, given: bool = False) -> None:
+        """Record a finished frame: its full-size bool mask, its ``[1, C, h, w]`` features (for the
+        grid), (for motion) its half-size grey image and (for the memory) its ``[D, h, w]`` keys, its
+        frame number and whether the mask is the user's (a reference among the sources)."""
         grid = tuple(ft.shape[-2:]) if ft is not None else None
         if grid is None:
             return
         if self.motion and grey is not None:
             self.previous_half, self.previous_grey = mask_half(mask, geo), grey
-        m = torch.from_numpy(mask.astype(np.float32))[None, None]
-        canvas = geo.mask_to_canvas(m)
+        canvas = geo.mask_to_canvas(torch.from_numpy(mask.astype(np.float32))[None, None])
         self.previous = F.adaptive_avg_pool2d(canvas, grid)
         self.previous_fine = F.adaptive_avg_pool2d(canvas, (geo.padded_h // 4, geo.padded_w // 4))
-        if self.memory_size > 0:
+        if keys is not None and self.config.reads_memory:
             valid = geo.valid_mask(*grid)
-            self.memory.append(pool_reference_tokens(ft[0], self.previous[0, 0], valid))
+            self.memory.remember(keys[:, valid], self.previous[0, 0][valid], index, given=given)
 
-    def memory_tokens(self) -> ReferenceTokens | None:
-        if not self.memory:
-            return None
-        return ReferenceTokens.concat(list(self.memory))
+
+def _grid_share(mask: np.ndarray, geo: WorkingGeometry, grid: tuple[int, int]) -> torch.Tensor:
+    """A full-size mask's object share of each cell of ``grid``, ``[1, 1, h, w]``."""
+    canvas = geo.mask_to_canvas(torch.from_numpy(np.asarray(mask, np.float32))[None, None])
+    return F.adaptive_avg_pool2d(canvas, grid)

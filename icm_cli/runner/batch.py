@@ -62,6 +62,7 @@ class Work:
     prior: np.ndarray | None = None  # [H, W] bool prior mask (propagate --prior), when one was found
     #: [H, W] bool: the user's own mask when this source is also a reference; it is the result, unpredicted.
     given: np.ndarray | None = None
+    index: int | None = None  # a --video frame's number (what the memory's slots are chosen by)
 
 
 class _Abandoned(Exception):
@@ -582,7 +583,7 @@ class BatchRunner:
             encoded = attempt(work, encoding.result, model_step=True)
             if work.given is not None:  # a reference frame: the user's mask is its result and the next one's start
                 if encoded is not None:
-                    model.observe_encoded(encoded, work.given)
+                    model.observe_encoded(encoded, work.given, index=work.index, given=True)
                     given = user_result(work.given)
                     self._matte_ahead(work, given)
                     pending.append((work, writer.submit(self._write, work, given, 0.0),
@@ -599,7 +600,7 @@ class BatchRunner:
             result = attempt(work, lambda: model.finish(work.image, coarse))
             if result is None:
                 return
-            model.observe_encoded(encoded, result.mask)  # the next frame's window and prior
+            model.observe_encoded(encoded, result.mask, index=work.index)  # the next frame's window, prior, memory
             self._matte_ahead(work, result)
             pending.append((work, writer.submit(self._write, work, result, time.perf_counter() - t1), model_s))
             drain(2)

@@ -25,8 +25,8 @@ def resume_point(sequence: FrameSequence, runner: BatchRunner) -> int:
 
 
 def _works(sequence: FrameSequence, start: int) -> Iterator[Work]:
-    for source, image in sequence.frames(start):
-        yield Work(source, error=image) if isinstance(image, str) else Work(source, image=image)
+    for index, (source, image) in enumerate(sequence.frames(start), start=start):
+        yield Work(source, error=image, index=index) if isinstance(image, str) else Work(source, image=image, index=index)
 
 
 def run_video(runner: BatchRunner, sequence: FrameSequence, model) -> BatchOutcome:
@@ -44,7 +44,8 @@ def run_video(runner: BatchRunner, sequence: FrameSequence, model) -> BatchOutco
                 continue
             mask_path = output_path(runner.plan.root, "masks", source.stem)
             if index >= start - model.memory_frames and mask_path.exists():
-                model.observe_encoded(model.encode(image), io.read_mask(mask_path) >= 0.5)
+                given = bool(runner.user_masks) and runner.user_masks.reference_for(source) is not None
+                model.observe_encoded(model.encode(image), io.read_mask(mask_path) >= 0.5, index=index, given=given)
             if prime and index == start - 1:
                 alpha = _written_alpha(runner.plan.root, source.stem)
                 if alpha is not None and alpha.shape == image.shape[:2]:
