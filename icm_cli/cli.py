@@ -122,12 +122,13 @@ def _root(
 def _register() -> None:
     # Each command lives in its own module under icm_cli/commands; they import heavy things lazily.
     from icm_cli.commands import (backbones, eval as eval_cmd, inspect_attn, matte, propagate, refine, review,
-                                  status, train, trimap)
+                                  status, train, train_keys, trimap)
 
     for name, function in (("propagate", propagate.propagate), ("trimap", trimap.trimap), ("refine", refine.refine),
                            ("matte", matte.matte), ("inspect-attn", inspect_attn.inspect_attn),
                            ("eval", eval_cmd.eval_command), ("status", status.status), ("review", review.review),
-                           ("backbones", backbones.backbones), ("train", train.train)):
+                           ("backbones", backbones.backbones), ("train", train.train),
+                           ("train-keys", train_keys.train_keys)):
         app.command(name, cls=IcmCommand)(function)
 
 

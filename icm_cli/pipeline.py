@@ -140,7 +140,7 @@ class VideoPipeline:
         with torch.no_grad():
             prior = self.temporal.prior(encoded.geometry, encoded.grey) if propagator.reads_priors else None
             window = self.temporal.window(tuple(feats.ft.shape[-2:]))
-            readout = None if encoded.keys is None else self.temporal.readout(encoded.keys, encoded.geometry)
+            readout = None if encoded.keys is None else self.temporal.readout(encoded.keys, encoded.geometry, window)
             found = encoded.found if encoded.found is not None else propagator.evidence(feats, encoded.geometry)[0]
             return propagator.placed(found, window=window, prior=prior, prior_weight=self.config.prior_weight,
                                      readout=readout, readout_weight=self.config.readout_weight)

@@ -122,17 +122,22 @@ class FrameMemory:
         return readout(query, keys, values, self.temperature, self.topk)
 
 
-def save_keys(model: KeyProjection, path: str | Path, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save_file
+def keys_bytes(model: KeyProjection, metadata: dict[str, str]) -> bytes:
+    """A :class:`KeyProjection` as a safetensors file's bytes (``metadata``: strings)."""
+    from safetensors.torch import save
 
     tensors = {"weight": model.project.weight.detach().contiguous(), "bias": model.project.bias.detach().contiguous(),
                "log_temperature": model.log_temperature.detach().reshape(1).contiguous()}
-    save_file(tensors, str(path), metadata=metadata)
+    return save(tensors, metadata=metadata)
+
+
+def save_keys(model: KeyProjection, path: str | Path, metadata: dict[str, str]) -> None:
+    Path(path).write_bytes(keys_bytes(model, metadata))
 
 
 def load_keys(path: str | Path) -> KeyProjection:
     """A :class:`KeyProjection` from a safetensors file written by :func:`save_keys`; raises
-    :class:`~icm_cli.errors.WeightsFileError`-style :class:`~icm_cli.errors.IcmError` for a bad file."""
+    :class:`~icm_cli.errors.IcmError` naming the file when it is not one."""
     from safetensors.torch import load_file
 
     from icm_cli.errors import IcmError
@@ -144,7 +149,7 @@ def load_keys(path: str | Path) -> KeyProjection:
         model.project.weight.data.copy_(weight)
         model.project.bias.data.copy_(bias)
         model.log_temperature.data.copy_(tensors["log_temperature"].reshape(()))
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # safetensors raises its own error class for a damaged file
         raise IcmError(f"{path}: not a key projection file ({exc})") from exc
     return model.requires_grad_(False).eval()
 

@@ -76,20 +76,24 @@ class TemporalContext:
     def add_reference(self, keys: torch.Tensor, mask: np.ndarray, geo: WorkingGeometry) -> None:
         """A reference (``[D, h, w]`` keys, its full-size mask): a permanent memory slot."""
         share = _grid_share(mask, geo, tuple(keys.shape[-2:]))[0, 0]
-        valid = geo.valid_mask(*keys.shape[-2:])
-        self.memory.add_reference(keys[:, valid], share[valid])
+        held = memory_cells(share, geo.valid_mask(*keys.shape[-2:]))
+        self.memory.add_reference(keys[:, held], share[held])
 
-    def readout(self, keys: torch.Tensor, geo: WorkingGeometry) -> torch.Tensor | None:
+    def readout(self, keys: torch.Tensor, geo: WorkingGeometry, window: torch.Tensor | None = None
+                ) -> torch.Tensor | None:
         """The memory's object probability ``[1, 1, h, w]`` for a frame's ``[D, h, w]`` keys (0 off the
-        image), or None without a readout or before anything is held."""
+        image and outside ``window`` ``[1, 1, h, w]``, where the probability is cut anyway), or None
+        without a readout or before anything is held."""
         if not self.config.reads_memory:
             return None
-        valid = geo.valid_mask(*keys.shape[-2:])
-        read = self.memory.read(keys[:, valid])
+        asked = geo.valid_mask(*keys.shape[-2:])
+        if window is not None:
+            asked = asked & (window[0, 0] > 0)
+        read = self.memory.read(keys[:, asked])
         if read is None:
             return None
         out = torch.zeros(keys.shape[-2:], dtype=read.dtype)
-        out[valid] = read
+        out[asked] = read
         return out[None, None]
 
     def update(self, mask: np.ndarray, geo: WorkingGeometry, ft: torch.Tensor | None,
@@ -107,8 +111,20 @@ class TemporalContext:
         self.previous = F.adaptive_avg_pool2d(canvas, grid)
         self.previous_fine = F.adaptive_avg_pool2d(canvas, (geo.padded_h // 4, geo.padded_w // 4))
         if keys is not None and self.config.reads_memory:
-            valid = geo.valid_mask(*grid)
-            self.memory.remember(keys[:, valid], self.previous[0, 0][valid], index, given=given)
+            share = self.previous[0, 0]
+            held = memory_cells(share, geo.valid_mask(*grid))
+            self.memory.remember(keys[:, held], share[held], index, given=given)
+
+
+def memory_cells(share: torch.Tensor, valid: torch.Tensor, margin: int = 2, stride: int = 2) -> torch.Tensor:
+    """``[h, w]`` bool: the cells of a frame that a memory slot keeps. Every cell of the object and
+    ``margin`` cells around it (where labels are decided), and of the rest of the frame one cell in
+    ``stride`` x ``stride`` (the background only has to be found, not outlined): about a third of the
+    cells for a mid-sized object, so each frame's readout costs a third."""
+    near = dilate((share > 0.01).float()[None, None], 2 * margin + 1)[0, 0] > 0
+    lattice = torch.zeros_like(valid)
+    lattice[::stride, ::stride] = True
+    return valid & (near | lattice)
 
 
 def _grid_share(mask: np.ndarray, geo: WorkingGeometry, grid: tuple[int, int]) -> torch.Tensor:
