@@ -133,6 +133,7 @@ def save_keys(model: KeyProjection, path: str | Path, metadata: dict[str, str]) 
 def load_keys(path: str | Path) -> KeyProjection:
     """A :class:`KeyProjection` from a safetensors file written by :func:`save_keys`; raises
     :class:`~icm_cli.errors.WeightsFileError`-style :class:`~icm_cli.errors.IcmError` for a bad file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from icm_cli.errors import IcmError
@@ -144,7 +145,7 @@ def load_keys(path: str | Path) -> KeyProjection:
         model.project.weight.data.copy_(weight)
         model.project.bias.data.copy_(bias)
         model.log_temperature.data.copy_(tensors["log_temperature"].reshape(()))
-    except (OSError, KeyError, RuntimeError, ValueError) as exc:
+    except (OSError, KeyError, RuntimeError, ValueError, SafetensorError) as exc:  # a bad header is its own kind
         raise IcmError(f"{path}: not a key projection file ({exc})") from exc
     return model.requires_grad_(False).eval()
 
