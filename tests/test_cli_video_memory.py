@@ -163,6 +163,37 @@ def test_a_resumed_run_with_the_memory_gives_the_masks_of_an_uninterrupted_one(t
             assert (full / kind / name).read_bytes() == (part / kind / name).read_bytes(), (kind, name)
 
 
+def test_resume_identity_holds_when_the_object_left_the_frames_that_would_have_taken_slots(tmp_path):
+    """The object is out of frames 9-16: no slot is taken there, and a run resumed at frame 17 (which
+    replays frames 10-16) holds the same memory as the uninterrupted one (the slots of frames 3 and 6
+    left by age, in both)."""
+    from tests.conftest import textured_scene
+
+    count = 22
+    for i in range(count):
+        box = (18, 10 + 2 * (i % 9), 36, 40) if not 9 <= i <= 16 else (0, 0, 1, 1)  # 1 px: no object
+        img, mask = textured_scene(H, W, box, seed=300 + i)
+        save_png(tmp_path / "frames" / f"{i:05d}.png", img)
+        if i == 0:
+            save_png(tmp_path / "m0.png", mask * 255)
+    common = ["--video", str(tmp_path / "frames"), "--ref", str(tmp_path / "frames" / "00000.png"),
+              "--mask", str(tmp_path / "m0.png"), "--memory", "2", "--memory-every", "3"]
+    full = tmp_path / "full"
+    assert _propagate(*common, "-o", str(full)).exit_code == 0
+    assert not any(_mask(full / "masks" / f"{i:05d}.png").any() for i in range(9, 17))  # found gone
+    assert all(_mask(full / "masks" / f"{i:05d}.png").any() for i in range(17, count))  # and back
+    part = tmp_path / "part"
+    shutil.copytree(full, part)
+    for i in range(17, count):
+        (part / "masks" / f"{i:05d}.png").unlink()
+    res = _propagate(*common, "-o", str(part), "--json")
+    assert res.exit_code == 0, res.output
+    assert _statuses(res.stdout) == ["skipped"] * 17 + ["done"] * (count - 17)
+    for i in range(17, count):
+        name = f"{i:05d}.png"
+        assert (full / "masks" / name).read_bytes() == (part / "masks" / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("option, value", [("--memory-every", "0"), ("--readout-weight", "2"),
                                            ("--readout-weight", "-0.5"), ("--memory", "-1")])
 def test_memory_options_out_of_range_are_refused(tmp_path, option, value):

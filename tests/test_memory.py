@@ -74,6 +74,23 @@ def test_the_oldest_slot_leaves_first_and_at_most_slots_are_kept():
     assert [s.index for s in memory.frames] == [9, 12, 13]
 
 
+def test_a_slot_leaves_once_older_than_what_a_resumed_run_replays():
+    """slots 2, every 3: a resumed run replays the last 2 * 3 + 1 = 7 frames; while the object is gone
+    no new slot pushes the old ones out, so they leave by age instead."""
+    memory = FrameMemory(slots=2, every=3)
+    for index in range(20):
+        gone = 8 <= index <= 16
+        memory.remember(*_frame(0.0 if gone else 1.0), index)
+        held = [s.index for s in memory.recent]
+        assert all(index - h <= 2 * 3 for h in held), (index, held)
+        if index == 9:
+            assert held == [3, 6]  # 6 is 3 frames old, 3 is 6 frames old: both within the replay
+        if index == 10:
+            assert held == [6]
+    assert [s.index for s in memory.recent] == [18]
+    assert VideoConfig(memory=2, memory_every=3).memory_span == 2 * 3 + 1
+
+
 def test_the_previous_frame_is_not_held_twice_when_it_took_a_slot():
     memory = FrameMemory(slots=2, every=3)
     for index in range(13):
