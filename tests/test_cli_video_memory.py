@@ -140,6 +140,28 @@ def test_keyframes_are_their_masks_and_the_frames_after_the_later_one_are_predic
         assert _iou(_mask(out / "masks" / f"{i:05d}.png"), truths[i]) > 0.7, i
 
 
+def test_keyframes_of_a_video_file_are_named_by_frame_number(tmp_path):
+    """``--ref clip.mp4@N``: the frame the sequence decodes as N is that keyframe."""
+    pytest.importorskip("av")
+    from tests.conftest import write_clip
+
+    frames = turning_clip(count=12, step=1.0, seed=7)
+    clip = write_clip(tmp_path / "clip.mp4", [img for img, _ in frames], 10)
+    m0, m8 = _drawn(frames[0][1]), _drawn(frames[8][1])
+    save_png(tmp_path / "m0.png", m0 * 255)
+    save_png(tmp_path / "m8.png", m8 * 255)
+    out = tmp_path / "out"
+    res = _propagate("--video", str(clip), "--ref", f"{clip}@0", "--mask", str(tmp_path / "m0.png"),
+                     "--ref", f"{clip}@8", "--mask", str(tmp_path / "m8.png"), "-o", str(out))
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(np.asarray(Image.open(out / "masks" / "00000.png")), m0 * 255)
+    assert np.array_equal(np.asarray(Image.open(out / "masks" / "00008.png")), m8 * 255)
+    records = {r["stem"]: r for r in source_records(out / "manifest.jsonl")}
+    assert [stem for stem, r in sorted(records.items()) if r.get("from_reference")] == ["00000", "00008"]
+    assert all(records[f"{i:05d}"]["status"] == "done" and _mask(out / "masks" / f"{i:05d}.png").any()
+               for i in range(9, 12))
+
+
 def test_a_resumed_run_with_the_memory_gives_the_masks_of_an_uninterrupted_one(tmp_path):
     frames = turning_clip(count=20, step=1.0, seed=50)
     _write_frames(tmp_path / "frames", frames)
