@@ -229,3 +229,29 @@ def test_memory_options_out_of_range_are_refused(tmp_path, option, value):
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], res.output
     assert not out.exists()
+
+
+def test_a_rerun_with_other_memory_settings_is_refused(tmp_path):
+    """The masks written so far were made with one memory; a resume with another would mix two."""
+    frames = turning_clip(count=3)
+    _write_frames(tmp_path / "frames", frames)
+    save_png(tmp_path / "m0.png", frames[0][1].astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    common = ["--video", str(tmp_path / "frames"), "--ref", str(tmp_path / "frames" / "00000.png"),
+              "--mask", str(tmp_path / "m0.png"), "-o", str(out)]
+    settings = {"--memory": "2", "--memory-every": "3", "--readout-weight": "0.5"}
+
+    def flags(**changed):
+        return [part for option, value in {**settings, **changed}.items() for part in (option, value)]
+
+    assert _propagate(*common, *flags()).exit_code == 0
+    (out / "masks" / "00002.png").unlink()  # an unfinished run
+    for change, needle in (({"--memory-every": "5"}, "video.memory_every: 3 -> 5"),
+                           ({"--memory": "1"}, "video.memory: 2 -> 1"),
+                           ({"--readout-weight": "0.2"}, "video.readout_weight: 0.5 -> 0.2")):
+        res = _propagate(*common, *flags(**change))
+        assert res.exit_code == 2, res.output
+        line = " ".join(res.output.split())
+        assert "other settings" in line and needle in line, (needle, res.output)
+        assert not (out / "masks" / "00002.png").exists()
+    assert _propagate(*common, *flags()).exit_code == 0 and (out / "masks" / "00002.png").exists()
