@@ -52,7 +52,7 @@ def test_video_processes_frames_in_name_order_and_writes_every_mask(tmp_path):
         assert iou > 0.6, (stem, iou)
 
 
-@pytest.mark.parametrize("memory", ["2", "0"])  # 2: slots every frame (--memory-every 1); 0: references + previous frame
+@pytest.mark.parametrize("memory", ["2", "0"])  # 2: slots (--memory-every 1); 0: references + previous frame
 def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path, memory):
     _frames(tmp_path / "frames", count=6)
     ref, ref_mask = textured_scene(96, 128, (30, 10, 40, 50), seed=100)
