@@ -52,14 +52,14 @@ def test_video_processes_frames_in_name_order_and_writes_every_mask(tmp_path):
         assert iou > 0.6, (stem, iou)
 
 
-@pytest.mark.parametrize("memory", ["2", "0"])  # 0 (the default): each frame is searched ahead of its prior
+@pytest.mark.parametrize("memory", ["2", "0"])  # 2: slots (--memory-every 1); 0: references + previous frame
 def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path, memory):
     _frames(tmp_path / "frames", count=6)
     ref, ref_mask = textured_scene(96, 128, (30, 10, 40, 50), seed=100)
     save_png(tmp_path / "ref.png", ref)
     save_png(tmp_path / "ref_mask.png", ref_mask * 255)
     common = ["--ref", str(tmp_path / "ref.png"), "--mask", str(tmp_path / "ref_mask.png"), "--memory", memory,
-              "--save", "masks,trimaps"]
+              "--memory-every", "1", "--save", "masks,trimaps"]
     full = tmp_path / "full"
     assert _run(["--video", str(tmp_path / "frames"), "-o", str(full), *common]).exit_code == 0
     # An "interrupted" run: only the first 3 frames were done, then the rest on rerun.
@@ -79,16 +79,19 @@ def test_resume_gives_the_same_masks_as_an_uninterrupted_run(tmp_path, memory):
 
 def test_temporal_memory_is_a_bounded_ring_buffer():
     import torch
-    ctx = TemporalContext(VideoConfig(radius=1, memory=3, motion=False))
+    ctx = TemporalContext(VideoConfig(radius=1, memory=3, memory_every=1, motion=False))
     geo = WorkingGeometry.fit(64, 64, 64, 32)
     ft = torch.nn.functional.normalize(torch.randn(1, 8, 8, 8), dim=1)
+    keys = ctx.frame_keys(ft)
     mask = np.zeros((64, 64), bool)
     mask[16:48, 16:48] = True
-    for _ in range(50):
-        ctx.update(mask, geo, ft)
-    assert len(ctx.memory) == 3
-    tokens = ctx.memory_tokens()
-    assert tokens.fg.shape[0] == 3 * 16  # 4x4 whole cells inside, per remembered frame
+    for index in range(50):
+        ctx.update(mask, geo, ft, keys=keys, index=index)
+    # 3 admitted frames (the newest three); the previous frame is the newest of them, not held twice
+    assert [s.index for s in ctx.memory.recent] == [47, 48, 49]
+    assert len(ctx.memory.frames) == 3
+    cells = int(geo.valid_mask(8, 8).sum())
+    assert all(s.keys.shape == (keys.shape[0], cells) and s.values.shape == (cells,) for s in ctx.memory.frames)
     prior = ctx.window((8, 8))
     assert prior.shape == (1, 1, 8, 8)
     assert prior[0, 0, 1:7, 1:7].eq(1).all() and prior[0, 0, 0, 0] == 0  # grown by one cell

@@ -154,19 +154,19 @@ def test_placing_a_window_and_a_prior_on_found_evidence():
 
 
 def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mask(prior_decoder):
-    """Without a memory, the frame's search is made on the backbone's thread, before the previous
-    mask is known; placing the window and prior then gives the evidence of searching with them."""
+    """The frame's search is made on the backbone's thread, before the previous mask is known; placing
+    the window and prior (and the memory's readout) then gives the evidence of searching with them."""
     from icm_cli.config import VideoConfig
 
     ref, ref_mask = textured_scene(96, 128, (20, 30, 40, 50), seed=1)
     predictor = Predictor(ModelConfig(device="cpu", decoder=str(prior_decoder), size=128, head_steps=10))
     predictor.set_reference(ref, ref_mask)
-    video = predictor.video(VideoConfig(radius=2, motion=False))
     first, _ = textured_scene(96, 128, (22, 34, 40, 50), seed=5)
     second, _ = textured_scene(96, 128, (24, 36, 40, 50), seed=6)
+    video = predictor.video(VideoConfig(radius=2, motion=False, readout_weight=0.0))  # no memory readout
     video.step(first)
     encoded = video.pipeline.encode(second)
-    assert encoded.found is not None
+    assert encoded.found is not None and encoded.keys is None
     ahead = video.pipeline.predict_encoded(encoded)
     # the video's prior weight is the evidence's from its construction; the evidence found ahead is not changed
     assert ahead.prior_weight == VideoConfig().prior_weight != 1.0 and encoded.found.prior_weight == 1.0
@@ -180,5 +180,21 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     for name in ("prob", "nearest", "sim_fg", "sim_bg", "head", "inter", "intra", "base", "prior", "window"):
         assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
     assert video.pipeline.finish(second, ahead).mask.tolist() == video.pipeline.finish(second, at_once).mask.tolist()
-    # with a memory of earlier frames the search waits for their masks
-    assert predictor.video(VideoConfig(memory=2)).pipeline.encode(second).found is None
+
+    # with the memory on, the search is still made ahead; the readout is mixed in before the window
+    memory = predictor.video(VideoConfig(radius=2, motion=False, readout_weight=0.5))
+    memory.step(first)
+    encoded = memory.pipeline.encode(second)
+    assert encoded.found is not None and encoded.keys is not None
+    ahead = memory.pipeline.predict_encoded(encoded)
+    read = memory.temporal.readout(encoded.keys, geo)
+    assert read is not None and ahead.readout_weight == 0.5 and torch.equal(ahead.readout, read)
+    window = memory.temporal.window(tuple(encoded.features.ft.shape[-2:]))
+    expected = (0.5 * encoded.found.prob + 0.5 * read) * window  # readout on the same grid as prob
+    assert torch.allclose(ahead.prob, expected, atol=1e-6)
+    at_once = engine.evidence(encoded.features, geo, prior=memory.temporal.prior(geo), window=window,
+                              prior_weight=memory.config.prior_weight)[0]
+    for name in ("nearest", "sim_fg", "sim_bg", "head", "base", "prior", "window"):
+        assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
+
+

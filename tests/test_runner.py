@@ -27,6 +27,7 @@ class FakeModel:
         self.fail_on, self.message = set(fail_on), message
         self.calls: list[int] = []
         self.observed: list[bool] = []
+        self.frames: list[tuple] = []  # (frame number, given) of each observed mask: what the memory keys slots by
 
     def predict_coarse(self, images):
         self.calls.append(len(images))
@@ -45,8 +46,9 @@ class FakeModel:
     def predict_encoded(self, encoded):
         return self.predict_coarse([encoded])[0]
 
-    def observe_encoded(self, encoded, mask):
+    def observe_encoded(self, encoded, mask, index=None, given=False):
         self.observed.append(bool(mask.any()))
+        self.frames.append((index, given))
 
     memory_frames = 1
 
@@ -55,7 +57,7 @@ def _work(i: int, value: int | None = None, shape=(8, 10)) -> Work:
     img = np.zeros((*shape, 3), np.uint8)
     img[:, : shape[1] // 2] = 200
     img[0, 0] = value if value is not None else i
-    return Work(Source(Path(f"/in/s{i}.png"), f"s{i}.png", f"s{i}", f"s{i}"), image=img)
+    return Work(Source(Path(f"/in/s{i}.png"), f"s{i}.png", f"s{i}", f"s{i}"), image=img, index=i)
 
 
 def _runner(tmp_path, sink=None, kinds=("masks",)):
@@ -121,6 +123,7 @@ def test_a_sequence_feeds_each_mask_back_and_stops_on_a_full_disk_too(tmp_path, 
     outcome = runner.run_sequence([_work(i) for i in range(5)], model)
     assert outcome.done == 4 and [m for _, m in outcome.failed] == ["/in/s3.png: model failed: RuntimeError"]
     assert model.observed == [True] * 4  # every written frame told the model its mask, in order
+    assert model.frames == [(0, False), (1, False), (2, False), (4, False)]  # with its frame number
 
     monkeypatch.setattr(io, "write_image_atomic",
                         lambda path, array: (_ for _ in ()).throw(io.OutputError("disk full", errno.ENOSPC)))
@@ -148,8 +151,9 @@ class _Given:
 
 def test_a_reference_frame_is_not_predicted_and_the_next_frame_starts_from_its_mask(tmp_path):
     class Recording(FakeModel):
-        def observe_encoded(self, encoded, mask):
+        def observe_encoded(self, encoded, mask, index=None, given=False):
             self.observed.append(np.asarray(mask).copy())
+            self.frames.append((index, given))
 
     given = _Given()
     runner = BatchRunner(OutputPlan(tmp_path / "out", OutputConfig(("masks",))), RecordList(), user_masks=given)
@@ -157,6 +161,7 @@ def test_a_reference_frame_is_not_predicted_and_the_next_frame_starts_from_its_m
     outcome = runner.run_sequence([_work(i) for i in range(3)], model)
     assert outcome.done == 3 and model.calls == [1, 1]  # frames 0 and 2 predicted, frame 1 not
     assert np.array_equal(model.observed[1], given.mask)  # frame 2's prior and window: the user's mask
+    assert model.frames == [(0, False), (1, True), (2, False)]  # the memory is told frame 1's mask is the user's
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "masks" / "s1.png")), given.mask * np.uint8(255))
     records = {r.stem: r for r in runner.sink.records}
     assert records["s1"].from_reference and records["s1"].confidence == 1.0

@@ -9,7 +9,10 @@ learned as the clip shows it, not only as the reference showed it.
 
 Slots: the references (permanent: the user's masks), the previous frame, and
 every ``every``-th frame whose mask holds the object, at most ``slots`` of them
-(the oldest leaves first), so a long clip runs at constant cost and memory.
+(the oldest leaves first), so a long clip runs at constant cost and memory. A slot
+also leaves once it is ``slots * every`` frames old (only while the object was gone
+at the frames that would have replaced it), so what the memory holds depends only on
+the last ``slots * every + 1`` frames: what a resumed run reads again.
 
 Keys are the backbone's stride-8 features through a key projection
 (:class:`KeyProjection`, a 1x1 convolution trained for correspondence by
@@ -97,6 +100,8 @@ class FrameMemory:
         slot when ``index`` is a multiple of ``every`` and the object is in it. A ``given`` frame (a
         reference among the sources) is already a permanent slot: it becomes only the previous frame."""
         self.previous = Slot(keys, values, index)
+        while index is not None and self.recent and self.recent[0].index < index - self.slots * self.every:
+            self.recent.popleft()  # older than a resumed run replays (VideoConfig.memory_span): it would not have it
         if given or self.slots <= 0 or index is None or index % self.every or not bool((values >= 0.5).any()):
             return
         if self.recent and self.recent[-1].index == index:
@@ -138,6 +143,7 @@ def save_keys(model: KeyProjection, path: str | Path, metadata: dict[str, str]) 
 def load_keys(path: str | Path) -> KeyProjection:
     """A :class:`KeyProjection` from a safetensors file written by :func:`save_keys`; raises
     :class:`~icm_cli.errors.IcmError` naming the file when it is not one."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from icm_cli.errors import IcmError
@@ -149,7 +155,7 @@ def load_keys(path: str | Path) -> KeyProjection:
         model.project.weight.data.copy_(weight)
         model.project.bias.data.copy_(bias)
         model.log_temperature.data.copy_(tensors["log_temperature"].reshape(()))
-    except Exception as exc:  # safetensors raises its own error class for a damaged file
+    except (OSError, KeyError, RuntimeError, ValueError, IndexError, SafetensorError) as exc:  # a bad header is its own kind
         raise IcmError(f"{path}: not a key projection file ({exc})") from exc
     return model.requires_grad_(False).eval()
 
