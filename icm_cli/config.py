@@ -164,7 +164,9 @@ class VideoConfig:
     radius: int = 6   # search window around the previous mask, in feature cells; 0 = whole frame
     memory: int = 4   # memory slots for segmented frames besides the references and the previous frame
     memory_every: int = 5  # a frame whose number is a multiple of this (and that holds the object) takes a slot
-    readout_weight: float = 0.5  # the memory readout's share of the probability (0 = no readout)
+    readout_weight: float = 0.5  # the memory readout's share of the probability
+    readout_prior: float = 0.0  # the memory readout's share of the decoder's prior (the rest: the previous mask)
+    readout_gated: bool = True  # the readout counts only where the previous mask (along the flow) has the object
     motion: bool = True  # carry the previous mask along the optical flow before the decoder reads it
     prior_weight: float = 0.5  # share of the decoder pass that reads the previous mask (the rest: one without)
 
@@ -181,7 +183,7 @@ class VideoConfig:
     @property
     def reads_memory(self) -> bool:
         """Whether frames read the memory of earlier frames (:mod:`icm_cli.predict.memory`)."""
-        return self.readout_weight > 0
+        return self.readout_weight > 0 or self.readout_prior > 0
 
     @property
     def memory_span(self) -> int:

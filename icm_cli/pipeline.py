@@ -141,9 +141,14 @@ class VideoPipeline:
             prior = self.temporal.prior(encoded.geometry, encoded.grey) if propagator.reads_priors else None
             window = self.temporal.window(tuple(feats.ft.shape[-2:]))
             readout = None if encoded.keys is None else self.temporal.readout(encoded.keys, encoded.geometry, window)
+            if readout is not None and prior is not None and self.config.readout_prior > 0:
+                share = self.config.readout_prior
+                prior = (1 - share) * prior + share * torch.nn.functional.interpolate(
+                    readout, size=prior.shape[-2:], mode="bilinear", align_corners=False)
             found = encoded.found if encoded.found is not None else propagator.evidence(feats, encoded.geometry)[0]
             return propagator.placed(found, window=window, prior=prior, prior_weight=self.config.prior_weight,
-                                     readout=readout, readout_weight=self.config.readout_weight)
+                                     readout=readout, readout_weight=self.config.readout_weight,
+                                     readout_gated=self.config.readout_gated)
 
     def finish(self, image: np.ndarray, coarse: Evidence):
         return self.pipeline.finish(image, coarse)

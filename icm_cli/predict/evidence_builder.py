@@ -3,7 +3,7 @@
 The one builder of the image path, the video path, refinement and the attention maps:
 :func:`find` compares a batch's features with the reference context (nearest-neighbour
 contrast, object head, ICM's intra-heat gate); :func:`placed` adds what a video frame or a
-coarse mask brings afterwards (a search window, a prior mask and its weight).
+coarse mask brings afterwards (a search window, a prior mask and its weight, the memory's readout).
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.context import ReferenceContext
 from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.nearest import contrast_similarities
-from icm_cli.predict.tokens import ReferenceTokens
 
 
 def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceContext,
-         memory: ReferenceTokens | None = None, heat: bool = False) -> list[Evidence]:
+         heat: bool = False) -> list[Evidence]:
     """Each source's evidence before any window or prior: what it shows against ``context``.
 
     ``propagator`` lends its settings, whether decoder inputs are collected and the decoder's strides."""
@@ -32,13 +31,10 @@ def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceCo
     ft, attn = feats.ft, feats.attn
     fg, bg = ctx.tokens.fg, ctx.tokens.bg
     counts = {}
-    if memory is not None:  # the memory's tokens join the whole sets (no compact set holds them)
-        fg, bg = torch.cat([fg, memory.fg.to(fg)]), torch.cat([bg, memory.bg.to(bg)])
-    else:
-        if "fg" in ctx.compact:
-            fg, counts["fg_counts"] = ctx.compact["fg"]
-        if "bg" in ctx.compact:
-            bg, counts["bg_counts"] = ctx.compact["bg"]
+    if "fg" in ctx.compact:
+        fg, counts["fg_counts"] = ctx.compact["fg"]
+    if "bg" in ctx.compact:
+        bg, counts["bg_counts"] = ctx.compact["bg"]
     sim_fg, sim_bg = contrast_similarities(ft, fg.to(ft.device), bg.to(ft.device), k=s.k,
                                            source_floor=ctx.background_floor if s.source_background else None,
                                            **{name: c.to(ft.device) for name, c in counts.items()})
@@ -72,15 +68,17 @@ def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceCo
 
 def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.Tensor | None = None,
            prior_weight: float | None = None, readout: torch.Tensor | None = None,
-           readout_weight: float = 0.0) -> Evidence:
+           readout_weight: float = 0.0, readout_gated: bool = False) -> Evidence:
     """``evidence`` with a search window ``[1, 1, h, w]`` multiplied into its probability, a prior mask
     ``[1, 1, Hc/4, Wc/4]`` attached (NaN: none) and the prior's weight in the decoder's pass (None: the
     evidence's own), and the memory's readout ``[1, 1, h, w]`` mixed in at ``readout_weight``. Video
     frames get them once the previous frame's mask is known; their evidence is found ahead (:func:`find`)."""
     changes = {}
     prob = evidence.prob
+    if prior is not None and not torch.isnan(prior).any():
+        changes["prior"] = prior.float().cpu()
     if readout is not None and readout_weight > 0:  # the decoder mixes it into its own result (it reads ``base``)
-        changes.update(readout=readout.float().cpu(), readout_weight=readout_weight)
+        changes.update(readout=readout.float().cpu(), readout_weight=readout_weight, readout_gated=readout_gated)
         prob = replace(evidence, **changes).with_readout(prob)
     if window is not None:
         window = window.to(prob)
@@ -88,8 +86,6 @@ def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.
         changes["window"] = window.expand_as(prob).cpu()
     if prob is not evidence.prob:
         changes["prob"] = prob
-    if prior is not None and not torch.isnan(prior).any():
-        changes["prior"] = prior.float().cpu()
     if prior_weight is not None and prior_weight != evidence.prior_weight:
         changes["prior_weight"] = prior_weight
     return replace(evidence, **changes) if changes else evidence

@@ -28,7 +28,6 @@ from icm_cli.predict.decoding import Decoders
 from icm_cli.predict.evidence import Evidence
 from icm_cli.predict.finish import full_size
 from icm_cli.predict.gate import gated
-from icm_cli.predict.tokens import ReferenceTokens
 
 __all__ = ["PropagateSettings", "Propagator", "ReferenceContext", "to_tensor"]
 
@@ -143,8 +142,7 @@ class Propagator:
 
     @torch.no_grad()
     def evidence(self, feats: Features, geo: WorkingGeometry, prior: torch.Tensor | None = None,
-                 window: torch.Tensor | None = None, memory: ReferenceTokens | None = None,
-                 heat: bool = False, context: ReferenceContext | None = None,
+                 window: torch.Tensor | None = None, heat: bool = False, context: ReferenceContext | None = None,
                  prior_weight: float | None = None) -> list[Evidence]:
         """Each source's :class:`Evidence` from its backbone features (:mod:`~icm_cli.predict.evidence_builder`).
 
@@ -153,13 +151,12 @@ class Propagator:
         prior mask share (:meth:`prior_on_grid`; NaN for an image without one),
         which a decoder that reads priors takes in; window: optional ``[B, 1, h, w]``
         in [0, 1] multiplied into the probability (video: where the object may be
-        now); memory: extra object/background tokens (video: from earlier
-        predicted frames); heat: compute ICM's inter/intra heat even where
+        now); heat: compute ICM's inter/intra heat even where
         neither the gate nor the decoder needs it (``inspect-attn``); context:
         another reference context than the one :meth:`set_references` keeps;
         prior_weight: the prior's share of the decoder's pass (None: all of it).
         """
-        found = evidence_builder.find(self, feats, geo, context or self.context, memory=memory, heat=heat)
+        found = evidence_builder.find(self, feats, geo, context or self.context, heat=heat)
         return [self.placed(ev, window=None if window is None else window[i:i + 1],
                             prior=None if prior is None else prior[i:i + 1], prior_weight=prior_weight)
                 for i, ev in enumerate(found)]

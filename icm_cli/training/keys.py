@@ -128,7 +128,7 @@ def fit_keys(clips: list[ClipFeatures], recipe: KeyRecipe, progress: Callable[[i
         loss.backward()
         opt.step()
         if progress is not None:
-            progress(step + 1, float(loss))
+            progress(step + 1, float(loss.detach()))
     return model.requires_grad_(False).eval()
 
 
