@@ -138,7 +138,7 @@ def run_icm(cases, variants, backbone_name):
     return results, seconds
 
 
-def run_icm_video(settings, backbone_name, video_config, seqs=None):
+def run_icm_video(settings, backbone_name, video_config, seqs=None, root=None):
     """DAVIS as video: `icm propagate --video` per sequence (frame 0 = reference), J/F on frames 1...;
     ``video_config``: a :class:`~icm_cli.config.VideoConfig`; ``seqs``: only these sequences."""
     import tempfile
@@ -157,7 +157,7 @@ def run_icm_video(settings, backbone_name, video_config, seqs=None):
 
     torch.set_grad_enabled(False)
     predictor = Predictor(ModelConfig(backbone=backbone_name, device="cpu"), settings=settings)
-    root = DATA / "davis2016-dev"
+    root = Path(root) if root else DATA / "davis2016-dev"
     results = {}
     for seq in sorted(p.name for p in (root / "JPEGImages").iterdir()):
         if seqs and seq not in seqs:
@@ -256,6 +256,8 @@ def main() -> int:
     ap.add_argument("--video-set", action="append", default=[], metavar="KEY=VALUE",
                     help="--video: a VideoConfig field (memory=0, readout_weight=0.5, radius=6...); repeatable")
     ap.add_argument("--seqs", default="", help="--video: only these DAVIS sequences (comma-separated)")
+    ap.add_argument("--video-root", default="", help="--video: another DAVIS-layout folder (JPEGImages/, Annotations/), "
+                    "e.g. training sequences held out from every training run")
     ap.add_argument("--stride", type=int, default=1, help="score every Nth DAVIS frame (screening; report with 1)")
     args = ap.parse_args()
     global FRAME_STRIDE, COWS_REFS, COWS_HOLDOUT
@@ -282,7 +284,8 @@ def main() -> int:
             raise SystemExit("--video runs one setting; use --set")
         from icm_cli.config import VideoConfig
         video_config = parse_settings(VideoConfig(), args.video_set)
-        res = run_icm_video(settings, args.backbone, video_config, [s for s in args.seqs.split(",") if s])
+        res = run_icm_video(settings, args.backbone, video_config, [s for s in args.seqs.split(",") if s],
+                            args.video_root or None)
         print(f"\n== davis --video ({video_config}): {summary_line('davis', res)}")
         for name, r in res.items():
             print(f"  {name:22s} J {r['J']:.3f}  F {r['F']:.3f}  {r['fps']:.2f} frames/s")

@@ -164,9 +164,8 @@ class VideoConfig:
     radius: int = 6   # search window around the previous mask, in feature cells; 0 = whole frame
     memory: int = 4   # memory slots for segmented frames besides the references and the previous frame
     memory_every: int = 5  # a frame whose number is a multiple of this (and that holds the object) takes a slot
-    readout_weight: float = 0.5  # the memory readout's share of the probability
-    readout_prior: float = 0.0  # the memory readout's share of the decoder's prior (the rest: the previous mask)
-    readout_gated: bool = True  # the readout counts only where the previous mask (along the flow) has the object
+    readout_prior: float = 0.5  # the memory readout's share of the decoder's prior (the rest: the previous mask)
+    readout_weight: float = 0.0  # its share of the probability itself (outvotes the frame's own evidence)
     motion: bool = True  # carry the previous mask along the optical flow before the decoder reads it
     prior_weight: float = 0.5  # share of the decoder pass that reads the previous mask (the rest: one without)
 
@@ -176,9 +175,11 @@ class VideoConfig:
         if self.memory_every < 1:
             raise SettingError(f"memory_every must be at least 1 (got {self.memory_every})", option="--memory-every",
                                setting="memory_every")
-        if not 0.0 <= self.readout_weight <= 1.0:
-            raise SettingError(f"readout_weight is between 0 and 1 (got {self.readout_weight})",
-                               option="--readout-weight", setting="readout_weight")
+        for name in ("readout_prior", "readout_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise SettingError(f"{name} is between 0 and 1 (got {value})", option="--" + name.replace("_", "-"),
+                                   setting=name)
 
     @property
     def reads_memory(self) -> bool:

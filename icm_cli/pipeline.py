@@ -112,9 +112,11 @@ class VideoPipeline:
         self.pipeline = pipeline
         self.config = config
         propagator = pipeline.propagator
-        keys = builtin_keys(propagator.backbone) if config.reads_memory else None
+        # the readout serves the probability, or the prior of a decoder that reads one
+        self.reads_memory = config.readout_weight > 0 or (config.readout_prior > 0 and propagator.reads_priors)
+        keys = builtin_keys(propagator.backbone) if self.reads_memory else None
         self.temporal = TemporalContext(config, keys)
-        if config.reads_memory:
+        if self.reads_memory:
             for reference in pipeline.predictor.references:  # permanent slots: the user's masks
                 with torch.no_grad():
                     geo, feats = propagator.source_features([reference.image], with_attention=False)
@@ -126,7 +128,7 @@ class VideoPipeline:
             geo, feats = propagator.source_features([image])
             # the whole search is done here, where a runner can overlap it with finishing the previous frame
             found = propagator.evidence(feats, geo)[0] if propagator.context is not None else None
-            keys = self.temporal.frame_keys(feats.ft.cpu()) if self.config.reads_memory else None
+            keys = self.temporal.frame_keys(feats.ft.cpu()) if self.reads_memory else None
         grey = None
         if self.config.motion and propagator.reads_priors:
             from icm_cli.predict.motion import grey_half
@@ -147,8 +149,7 @@ class VideoPipeline:
                     readout, size=prior.shape[-2:], mode="bilinear", align_corners=False)
             found = encoded.found if encoded.found is not None else propagator.evidence(feats, encoded.geometry)[0]
             return propagator.placed(found, window=window, prior=prior, prior_weight=self.config.prior_weight,
-                                     readout=readout, readout_weight=self.config.readout_weight,
-                                     readout_gated=self.config.readout_gated)
+                                     readout=readout, readout_weight=self.config.readout_weight)
 
     def finish(self, image: np.ndarray, coarse: Evidence):
         return self.pipeline.finish(image, coarse)

@@ -96,13 +96,14 @@ def turning(tmp_path_factory):
 
 
 def test_the_memory_keeps_an_object_that_changes_its_look_where_frame_0_alone_loses_it(turning, tmp_path):
-    """Measured when written (72x96, FAST settings, the last 10 frames' mean IoU): --video 0.88 (0.86 to
-    0.88 over drifts of 0, 0.5 and 1 px a frame, and with the features themselves as keys), --video
-    without the memory 0.21, independent frames 0.19."""
+    """Measured when written (72x96, FAST settings, the last 10 frames' mean IoU): --video with
+    --readout-weight 0.5 0.88 (0.86 to 0.88 over drifts of 0, 0.5 and 1 px a frame, and with the features
+    themselves as keys), --video without the memory 0.21, independent frames 0.19. At the defaults (the
+    readout only in the decoder's prior, chosen on DAVIS dev) the decoder outvotes it here: 0.22."""
     root, truths = turning
     ref = ["--ref", str(root / "frames" / "00000.png"), "--mask", str(root / "m0.png")]
-    runs = {"memory": ["--video", str(root / "frames")],  # the memory at its defaults
-            "no memory": ["--video", str(root / "frames"), "--readout-weight", "0", "--memory", "0"],
+    runs = {"memory": ["--video", str(root / "frames"), "--readout-weight", "0.5"],
+            "no memory": ["--video", str(root / "frames"), "--readout-weight", "0", "--readout-prior", "0"],
             "independent": [str(root / "frames")]}
     last = {}
     for name, args in runs.items():
@@ -199,9 +200,10 @@ def test_resume_identity_holds_when_the_object_left_the_frames_that_would_have_t
         if i == 0:
             save_png(tmp_path / "m0.png", mask * 255)
     common = ["--video", str(tmp_path / "frames"), "--ref", str(tmp_path / "frames" / "00000.png"),
-              "--mask", str(tmp_path / "m0.png"), "--memory", "2", "--memory-every", "3"]
+              "--mask", str(tmp_path / "m0.png"), "--memory", "2", "--memory-every", "3", "--readout-weight", "0.5"]
     full = tmp_path / "full"
     assert _propagate(*common, "-o", str(full)).exit_code == 0
+    # (with the readout in the probability: at the defaults the prior-reading decoder keeps a phantom here)
     assert not any(_mask(full / "masks" / f"{i:05d}.png").any() for i in range(9, 17))  # found gone
     assert all(_mask(full / "masks" / f"{i:05d}.png").any() for i in range(17, count))  # and back
     part = tmp_path / "part"
@@ -216,7 +218,7 @@ def test_resume_identity_holds_when_the_object_left_the_frames_that_would_have_t
         assert (full / "masks" / name).read_bytes() == (part / "masks" / name).read_bytes(), name
 
 
-@pytest.mark.parametrize("option, value", [("--memory-every", "0"), ("--readout-weight", "2"),
+@pytest.mark.parametrize("option, value", [("--memory-every", "0"), ("--readout-weight", "2"), ("--readout-prior", "1.5"),
                                            ("--readout-weight", "-0.5"), ("--memory", "-1")])
 def test_memory_options_out_of_range_are_refused(tmp_path, option, value):
     frames = turning_clip(count=2)

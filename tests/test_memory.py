@@ -173,7 +173,7 @@ def test_temporal_readout_is_zero_off_the_image_and_none_without_a_readout():
     assert out.shape == (1, 1, h, w)
     assert out[0, 0][~valid].eq(0).all()
     assert out[0, 0][valid].gt(0.5).all()  # every cell matches itself in a reference that is all object
-    off = TemporalContext(VideoConfig(readout_weight=0.0, motion=False))
+    off = TemporalContext(VideoConfig(readout_weight=0.0, readout_prior=0.0, motion=False))
     off.add_reference(keys, np.ones((16, 40), bool), geo)
     assert off.readout(keys, geo) is None
 
@@ -245,14 +245,16 @@ def test_memory_every_zero_is_refused():
 
 
 @pytest.mark.parametrize("weight", [1.5, -0.1])
-def test_readout_weight_outside_0_1_is_refused(weight):
+@pytest.mark.parametrize("name", ["readout_weight", "readout_prior"])
+def test_readout_shares_outside_0_1_are_refused(weight, name):
     with pytest.raises(SettingError) as err:
-        VideoConfig(readout_weight=weight)
-    assert err.value.option == "--readout-weight"
+        VideoConfig(**{name: weight})
+    assert err.value.option == "--" + name.replace("_", "-")
 
 
 def test_memory_span_covers_every_slot():
     assert VideoConfig(memory=4, memory_every=5).memory_span == 21
     assert VideoConfig(memory=0, memory_every=5).memory_span == 1
-    assert VideoConfig(memory=4, readout_weight=0.0).memory_span == 1
-    assert not VideoConfig(readout_weight=0.0).reads_memory
+    assert VideoConfig(memory=4, readout_weight=0.0, readout_prior=0.0).memory_span == 1
+    assert not VideoConfig(readout_weight=0.0, readout_prior=0.0).reads_memory
+    assert VideoConfig(readout_weight=0.0).reads_memory  # the default: the readout serves the decoder's prior

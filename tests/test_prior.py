@@ -163,7 +163,7 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     predictor.set_reference(ref, ref_mask)
     first, _ = textured_scene(96, 128, (22, 34, 40, 50), seed=5)
     second, _ = textured_scene(96, 128, (24, 36, 40, 50), seed=6)
-    video = predictor.video(VideoConfig(radius=2, motion=False, readout_weight=0.0))  # no memory readout
+    video = predictor.video(VideoConfig(radius=2, motion=False, readout_weight=0.0, readout_prior=0.0))  # no memory
     video.step(first)
     encoded = video.pipeline.encode(second)
     assert encoded.found is not None and encoded.keys is None
@@ -182,7 +182,7 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
     assert video.pipeline.finish(second, ahead).mask.tolist() == video.pipeline.finish(second, at_once).mask.tolist()
 
     # with the memory on, the search is still made ahead; the readout is mixed in before the window
-    memory = predictor.video(VideoConfig(radius=2, motion=False, readout_weight=0.5))
+    memory = predictor.video(VideoConfig(radius=2, motion=False, readout_weight=0.5, readout_prior=0.0))
     memory.step(first)
     encoded = memory.pipeline.encode(second)
     assert encoded.found is not None and encoded.keys is not None
@@ -198,3 +198,15 @@ def test_a_video_frame_searched_ahead_equals_one_searched_after_the_previous_mas
         assert torch.equal(getattr(ahead, name), getattr(at_once, name)), name
 
 
+
+    # at the defaults the readout is half of the decoder's prior (the previous mask the other half)
+    import torch.nn.functional as F
+
+    default = predictor.video(VideoConfig(radius=2, motion=False))
+    default.step(first)
+    encoded = default.pipeline.encode(second)
+    placed_prior = default.pipeline.predict_encoded(encoded).prior
+    previous = default.temporal.prior(geo)
+    read = default.temporal.readout(encoded.keys, geo, default.temporal.window(tuple(encoded.features.ft.shape[-2:])))
+    expected = 0.5 * previous + 0.5 * F.interpolate(read, size=previous.shape[-2:], mode="bilinear", align_corners=False)
+    assert torch.allclose(placed_prior, expected, atol=1e-6) and not torch.equal(placed_prior, previous)

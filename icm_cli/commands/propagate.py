@@ -85,6 +85,7 @@ def propagate(
     radius: opts.Radius = opts.VIDEO_DEFAULTS.radius,
     memory: opts.Memory = opts.VIDEO_DEFAULTS.memory,
     memory_every: opts.MemoryEvery = opts.VIDEO_DEFAULTS.memory_every,
+    readout_prior: opts.ReadoutPrior = opts.VIDEO_DEFAULTS.readout_prior,
     readout_weight: opts.ReadoutWeight = opts.VIDEO_DEFAULTS.readout_weight,
     motion: opts.Motion = opts.VIDEO_DEFAULTS.motion,
     prior: Annotated[Optional[Path], typer.Option(
@@ -150,7 +151,7 @@ def propagate(
             model=opts.model_config(backbone, weights, device, size, head_steps, decoder, runtime, edges=not no_edges,
                                     fine_edges=fine_edges, threshold=threshold),
             video_config=VideoConfig(radius=radius, memory=memory, memory_every=memory_every,
-                                     readout_weight=readout_weight, motion=motion))
+                                     readout_prior=readout_prior, readout_weight=readout_weight, motion=motion))
     except (UsageProblem, ValueError) as exc:
         error_line(command_line_text(exc))
         raise typer.Exit(2)

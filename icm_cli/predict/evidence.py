@@ -70,7 +70,6 @@ class Evidence:
     canvas: torch.Tensor | None = None
     readout: torch.Tensor | None = None
     readout_weight: float = 0.0
-    readout_gated: bool = False
 
     def with_readout(self, prob: torch.Tensor) -> torch.Tensor:
         """``prob`` ``[1, 1, H, W]`` (any grid over the canvas) mixed with the memory's readout, upsampled
@@ -79,11 +78,6 @@ class Evidence:
             return prob
         read = torch.nn.functional.interpolate(self.readout.to(prob), size=prob.shape[-2:], mode="bilinear",
                                                align_corners=False)
-        if self.readout_gated and self.prior is not None:
-            # two witnesses: the memory outvotes the frame's own evidence only where the previous mask,
-            # carried along the flow, puts the object too
-            read = read * torch.nn.functional.interpolate(self.prior.to(prob), size=prob.shape[-2:], mode="bilinear",
-                                                          align_corners=False)
         return (1 - self.readout_weight) * prob + self.readout_weight * read
 
     @property

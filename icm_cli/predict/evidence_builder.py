@@ -68,7 +68,7 @@ def find(propagator, feats: Features, geo: WorkingGeometry, context: ReferenceCo
 
 def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.Tensor | None = None,
            prior_weight: float | None = None, readout: torch.Tensor | None = None,
-           readout_weight: float = 0.0, readout_gated: bool = False) -> Evidence:
+           readout_weight: float = 0.0) -> Evidence:
     """``evidence`` with a search window ``[1, 1, h, w]`` multiplied into its probability, a prior mask
     ``[1, 1, Hc/4, Wc/4]`` attached (NaN: none) and the prior's weight in the decoder's pass (None: the
     evidence's own), and the memory's readout ``[1, 1, h, w]`` mixed in at ``readout_weight``. Video
@@ -78,7 +78,7 @@ def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.
     if prior is not None and not torch.isnan(prior).any():
         changes["prior"] = prior.float().cpu()
     if readout is not None and readout_weight > 0:  # the decoder mixes it into its own result (it reads ``base``)
-        changes.update(readout=readout.float().cpu(), readout_weight=readout_weight, readout_gated=readout_gated)
+        changes.update(readout=readout.float().cpu(), readout_weight=readout_weight)
         prob = replace(evidence, **changes).with_readout(prob)
     if window is not None:
         window = window.to(prob)
