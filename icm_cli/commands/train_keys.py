@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 
 from icm_cli import options as opts
+from icm_cli.commands.train import TRAINING, weights_target_problem
 from icm_cli.errors import command_line_text
-
-TRAINING = "Training"
 
 
 def train_keys(
@@ -38,7 +37,6 @@ def train_keys(
     the keys learn to make that readout right. Prints the held-out clips' readout IoU at the end.
     Example: [bold]icm train-keys /work/icm-train -o icm_cli/weights/keys-lite0.safetensors[/]
     """
-    from icm_cli.commands.train import weights_target_problem
     from icm_cli.console import error_line, stderr
     from icm_cli.errors import LayoutError
     from icm_cli.training.keys import KeyRecipe, train_keys as run

@@ -101,10 +101,19 @@ def fit_keys(clips: list[ClipFeatures], recipe: KeyRecipe, progress: Callable[[i
              ) -> KeyProjection:
     """Train a :class:`KeyProjection` on ``clips`` (see the module docstring)."""
     if not clips:
-        raise ValueError("no training clips")
-    torch.manual_seed(recipe.seed)
+        from icm_cli.errors import LayoutError
+
+        raise LayoutError("no training clips: train-keys needs sequence groups")
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # the host's RNG and grad mode stay as they were
+        torch.manual_seed(recipe.seed)
+        model = KeyProjection(clips[0].ft.shape[1], recipe.dim, recipe.temperature)
+        _fit(model, clips, recipe, progress)
+    return model.requires_grad_(False).eval()
+
+
+def _fit(model: KeyProjection, clips: list[ClipFeatures], recipe: KeyRecipe,
+         progress: Callable[[int, float], None] | None) -> None:
     rng = random.Random(recipe.seed)
-    model = KeyProjection(clips[0].ft.shape[1], recipe.dim, recipe.temperature)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     for step in range(recipe.steps):
         clip = clips[rng.randrange(len(clips))]
@@ -129,7 +138,6 @@ def fit_keys(clips: list[ClipFeatures], recipe: KeyRecipe, progress: Callable[[i
         opt.step()
         if progress is not None:
             progress(step + 1, float(loss.detach()))
-    return model.requires_grad_(False).eval()
 
 
 def _iou(read: torch.Tensor, truth: torch.Tensor) -> float:
