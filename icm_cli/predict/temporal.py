@@ -24,9 +24,9 @@ class TemporalContext:
 
     ``config`` (:class:`~icm_cli.config.VideoConfig`, where each default is declared) says how:
     radius: cells the previous mask is grown by to give the window where the
-    object may be now (0 = no window). memory, memory_every, readout_weight:
-    the memory's slots, which frames take one, and the readout's share of the
-    probability. motion: carry the previous mask along the optical flow to the
+    object may be now (0 = no window). memory, memory_every, readout_prior,
+    readout_weight: the memory's slots, which frames take one, and the readout's
+    share of the decoder's prior and of the probability. motion: carry the previous mask along the optical flow to the
     current frame (:mod:`icm_cli.predict.motion`) before it becomes the prior.
     ``keys``: the key projection of the memory (None: the features themselves, unit length).
     """
