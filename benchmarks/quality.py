@@ -86,8 +86,26 @@ def icoseg_cases():
         yield group, pairs[:1], pairs[1:]
 
 
+#: ``coco_mval`` of ``../shared/training/get_training_data.sh`` (training data: measure held-out categories only)
+COCO_MVAL = Path(os.environ.get("ICM_COCO_MVAL", "/work/trainingdata/coco_mval"))
+
+
+def coco_cases():
+    """COCO_MVal, category level (as icm is used on unseen categories): in each of the 80 categories the
+    first instance by name is the reference, the other 9-10 (other photos) are scored. Set ICM_COCO_MVAL to
+    its folder (images/, masks/)."""
+    import re
+
+    by_category: dict[str, list[Path]] = {}
+    for image in sorted((COCO_MVAL / "images").glob("*.jpg")):
+        by_category.setdefault(re.sub(r"\d\d_.*$", "", image.stem), []).append(image)
+    for category, images in sorted(by_category.items()):
+        pairs = [(p, COCO_MVAL / "masks" / f"{p.stem}.png") for p in images]
+        yield category, pairs[:1], pairs[1:]
+
+
 SETS = {"davis": davis_cases, "cows": cows_cases, "perseg": perseg_cases, "icoseg": icoseg_cases,
-        "demo": demo_cases}
+        "demo": demo_cases, "coco": coco_cases}
 
 
 def run_icm(cases, variants, backbone_name):
