@@ -64,7 +64,8 @@ def batch_size_for(requested: int, on_gpu: bool) -> int:
 
 #: Sharpness of icm's cosine-similarity contrasts: the fg-vs-bg nearest-neighbour probability
 #: ``sigmoid((sim_fg - sim_bg) / T)``, the attention of one reference point (``inspect-attn --point``)
-#: and EfficientNet's self-attention over its own cells. Not ``icm_cli.core.DEFAULT_TEMPERATURE``
+#: EfficientNet's self-attention over its own cells, and the ``--video`` memory's readout when the
+#: features themselves are its keys (another backbone than the one its key projection fits). Not ``icm_cli.core.DEFAULT_TEMPERATURE``
 #: (0.1): that one softens ICM's training-free attention vote (``icm refine --method attention``), a
 #: different knob tuned on its own; both were measured on the dev data and changing either moves masks.
 CONTRAST_TEMPERATURE = 0.05

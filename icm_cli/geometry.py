@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -72,6 +73,12 @@ class WorkingGeometry:
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
         return x
+
+    def mask_share(self, mask, grid: tuple[int, int]) -> torch.Tensor:
+        """A full-size ``[orig_h, orig_w]`` mask (array, bool or float) -> ``[1, 1, *grid]``: its object share
+        of each cell of ``grid`` laid over the canvas (0 in the padding)."""
+        m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
+        return F.adaptive_avg_pool2d(self.mask_to_canvas(m), grid)
 
     def mask_to_canvas(self, mask: torch.Tensor, mode: str = "area") -> torch.Tensor:
         """``[B, 1, orig_h, orig_w]`` float mask -> ``[B, 1, padded_h, padded_w]``, zero (background) in the padding.

@@ -116,11 +116,12 @@ class VideoPipeline:
         self.reads_memory = config.readout_weight > 0 or (config.readout_prior > 0 and propagator.reads_priors)
         keys = builtin_keys(propagator.backbone) if self.reads_memory else None
         self.temporal = TemporalContext(config, keys)
-        if self.reads_memory:
-            for reference in pipeline.predictor.references:  # permanent slots: the user's masks
-                with torch.no_grad():
-                    geo, feats = propagator.source_features([reference.image], with_attention=False)
-                    self.temporal.add_reference(self.temporal.frame_keys(feats.ft.cpu()), reference.mask >= 0.5, geo)
+        if self.reads_memory:  # permanent slots: the user's masks, on the features their context was made from
+            references = pipeline.predictor.references
+            with torch.no_grad():
+                maps = propagator.reference_feature_maps([r.image for r in references])
+                for reference, (ft, geo) in zip(references, maps):
+                    self.temporal.add_reference(self.temporal.frame_keys(ft[None]), reference.mask >= 0.5, geo)
 
     def encode(self, image: np.ndarray) -> Encoded:
         propagator = self.pipeline.propagator

@@ -27,7 +27,6 @@ from icm_cli.config import CONTRAST_TEMPERATURE, DEFAULT_TRIMAP_KERNEL, ModelCon
 from icm_cli.errors import NotReadyError, SettingError
 from icm_cli.core import peak_normalise
 from icm_cli.pipeline import Encoded, PipelineAdapter, VideoPipeline  # noqa: F401  (Encoded re-exported)
-from icm_cli.predict.context import to_tensor
 from icm_cli.predict.propagator import Propagator
 from icm_cli.references import Reference, as_image, as_mask, check_reference
 
@@ -271,12 +270,8 @@ class Predictor:
 
         source_ft ``[1, C, h, w]``; returns ``[1, 1, h, w]`` scaled to peak 1.
         """
-        if not getattr(self.propagator, "reference_features", None):  # a stored context keeps no feature maps
-            first = self.references[0].image
-            geo = self.propagator.geometry_for(*first.shape[:2])
-            with torch.no_grad():
-                self.propagator.reference_features = [(self.propagator.features(geo.to_canvas(to_tensor(first))).ft[0].cpu(), geo)]
-        ref_ft, geo = self.propagator.reference_features[0]
+        with torch.no_grad():
+            ref_ft, geo = self.propagator.reference_feature_maps([self.references[0].image])[0]
         x, y = point
         if not (0 <= x < geo.orig_w and 0 <= y < geo.orig_h):
             raise SettingError(f"the point {x},{y} lies outside the first reference ({geo.orig_w}x{geo.orig_h})")

@@ -94,8 +94,7 @@ def placed(evidence: Evidence, window: torch.Tensor | None = None, prior: torch.
 def prior_on_grid(mask: np.ndarray, geo: WorkingGeometry) -> torch.Tensor:
     """A full-size ``[H, W]`` prior mask -> ``[1, 1, Hc/4, Wc/4]``: its object share of each
     stride-4 cell of the working canvas (what the decoder reads)."""
-    m = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-    return F.adaptive_avg_pool2d(geo.mask_to_canvas(m), (geo.padded_h // 4, geo.padded_w // 4))
+    return geo.mask_share(mask, (geo.padded_h // 4, geo.padded_w // 4))
 
 
 def icm_heat(ft: torch.Tensor, attn: dict, context: ReferenceContext) -> tuple[torch.Tensor, torch.Tensor]:

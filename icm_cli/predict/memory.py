@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from icm_cli.config import CONTRAST_TEMPERATURE
+
 
 @dataclass
 class Slot:
@@ -82,7 +84,8 @@ class FrameMemory:
     readout's (see :func:`readout`).
     """
 
-    def __init__(self, slots: int = 4, every: int = 5, topk: int = 20, temperature: float = 0.05) -> None:
+    def __init__(self, slots: int = 4, every: int = 5, topk: int = 20,
+                 temperature: float = CONTRAST_TEMPERATURE) -> None:
         self.permanent: list[Slot] = []
         self.recent: deque[Slot] = deque(maxlen=max(slots, 1))
         self.slots = slots

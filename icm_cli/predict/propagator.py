@@ -115,6 +115,19 @@ class Propagator:
         if self.context is not None:
             self.context.reference_features = list(value or [])
 
+    def reference_feature_maps(self, images: list[np.ndarray]) -> list[tuple[torch.Tensor, WorkingGeometry]]:
+        """The ``[C, h, w]`` features and geometry of the first references, ``images`` (``[H, W, 3]`` uint8):
+        those the context kept when it was built here, else made now and kept (a stored context comes
+        without them)."""
+        kept = self.reference_features
+        if len(kept) < len(images):
+            kept = []
+            for image in images:
+                geo = self.geometry_for(*image.shape[:2])
+                kept.append((self.features(geo.to_canvas(to_tensor(image))).ft[0].cpu(), geo))
+            self.reference_features = kept
+        return kept[:len(images)]
+
     def build_context(self, references: list[tuple[np.ndarray, np.ndarray]]) -> ReferenceContext:
         """A :class:`ReferenceContext` of ``(image [H,W,3] uint8, mask [H,W] float)`` pairs
         (``set_references`` keeps one; ``icm refine`` builds one per image)."""

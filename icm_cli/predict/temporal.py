@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from icm_cli.config import VideoConfig
+from icm_cli.config import CONTRAST_TEMPERATURE, VideoConfig
 from icm_cli.core import dilate
 from icm_cli.geometry import WorkingGeometry
 from icm_cli.predict.memory import FrameMemory, KeyProjection
@@ -40,7 +40,7 @@ class TemporalContext:
         self.previous_half: np.ndarray | None = None   # [h2, w2] mask at half the working size (motion)
         self.previous_grey: np.ndarray | None = None   # [h2, w2] uint8 grey frame (motion)
         self.memory = FrameMemory(config.memory, config.memory_every,
-                                  temperature=keys.temperature if keys is not None else 0.05)
+                                  temperature=keys.temperature if keys is not None else CONTRAST_TEMPERATURE)
         self.previous: torch.Tensor | None = None      # [1, 1, h, w] object share on the feature grid
         self.previous_fine: torch.Tensor | None = None  # [1, 1, Hc/4, Wc/4] object share at stride 4
 
@@ -75,7 +75,7 @@ class TemporalContext:
 
     def add_reference(self, keys: torch.Tensor, mask: np.ndarray, geo: WorkingGeometry) -> None:
         """A reference (``[D, h, w]`` keys, its full-size mask): a permanent memory slot."""
-        share = _grid_share(mask, geo, tuple(keys.shape[-2:]))[0, 0]
+        share = geo.mask_share(mask, tuple(keys.shape[-2:]))[0, 0]
         held = memory_cells(share, geo.valid_mask(*keys.shape[-2:]))
         self.memory.add_reference(keys[:, held], share[held])
 
@@ -126,8 +126,3 @@ def memory_cells(share: torch.Tensor, valid: torch.Tensor, margin: int = 2, stri
     lattice[::stride, ::stride] = True
     return valid & (near | lattice)
 
-
-def _grid_share(mask: np.ndarray, geo: WorkingGeometry, grid: tuple[int, int]) -> torch.Tensor:
-    """A full-size mask's object share of each cell of ``grid``, ``[1, 1, h, w]``."""
-    canvas = geo.mask_to_canvas(torch.from_numpy(np.asarray(mask, np.float32))[None, None])
-    return F.adaptive_avg_pool2d(canvas, grid)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from icm_cli.config import CONTRAST_TEMPERATURE
 from icm_cli.predict.memory import FrameMemory, KeyProjection, readout
 from icm_cli.training.layout import Group
 
@@ -74,8 +75,7 @@ def clip_features(propagator, data: Path, group: Group, frame_step: int) -> Clip
         geo0 = geo
         with torch.no_grad():
             ft = propagator.features(geo.to_canvas(to_tensor(image))).ft
-        canvas = geo.mask_to_canvas(torch.from_numpy(mask.astype(np.float32))[None, None])
-        shares.append(F.adaptive_avg_pool2d(canvas, ft.shape[-2:])[0, 0].half())
+        shares.append(geo.mask_share(mask, tuple(ft.shape[-2:]))[0, 0].half())
         fts.append(ft[0].cpu().half())
     if len(fts) < 3:
         return None
@@ -141,9 +141,10 @@ def _fit(model: KeyProjection, clips: list[ClipFeatures], recipe: KeyRecipe,
 
 
 def _iou(read: torch.Tensor, truth: torch.Tensor) -> float:
-    predicted, actual = read >= 0.5, truth >= 0.5
-    union = int((predicted | actual).sum())
-    return 1.0 if union == 0 else int((predicted & actual).sum()) / union
+    """:func:`icm_cli.metrics.iou` of two ``[N]`` object shares over the same cells (each read at 0.5)."""
+    from icm_cli.metrics import iou
+
+    return iou(read.numpy()[None] >= 0.5, truth.numpy()[None] >= 0.5)
 
 
 def validate_keys(model: KeyProjection | None, clips: list[ClipFeatures], memory_every: int = 5, slots: int = 4,
@@ -152,7 +153,7 @@ def validate_keys(model: KeyProjection | None, clips: list[ClipFeatures], memory
     frame 0's true mask and the readout's own later results (as a run keeps them); ``model`` None: the
     features themselves as keys."""
     results = {}
-    temperature = model.temperature if model is not None else 0.05
+    temperature = model.temperature if model is not None else CONTRAST_TEMPERATURE
     for clip in clips:
         cells = clip.valid.flatten()
         with torch.no_grad():
